@@ -1,0 +1,64 @@
+"""Console scripts: ``daydream-scope`` (the server) and ``download_models``."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from scope import __version__
+
+USAGE_EXTRA = """
+Commands:
+  pipelines         List the pipeline ids this server can load.
+
+Scope options (also settable as ScopeApp.<name>, see docs/configuration.md):
+  --host HOST       Host to bind to (default: 0.0.0.0)
+  --port PORT       Port to bind to (default: 8000)
+  --reload          Restart when Python files change
+  -N, --no-browser  Don't open a browser
+  --version         Show version and exit
+"""
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (git not available)"
+    return out.stdout.strip() if out.returncode == 0 else "unknown (not a git checkout)"
+
+
+def list_pipelines() -> int:
+    from scope.pipelines.registry import pipeline_ids
+
+    ids = pipeline_ids()
+    print(f"{len(ids)} pipeline(s) available:")
+    for pipeline_id in ids:
+        print(f"  - {pipeline_id}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the Scope server (the standalone Jupyter server with the Scope extension)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["pipelines"]:
+        raise SystemExit(list_pipelines())
+    if "--version" in args or "-V" in args:
+        print(f"daydream-scope: {__version__}")
+        print(f"git commit: {_git_commit()}")
+        raise SystemExit(0)
+    if "-h" in args or "--help" in args:
+        print(USAGE_EXTRA)
+    from scope.server_ext.application import ScopeApp
+
+    ScopeApp.launch_instance(argv=["--ScopeApp.standalone=True", *args])
+
+
+def download_models_main(argv: list[str] | None = None) -> None:
+    from scope.models.cli import download_models_main as run
+
+    raise SystemExit(run(argv))

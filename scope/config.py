@@ -1,0 +1,158 @@
+"""Every setting of the Scope server, in one place.
+
+Each setting is a traitlet (so ``jupyter_server_config.py`` and the command line can set
+it as ``ScopeApp.<name>``) and may also be set by an environment variable named in its
+``env`` metadata. Precedence: explicit config > environment > default. ``docs/configuration.md``
+is generated from this module (see ``settings_table``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from traitlets import Bool, Float, HasTraits, Integer, List, Unicode, default
+from traitlets.config import Configurable
+
+DEFAULT_HOME = Path("~/.daydream-scope")
+STUN_FALLBACK = "stun:stun.l.google.com:19302"
+
+
+def default_models_dir() -> Path:
+    """The models directory: ``DAYDREAM_SCOPE_MODELS_DIR`` or ``~/.daydream-scope/models``."""
+    raw = os.environ.get("DAYDREAM_SCOPE_MODELS_DIR")
+    return Path(raw).expanduser().resolve() if raw else (DEFAULT_HOME / "models").expanduser()
+
+
+class ScopeSettings(Configurable):
+    """Settings shared by the server extension and the standalone command."""
+
+    models_dir = Unicode(
+        "",
+        help="Where pipeline weights live (one folder per Hugging Face repo). "
+        "Default: ~/.daydream-scope/models.",
+    ).tag(config=True, env="DAYDREAM_SCOPE_MODELS_DIR")
+
+    assets_dir = Unicode(
+        "",
+        help="Uploaded images and videos (VACE references, video inputs). "
+        "Default: the 'assets' folder beside the models directory.",
+    ).tag(config=True, env="DAYDREAM_SCOPE_ASSETS_DIR")
+
+    lora_dir = Unicode(
+        "", help="LoRA weight files. Default: the 'lora' folder inside the models directory."
+    ).tag(config=True, env="DAYDREAM_SCOPE_LORA_DIR")
+
+    logs_dir = Unicode(
+        "", help="Server log files. Default: ~/.daydream-scope/logs."
+    ).tag(config=True, env="DAYDREAM_SCOPE_LOGS_DIR")
+
+    pipeline = Unicode(
+        "", help="Pipeline id to load at start-up (pre-warm). Empty: none."
+    ).tag(config=True, env="PIPELINE")
+
+    open_api = Bool(
+        False,
+        help="Serve the Scope endpoints without Jupyter auth and with permissive CORS, as the "
+        "standalone daydream-scope command does. Jupyter's own endpoints keep their auth.",
+    ).tag(config=True, env="DAYDREAM_SCOPE_OPEN_API")
+
+    max_sessions = Integer(
+        4, help="How many WebRTC sessions may stream at once; further offers get 503."
+    ).tag(config=True, env="DAYDREAM_SCOPE_MAX_SESSIONS")
+
+    disconnect_timeout = Float(
+        10.0,
+        help="Seconds a session's peer may stay 'disconnected' before the session is closed.",
+    ).tag(config=True, env="DAYDREAM_SCOPE_DISCONNECT_TIMEOUT")
+
+    server_ice_servers = List(
+        Unicode(),
+        default_value=[],
+        help="ICE server URLs (stun:/turn:) for the server's own peer connections. Default: "
+        "none, so host candidates only and an unreachable STUN host never delays an answer. "
+        "TURN credentials configured through HF_TOKEN or Twilio are added automatically.",
+    ).tag(config=True, env="DAYDREAM_SCOPE_SERVER_ICE_SERVERS")
+
+    cloudflare_turn_url = Unicode(
+        "https://turn.fastrtc.org/credentials?ttl=600",
+        help="Endpoint that turns HF_TOKEN into Cloudflare TURN credentials.",
+    ).tag(config=True, env="DAYDREAM_SCOPE_CLOUDFLARE_TURN_URL")
+
+    twilio_base_url = Unicode(
+        "https://api.twilio.com",
+        help="Base URL of the Twilio API used for TURN credentials when HF_TOKEN is unset.",
+    ).tag(config=True, env="DAYDREAM_SCOPE_TWILIO_BASE_URL")
+
+    stun_fallback = Unicode(
+        STUN_FALLBACK, help="STUN server advertised to clients when no TURN is configured."
+    ).tag(config=True, env="DAYDREAM_SCOPE_STUN_FALLBACK")
+
+    verbose_logging = Bool(
+        False, help="Log WebRTC and HTTP internals at INFO level."
+    ).tag(config=True, env="VERBOSE_LOGGING")
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        apply_environment(self)
+
+    # Resolved directories -------------------------------------------------------------
+
+    @property
+    def models_path(self) -> Path:
+        return Path(self.models_dir).expanduser().resolve() if self.models_dir else default_models_dir()
+
+    @property
+    def assets_path(self) -> Path:
+        if self.assets_dir:
+            return Path(self.assets_dir).expanduser().resolve()
+        return (self.models_path.parent / "assets").resolve()
+
+    @property
+    def lora_path(self) -> Path:
+        if self.lora_dir:
+            return Path(self.lora_dir).expanduser().resolve()
+        return (self.models_path / "lora").resolve()
+
+    @property
+    def logs_path(self) -> Path:
+        if self.logs_dir:
+            return Path(self.logs_dir).expanduser().resolve()
+        return (DEFAULT_HOME / "logs").expanduser().resolve()
+
+    def ensure_dirs(self) -> None:
+        for path in (self.models_path, self.assets_path, self.lora_path, self.logs_path):
+            path.mkdir(parents=True, exist_ok=True)
+
+
+def apply_environment(obj: HasTraits) -> None:
+    """Fill traits from their environment variables unless config set them explicitly."""
+    configured: set[str] = set()
+    config = getattr(obj, "config", None)
+    if config is not None:
+        for cls in type(obj).__mro__:
+            section = config.get(cls.__name__) if cls.__name__ in config else None
+            if section:
+                configured.update(section.keys())
+    for name, trait in obj.traits(env=lambda e: bool(e)).items():
+        raw = os.environ.get(trait.metadata["env"])
+        if raw is None or raw == "" or name in configured:
+            continue
+        if isinstance(trait, Bool):
+            value = raw.strip().lower() in {"1", "true", "yes", "on"}
+        elif isinstance(trait, List):
+            value = [part.strip() for part in raw.split(",") if part.strip()]
+        else:
+            value = trait.from_string(raw)
+        setattr(obj, name, value)
+
+
+def settings_table() -> str:
+    """Markdown table of every setting: the source of docs/configuration.md."""
+    rows = ["| Setting | Environment variable | Default | Description |", "|---|---|---|---|"]
+    for name, trait in sorted(ScopeSettings.class_traits(config=True).items()):
+        env = trait.metadata.get("env", "")
+        default_value = trait.default_value
+        shown = "(empty)" if default_value in ("", []) else f"`{default_value!r}`"
+        rows.append(f"| `ScopeApp.{name}` | `{env}` | {shown} | {trait.help} |")
+    return "\n".join(rows)

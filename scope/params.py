@@ -1,0 +1,141 @@
+"""Request and stream parameter models: the one source of truth for validation and schemas.
+
+The same models validate HTTP bodies and data-channel messages, generate the JSON Schemas
+served by ``/api/v1/pipelines/schemas`` and the OpenAPI document, and drive the widget's
+controls.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+InputMode = Literal["text", "video"]
+InterpolationMethod = Literal["linear", "slerp"]
+
+
+class PromptItem(BaseModel):
+    """One weighted prompt; several are blended spatially."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(description="Prompt text.")
+    weight: float = Field(1.0, ge=0, description="Relative weight; weights are normalised to sum to 1.")
+
+
+def _coerce_prompts(value: Any) -> Any:
+    """Accept a string, a list of strings, or a list of prompt objects."""
+    if isinstance(value, str):
+        return [{"text": value, "weight": 1.0}]
+    if isinstance(value, list):
+        return [{"text": item, "weight": 1.0} if isinstance(item, str) else item for item in value]
+    return value
+
+
+Prompts = list[PromptItem]
+
+
+class Transition(BaseModel):
+    """Temporal interpolation from the current conditioning to ``target_prompts``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    target_prompts: Prompts = Field(description="Prompts to move towards.")
+    num_steps: int = Field(4, ge=0, le=1000, description="Number of chunks the transition spans; 0 switches at once.")
+    temporal_interpolation_method: InterpolationMethod = Field(
+        "linear", description="How embeddings are interpolated between chunks."
+    )
+
+    _coerce = field_validator("target_prompts", mode="before")(lambda cls, v: _coerce_prompts(v))
+
+
+class LoraScale(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(description="Path of a loaded LoRA file (absolute, or relative to the LoRA directory).")
+    scale: float = Field(ge=-10, le=10, description="New adapter scale.")
+
+
+class SpoutConfig(BaseModel):
+    """Windows-only Spout I/O; accepted for compatibility and ignored elsewhere."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False
+    name: str = "ScopeOut"
+
+
+class StreamParameters(BaseModel):
+    """Parameters of one streaming session.
+
+    Every field is optional: a message carries only what changes, and fields it leaves out keep
+    their current value. ``initialParameters`` of an offer and every data-channel message are
+    validated by this model.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    input_mode: InputMode | None = Field(None, description="'text' generates from prompts; 'video' consumes the client's track.")
+    prompts: Prompts | None = Field(None, description="Weighted prompts, blended spatially. A string or list of strings is accepted too.")
+    prompt_interpolation_method: InterpolationMethod | None = Field(None, description="Spatial blend of several prompts.")
+    transition: Transition | None = Field(None, description="Move to new prompts over several chunks.")
+    denoising_step_list: list[Annotated[int, Field(ge=0, le=1000)]] | None = Field(
+        None, min_length=1, description="Descending timesteps of the few-step schedule."
+    )
+    noise_scale: float | None = Field(None, ge=0, le=1, description="Video mode: how much noise is added to the input latents.")
+    noise_controller: bool | None = Field(None, description="Video mode: adjust noise automatically from motion.")
+    manage_cache: bool | None = Field(None, description="Reset the KV cache automatically when conditioning changes.")
+    reset_cache: bool | None = Field(None, description="One-shot: flush queued frames and reset caches on the next chunk.")
+    kv_cache_attention_bias: float | None = Field(None, ge=0.01, le=1.0, description="Log-scale reliance on past frames.")
+    lora_scales: list[LoraScale] | None = Field(None, description="One-shot runtime LoRA scale update.")
+    vace_ref_images: list[str] | None = Field(None, description="One-shot: reference images (paths in the assets directory).")
+    vace_context_scale: float | None = Field(None, ge=0, le=2, description="Strength of VACE conditioning.")
+    vace_use_input_video: bool | None = Field(None, description="Video mode with VACE: use input frames as VACE conditioning.")
+    paused: bool | None = Field(None, description="Freeze the output (repeat the last frame) and stop pipeline calls.")
+    spout_sender: SpoutConfig | None = Field(None, description="Windows only; ignored elsewhere.")
+    spout_receiver: SpoutConfig | None = Field(None, description="Windows only; ignored elsewhere.")
+
+    _coerce = field_validator("prompts", mode="before")(lambda cls, v: _coerce_prompts(v))
+
+
+#: Keys that act once and are then removed from the session's parameters.
+ONE_SHOT_KEYS = frozenset({"reset_cache", "lora_scales", "vace_ref_images", "paused"})
+
+
+class ParameterErrors(Exception):
+    """A parameters message was refused; ``errors`` lists ``{"loc", "msg"}`` items."""
+
+    def __init__(self, errors: list[dict[str, Any]]):
+        super().__init__("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors))
+        self.errors = errors
+
+
+def validation_errors(exc: ValidationError, prefix: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """Reduce pydantic's errors to JSON-safe ``{"loc", "msg", "type"}`` items."""
+    return [
+        {"loc": [*prefix, *err["loc"]], "msg": err["msg"], "type": err["type"]}
+        for err in exc.errors(include_url=False, include_context=False, include_input=False)
+    ]
+
+
+def parse_parameters(
+    message: dict[str, Any], model: type[BaseModel] = StreamParameters
+) -> tuple[dict[str, Any], list[str]]:
+    """Validate one parameters message.
+
+    Returns the validated update (only the keys the message carried, prompts normalised to
+    objects) and the unknown keys, which are ignored. Raises :class:`ParameterErrors` when any
+    known key has an invalid value: the message is then refused as a whole.
+    """
+    if not isinstance(message, dict):
+        raise ParameterErrors([{"loc": [], "msg": "parameters must be a JSON object", "type": "dict_type"}])
+    known = set(model.model_fields)
+    unknown = sorted(key for key in message if key not in known)
+    try:
+        parsed = model.model_validate({k: v for k, v in message.items() if k in known})
+    except ValidationError as exc:
+        raise ParameterErrors(validation_errors(exc)) from None
+    full = parsed.model_dump(mode="json")
+    # Only the keys the message carried, but nested models complete with their defaults.
+    return {key: full[key] for key in parsed.model_fields_set}, unknown

@@ -1,0 +1,135 @@
+"""The pipeline interface: weights are shared, stream state is not.
+
+A :class:`Pipeline` owns what is expensive and read-only (weights, encoders). Every consumer
+(a WebRTC session, a notebook) opens its own :class:`Stream`, which holds everything that
+evolves over time (caches, conditioning, random state), so two streams never disturb each
+other. All methods are blocking and run on the device worker thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+from pydantic import BaseModel
+
+from scope.models.artifacts import Artifact
+from scope.params import StreamParameters
+
+Mode = Literal["text", "video"]
+
+
+@dataclass(frozen=True)
+class PipelineInfo:
+    """Static facts about a pipeline, served by ``/api/v1/pipelines/schemas``."""
+
+    id: str
+    name: str
+    description: str
+    supported_modes: tuple[Mode, ...]
+    default_mode: Mode
+    version: str = "1.0.0"
+    supports_prompts: bool = True
+    default_temporal_interpolation_method: Literal["linear", "slerp"] = "slerp"
+    default_temporal_interpolation_steps: int = 0
+    docs_url: str | None = None
+    estimated_vram_gb: float | None = None
+    requires_models: bool = True
+    supports_lora: bool = False
+    supports_vace: bool = False
+    supports_cache_management: bool = False
+    supports_kv_cache_bias: bool = False
+    supports_quantization: bool = False
+    min_dimension: int = 1
+    recommended_quantization_vram_threshold: float | None = None
+    modified: bool = False
+
+
+@dataclass(frozen=True)
+class LoadContext:
+    """Where a pipeline finds its files."""
+
+    models_dir: Path
+    lora_dir: Path
+    assets_dir: Path
+
+
+@dataclass
+class Chunk:
+    """One pipeline call's output.
+
+    ``frames`` is uint8 ``(T, H, W, 3)`` RGB. ``transition_active`` tells the caller whether a
+    temporal transition is still running, so it keeps passing ``transition`` until it ends.
+    """
+
+    frames: np.ndarray
+    transition_active: bool = False
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Stream(ABC):
+    """Per-consumer generation state over a shared :class:`Pipeline`."""
+
+    @abstractmethod
+    def frames_needed(self, params: dict[str, Any]) -> int:
+        """Input frames the next chunk consumes in video mode (0: none)."""
+
+    @abstractmethod
+    def generate(
+        self, params: dict[str, Any], video: np.ndarray | None = None, *, init_cache: bool = False
+    ) -> Chunk:
+        """Produce the next chunk.
+
+        ``params`` is the session's merged parameter dict (one-shot keys included once).
+        ``video`` is uint8 ``(T, H, W, 3)`` input in video mode, else None. ``init_cache``
+        resets the stream's caches before generating.
+        """
+
+    def close(self) -> None:
+        """Release per-stream buffers."""
+
+
+class Pipeline(ABC):
+    """A loaded pipeline. Subclasses declare their facts as class attributes."""
+
+    info: ClassVar[PipelineInfo]
+    #: Validates ``load_params``; its defaults are this pipeline's load defaults.
+    load_params_model: ClassVar[type[BaseModel]]
+    #: The pipeline's configuration schema, served as ``config_schema`` (UI hints).
+    config_model: ClassVar[type[BaseModel]]
+    #: Validates stream parameters (``initialParameters`` and data-channel messages).
+    parameters_model: ClassVar[type[BaseModel]] = StreamParameters
+    #: Per-mode parameter defaults; the server applies ``video`` ones in video mode.
+    mode_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: Parameter defaults the server applies whatever the mode.
+    default_parameters: ClassVar[dict[str, Any]] = {}
+    #: Hugging Face files the pipeline needs.
+    artifacts: ClassVar[tuple[Artifact, ...]] = ()
+
+    def __init__(self, load_params: BaseModel):
+        self.load_params = load_params
+
+    @classmethod
+    @abstractmethod
+    def load(cls, load_params: BaseModel, context: LoadContext) -> "Pipeline":
+        """Read weights and build the pipeline (blocking)."""
+
+    @abstractmethod
+    def open_stream(self) -> Stream:
+        """A fresh, independent stream over this pipeline's weights."""
+
+    def unload(self) -> None:
+        """Free the weights (and device memory)."""
+
+    @property
+    def synthetic(self) -> bool:
+        """True when the weights in use are synthetic (tiny, random)."""
+        return False
+
+    @property
+    def loaded_lora_adapters(self) -> list[dict[str, Any]] | None:
+        """LoRA adapters in use; None for pipelines without LoRA support."""
+        return [] if self.info.supports_lora else None

@@ -1,0 +1,353 @@
+"""One WebRTC streaming session: its parameters, input, generation loop and output.
+
+The generation loop runs on the event loop and hands each chunk to the device worker thread,
+so the loop never blocks. Each session opens its own :class:`~scope.pipelines.base.Stream`
+on the shared pipeline, and re-opens it (fresh state) when the pipeline is reloaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Any
+
+from aiortc import RTCDataChannel, RTCPeerConnection
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from scope.params import ParameterErrors, parse_parameters
+from scope.pipelines.base import Stream
+from scope.streaming.manager import LOADED, PipelineManager
+from scope.streaming.parameter_state import ParameterState
+from scope.streaming.tracks import ChunkRateMeter, InputBuffer, OutputTrack
+
+logger = logging.getLogger(__name__)
+
+STATS_INTERVAL_S = 0.5
+FAILURE_BACKOFF_S = 0.2
+
+
+class FatalStreamError(Exception):
+    """An error after which the session cannot go on (e.g. out of device memory)."""
+
+
+def is_fatal(exc: BaseException) -> bool:
+    if isinstance(exc, (MemoryError, FatalStreamError)):
+        return True
+    return "out of memory" in str(exc).lower()
+
+
+class StreamSession:
+    """A peer connection bound to the loaded pipeline through its own stream state."""
+
+    def __init__(
+        self,
+        session_id: str,
+        pc: RTCPeerConnection,
+        manager: PipelineManager,
+        executor: Executor,
+        initial_parameters: dict[str, Any],
+        on_closed: Callable[["StreamSession"], None],
+    ):
+        self.id = session_id
+        self.pc = pc
+        self.manager = manager
+        self.executor = executor
+        self.parameters = ParameterState(initial_parameters)
+        self.pipeline_meter = ChunkRateMeter()
+        self.input = InputBuffer()
+        self.track = OutputTrack(rate=self.output_fps)
+        self.paused = False
+        self.state = "waiting"
+        self.chunks = 0
+        self.chunk_ms = 0.0
+        self.closed = False
+        self._on_closed = on_closed
+        self._channel: RTCDataChannel | None = None
+        self._outbox: list[str] = []
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task] = set()
+        self._stream: Stream | None = None
+        self._stream_generation = -1
+        self._init_cache = True
+        self._input_track: MediaStreamTrack | None = None
+        self._disconnect_timer: asyncio.TimerHandle | None = None
+        manager.add_listener(self._on_pipeline_event)
+
+    # Wiring -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._spawn(self._generate_loop(), "generate")
+        self._spawn(self._stats_loop(), "stats")
+
+    def _spawn(self, coro, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=f"scope-session-{self.id[:8]}-{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def attach_channel(self, channel: RTCDataChannel) -> None:
+        self._channel = channel
+
+        @channel.on("open")
+        def _flush() -> None:
+            self._flush_outbox()
+
+        @channel.on("message")
+        def _message(message: str | bytes) -> None:
+            self.handle_message(message)
+
+        if channel.readyState == "open":
+            self._flush_outbox()
+
+    def attach_input(self, track: MediaStreamTrack) -> None:
+        if track.kind == "video" and self._input_track is None:
+            self._input_track = track
+            self._spawn(self._read_input(track), "input")
+
+    def connection_state_changed(self, state: str, timeout: float) -> None:
+        if state in ("failed", "closed"):
+            self._spawn_close(None)
+        elif state == "disconnected":
+            loop = asyncio.get_running_loop()
+            if self._disconnect_timer is None:
+                self._disconnect_timer = loop.call_later(timeout, self._spawn_close, None)
+        elif state == "connected" and self._disconnect_timer is not None:
+            self._disconnect_timer.cancel()
+            self._disconnect_timer = None
+
+    def _spawn_close(self, message: str | None) -> None:
+        if not self.closed:
+            asyncio.get_running_loop().create_task(self.close(notify=False))
+
+    # Messages ---------------------------------------------------------------------------
+
+    def send(self, message: dict[str, Any]) -> None:
+        """Send a JSON message on the data channel, queueing it until the channel opens."""
+        text = json.dumps(message)
+        if self._channel is not None and self._channel.readyState == "open":
+            self._channel.send(text)
+        else:
+            self._outbox.append(text)
+
+    def _flush_outbox(self) -> None:
+        outbox, self._outbox = self._outbox, []
+        for text in outbox:
+            self._channel.send(text)
+
+    def handle_message(self, raw: str | bytes) -> None:
+        """A data-channel message: validate, then merge it (or refuse it as a whole)."""
+        try:
+            message = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            self.send({"type": "parameters_rejected", "errors": [{"loc": [], "msg": f"invalid JSON: {exc}"}]})
+            return
+        if isinstance(message, dict) and message.get("type") not in (None, "parameters"):
+            return  # a message kind this server does not take: ignore it
+        if isinstance(message, dict):
+            message = {k: v for k, v in message.items() if k != "type"}
+        model = self.manager.pipeline.parameters_model if self.manager.pipeline else None
+        try:
+            update, unknown = parse_parameters(message, model) if model else parse_parameters(message)
+        except ParameterErrors as exc:
+            self.send({"type": "parameters_rejected", "errors": [{"loc": e["loc"], "msg": e["msg"]} for e in exc.errors]})
+            return
+        if unknown:
+            self.send({"type": "parameters_warning", "unknown_keys": unknown})
+        self.apply_update(update)
+
+    def apply_update(self, update: dict[str, Any]) -> None:
+        """Apply a validated update; ``paused`` acts at once, the rest on the next chunk."""
+        update = dict(update)
+        update.pop("spout_sender", None)
+        update.pop("spout_receiver", None)
+        if "paused" in update:
+            self.paused = bool(update.pop("paused"))
+            self.track.hold = self.paused or self.state != "streaming"
+            self.track.wake()
+        if update.get("reset_cache"):
+            self.track.flush()
+        if update:
+            self.parameters.update(update)
+        self._wake.set()
+
+    def _on_pipeline_event(self, event: str, message: str) -> None:
+        if event in ("loading", "loaded", "load_failed"):
+            self.send({"type": "pipeline_event", "event": event, "message": message})
+        self._wake.set()
+
+    # Generation -------------------------------------------------------------------------
+
+    def output_fps(self) -> float:
+        pipeline_fps = self.pipeline_meter.fps
+        input_fps = self.input.meter.fps if self._input_track is not None else None
+        return min(pipeline_fps, input_fps) if input_fps else pipeline_fps
+
+    def _set_state(self, state: str) -> None:
+        self.state = state
+        self.track.hold = self.paused or state != "streaming"
+        self.track.wake()
+
+    async def _wait(self, *aws, timeout: float = 1.0) -> None:
+        """Sleep until woken (message, pipeline change) or one of ``aws`` finishes."""
+        self._wake.clear()
+        waiters = [asyncio.ensure_future(self._wake.wait()), *(asyncio.ensure_future(a) for a in aws)]
+        try:
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+    def _mode(self) -> str:
+        pipeline = self.manager.pipeline
+        default = pipeline.info.default_mode if pipeline else "video"
+        return self.parameters.input_mode or default
+
+    async def _generate_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self.closed:
+            if self.paused:
+                self._set_state("paused")
+                await self._wait()
+                continue
+            manager = self.manager
+            if manager.status != LOADED or manager.pipeline is None:
+                self._set_state("waiting")
+                await self._close_stream()
+                await self._wait(manager.wait_changed())
+                continue
+            if self._stream is None or self._stream_generation != manager.generation:
+                await self._close_stream()
+                generation = manager.generation
+                self._stream = await loop.run_in_executor(self.executor, manager.pipeline.open_stream)
+                self._stream_generation = generation
+                self._init_cache = True
+                self.input.clear()
+                continue
+            stream = self._stream
+            video = None
+            if self._mode() == "video":
+                needed = stream.frames_needed(self.parameters.snapshot())
+                if needed > 0:
+                    if len(self.input) < needed:
+                        self._set_state("waiting")
+                        await self._wait(self.input.wait_for(needed, timeout=1.0))
+                        continue
+                    video = self.input.take(needed)
+            params = self.parameters.take_chunk()
+            init_cache = self._init_cache
+            if "reset_cache" in params:
+                init_cache = bool(params.pop("reset_cache"))
+            started = time.perf_counter()
+            try:
+                chunk = await loop.run_in_executor(
+                    self.executor, functools.partial(stream.generate, params, video, init_cache=init_cache)
+                )
+            except Exception as exc:
+                if self.closed:
+                    return
+                if is_fatal(exc):
+                    logger.exception("session %s: fatal pipeline error", self.id)
+                    await self.close(error_message=str(exc))
+                    return
+                logger.warning("session %s: chunk failed: %s", self.id, exc)
+                self.send({"type": "pipeline_event", "event": "chunk_failed", "message": str(exc)})
+                self._init_cache = False
+                await asyncio.sleep(FAILURE_BACKOFF_S)
+                continue
+            if self.closed or self._stream is not stream:
+                continue
+            elapsed = time.perf_counter() - started
+            self._init_cache = False
+            frames = chunk.frames
+            self.chunks += 1
+            self.chunk_ms = elapsed * 1000.0
+            self.pipeline_meter.record(elapsed, len(frames))
+            if "transition" in params and not chunk.transition_active:
+                self.parameters.finish_transition()
+            self.track.grow(len(frames))
+            self.track.push(frames)
+            self._set_state("streaming")
+
+    async def _close_stream(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            await asyncio.get_running_loop().run_in_executor(self.executor, stream.close)
+
+    async def _read_input(self, track: MediaStreamTrack) -> None:
+        while not self.closed:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            self.input.put(frame.to_ndarray(format="rgb24"))
+            self._wake.set()
+
+    # Reporting --------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        pipeline = self.manager.pipeline
+        return {
+            "fps": round(self.track.sent.fps or 0.0, 2),
+            "chunk": self.chunks,
+            "chunk_ms": round(self.chunk_ms, 2),
+            "pipeline_id": self.manager.target.pipeline_id if self.manager.target else None,
+            "synthetic": bool(pipeline and pipeline.synthetic),
+            "state": "paused" if self.paused else self.state,
+        }
+
+    async def _stats_loop(self) -> None:
+        while not self.closed:
+            await asyncio.sleep(STATS_INTERVAL_S)
+            if self._channel is not None and self._channel.readyState == "open":
+                self.send({"type": "stats", **self.stats()})
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "input_mode": self._mode(),
+            "pipeline_id": self.manager.target.pipeline_id if self.manager.target else None,
+            "connection_state": self.pc.connectionState,
+            "parameters": self.parameters.snapshot(),
+            "stats": self.stats(),
+        }
+
+    # Teardown ---------------------------------------------------------------------------
+
+    async def close(self, error_message: str | None = None, notify: bool = True) -> None:
+        """Stop everything the session owns. ``notify`` sends ``stream_stopped`` first."""
+        if self.closed:
+            return
+        self.closed = True
+        self.manager.remove_listener(self._on_pipeline_event)
+        if self._disconnect_timer is not None:
+            self._disconnect_timer.cancel()
+        if notify and self._channel is not None and self._channel.readyState == "open":
+            message = {"type": "stream_stopped"}
+            if error_message:
+                message["error_message"] = error_message
+            self._channel.send(json.dumps(message))
+            await _drain(self._channel)
+        current = asyncio.current_task()
+        tasks = [t for t in self._tasks if t is not current]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.track.stop()
+        with contextlib.suppress(Exception):
+            await self._close_stream()
+        with contextlib.suppress(Exception):
+            await self.pc.close()
+        self._on_closed(self)
+
+
+async def _drain(channel: RTCDataChannel, timeout: float = 0.5) -> None:
+    """Give a just-sent message a moment to leave before the connection closes."""
+    deadline = time.monotonic() + timeout
+    await asyncio.sleep(0.05)
+    while channel.bufferedAmount > 0 and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)

@@ -1,0 +1,182 @@
+"""WebRTC signalling: offers become sessions, trickled candidates reach their peer."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
+from typing import Any
+
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc.sdp import candidate_from_sdp
+
+from scope.params import ParameterErrors, parse_parameters
+from scope.streaming.manager import LOADED, LOADING, PipelineManager
+from scope.streaming.session import StreamSession
+
+logger = logging.getLogger(__name__)
+
+
+class SignallingError(Exception):
+    """An offer or candidate was refused; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, detail: Any):
+        super().__init__(detail if isinstance(detail, str) else str(detail))
+        self.status = status
+        self.detail = detail
+
+
+def parse_candidate(entry: dict[str, Any]):
+    """A browser ``RTCIceCandidateInit`` as an aiortc candidate (None: end of candidates)."""
+    text = (entry.get("candidate") or "").strip()
+    for prefix in ("a=", "candidate:"):
+        if text.startswith(prefix):
+            text = text[len(prefix):]
+    if not text:
+        return None
+    try:
+        candidate = candidate_from_sdp(text)
+    except (ValueError, IndexError) as exc:
+        raise SignallingError(400, f"Invalid ICE candidate: {exc}") from None
+    candidate.sdpMid = entry.get("sdpMid")
+    candidate.sdpMLineIndex = entry.get("sdpMLineIndex")
+    if candidate.sdpMid is None and candidate.sdpMLineIndex is None:
+        raise SignallingError(400, "Invalid ICE candidate: sdpMid and sdpMLineIndex are both null")
+    return candidate
+
+
+class SessionService:
+    """Creates, lists and closes streaming sessions."""
+
+    def __init__(
+        self,
+        manager: PipelineManager,
+        executor: Executor,
+        ice_servers: Callable[[], Awaitable[list[RTCIceServer]]],
+        max_sessions: int = 4,
+        disconnect_timeout: float = 10.0,
+    ):
+        self.manager = manager
+        self.executor = executor
+        self.ice_servers = ice_servers
+        self.max_sessions = max_sessions
+        self.disconnect_timeout = disconnect_timeout
+        self.sessions: dict[str, StreamSession] = {}
+        self._creating = 0
+
+    def _check_capacity_and_pipeline(self) -> None:
+        if len(self.sessions) + self._creating >= self.max_sessions:
+            raise SignallingError(
+                503, f"Too many streaming sessions: at most {self.max_sessions} may stream at once."
+            )
+        if self.manager.status == LOADING:
+            raise SignallingError(409, "A pipeline is loading; send the offer once it has loaded.")
+        if self.manager.status != LOADED or self.manager.pipeline is None:
+            raise SignallingError(400, "Pipeline not loaded. Please load pipeline first.")
+
+    def initial_parameters(self, raw: dict[str, Any] | None) -> dict[str, Any]:
+        """Validate ``initialParameters`` and add the pipeline's defaults for its mode."""
+        pipeline = self.manager.pipeline
+        try:
+            given, _unknown = parse_parameters(raw or {}, pipeline.parameters_model)
+        except ParameterErrors as exc:
+            raise SignallingError(422, [{**e, "loc": ["body", "initialParameters", *e["loc"]]} for e in exc.errors]) from None
+        mode = given.get("input_mode") or pipeline.info.default_mode
+        if mode not in pipeline.info.supported_modes:
+            raise SignallingError(
+                400,
+                f"input_mode '{mode}' is not supported by pipeline '{pipeline.info.id}' "
+                f"(supported: {', '.join(pipeline.info.supported_modes)})",
+            )
+        params: dict[str, Any] = dict(pipeline.default_parameters)
+        if mode == "video":
+            params.update({k: v for k, v in pipeline.mode_defaults.get("video", {}).items() if v is not None and k not in ("height", "width")})
+        params.update(given)
+        params["input_mode"] = mode
+        return params
+
+    async def create(self, sdp: str, sdp_type: str, raw_parameters: dict[str, Any] | None) -> dict[str, Any]:
+        """Answer an offer and start its session."""
+        self._check_capacity_and_pipeline()
+        if sdp_type != "offer":
+            raise SignallingError(400, f"type must be 'offer', got '{sdp_type}'")
+        params = self.initial_parameters(raw_parameters)
+        self._creating += 1
+        try:
+            servers = await self.ice_servers()
+            pc = RTCPeerConnection(RTCConfiguration(iceServers=servers))
+            session = StreamSession(
+                str(uuid.uuid4()), pc, self.manager, self.executor, params, on_closed=self._forget
+            )
+            try:
+                answer = await self._negotiate(pc, session, sdp)
+            except Exception:
+                await session.close(notify=False)
+                raise
+            self.sessions[session.id] = session
+        finally:
+            self._creating -= 1
+        session.start()
+        logger.info("session %s started (%d active)", session.id, len(self.sessions))
+        return {"sdp": answer.sdp, "type": answer.type, "sessionId": session.id}
+
+    async def _negotiate(self, pc: RTCPeerConnection, session: StreamSession, sdp: str):
+        @pc.on("datachannel")
+        def _on_channel(channel) -> None:
+            session.attach_channel(channel)
+
+        @pc.on("track")
+        def _on_track(track) -> None:
+            session.attach_input(track)
+
+        @pc.on("connectionstatechange")
+        def _on_state() -> None:
+            session.connection_state_changed(pc.connectionState, self.disconnect_timeout)
+
+        # The output track goes in first so the client's first video m-line carries it.
+        pc.addTrack(session.track)
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        except Exception as exc:
+            raise SignallingError(400, f"Invalid SDP offer: {exc}") from None
+        if not any(t.kind == "video" for t in pc.getTransceivers()):
+            raise SignallingError(400, "The offer has no video media section.")
+        try:
+            answer = await pc.createAnswer()
+            await pc.setLocalDescription(answer)
+        except Exception as exc:
+            raise SignallingError(400, f"Cannot answer the offer: {exc}") from None
+        return pc.localDescription
+
+    async def add_candidates(self, session_id: str, candidates: list[dict[str, Any]]) -> None:
+        session = self.sessions.get(session_id)
+        if session is None:
+            raise SignallingError(404, f"Session {session_id} not found")
+        if session.closed or session.pc.connectionState in ("closed", "failed"):
+            raise SignallingError(404, f"Session {session_id} is closed or failed")
+        parsed = [parse_candidate(entry) for entry in candidates]
+        # Adding can take a second per mDNS candidate: do it off the request path.
+        asyncio.get_running_loop().create_task(self._add(session, parsed))
+
+    @staticmethod
+    async def _add(session: StreamSession, candidates) -> None:
+        for candidate in candidates:
+            try:
+                await session.pc.addIceCandidate(candidate)
+            except Exception as exc:  # the peer may already be gone
+                logger.debug("session %s: candidate not added: %s", session.id, exc)
+
+    def _forget(self, session: StreamSession) -> None:
+        self.sessions.pop(session.id, None)
+        logger.info("session %s closed (%d active)", session.id, len(self.sessions))
+
+    async def close(self, session_id: str) -> None:
+        session = self.sessions.get(session_id)
+        if session is None:
+            raise SignallingError(404, f"Session {session_id} not found")
+        await session.close()
+
+    async def close_all(self) -> None:
+        await asyncio.gather(*(s.close() for s in list(self.sessions.values())), return_exceptions=True)

@@ -1,0 +1,3 @@
+from scope.server_ext.application import main
+
+main()

@@ -1,0 +1,167 @@
+"""Request and response bodies of the Scope REST API.
+
+These models validate requests and generate the OpenAPI document served at
+``/openapi.json``; pipeline-specific load and stream parameters live with their pipelines.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from scope.params import StreamParameters
+
+
+class ErrorResponse(BaseModel):
+    detail: str | list[dict[str, Any]] = Field(description="What went wrong; validation errors list each field.")
+
+
+class MessageResponse(BaseModel):
+    message: str
+
+
+class HealthResponse(BaseModel):
+    status: Literal["healthy"]
+    timestamp: str = Field(description="Server local time, ISO 8601.")
+
+
+class HardwareInfo(BaseModel):
+    vram_gb: float | None = Field(description="Total memory of CUDA device 0 in GiB; null without CUDA.")
+    spout_available: bool = Field(description="True only on Windows.")
+    device_name: str = Field(description="Name of the compute device (GPU name, or 'cpu').")
+    cuda_available: bool
+    ram_gb: float = Field(description="Total system memory in GiB.")
+
+
+class LoadRequest(BaseModel):
+    """Load a pipeline. ``pipeline_ids`` (a chain) wins over ``pipeline_id``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    pipeline_id: str | None = Field(None, description="Pipeline to load (the Quick Start form).")
+    pipeline_ids: list[str] | None = Field(
+        None, description="Pipelines to load as a chain; only one id is supported for now."
+    )
+    load_params: dict[str, Any] | None = Field(
+        None, description="Load parameters, validated against the pipeline's own model."
+    )
+
+    @property
+    def target_id(self) -> str:
+        return self.pipeline_ids[0] if self.pipeline_ids else self.pipeline_id  # type: ignore[return-value]
+
+
+class PipelineStatusResponse(BaseModel):
+    status: Literal["not_loaded", "loading", "loaded", "error"]
+    pipeline_id: str | None
+    load_params: dict[str, Any] | None
+    loaded_lora_adapters: list[dict[str, Any]] | None
+    error: str | None
+    synthetic: bool = Field(False, description="True when the loaded weights are synthetic.")
+
+
+class PipelineSchemasResponse(BaseModel):
+    pipelines: dict[str, dict[str, Any]] = Field(description="Per pipeline id: metadata, config_schema, mode_defaults, load_params_schema, parameters_schema.")
+
+
+class DownloadProgress(BaseModel):
+    is_downloading: bool
+    percentage: float = Field(description="Percent of the whole pipeline's bytes.")
+    bytes_done: int
+    bytes_total: int
+    current_artifact: str | None
+    error: str | None
+
+
+class ModelsStatusResponse(BaseModel):
+    downloaded: bool
+    progress: DownloadProgress | None
+
+
+class DownloadRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    pipeline_id: str = Field(min_length=1, description="Pipeline whose files to download.")
+
+
+class IceServer(BaseModel):
+    urls: str | list[str]
+    username: str | None = None
+    credential: str | None = None
+
+
+class IceServersResponse(BaseModel):
+    iceServers: list[IceServer]
+
+
+class OfferRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    sdp: str = Field(description="The client's SDP offer.")
+    type: str = Field(description="Must be 'offer'.")
+    initialParameters: StreamParameters | None = Field(
+        None, description="Stream parameters applied from the first chunk (validated against the loaded pipeline)."
+    )
+
+
+class OfferResponse(BaseModel):
+    sdp: str
+    type: Literal["answer"]
+    sessionId: str
+
+
+class IceCandidate(BaseModel):
+    candidate: str = Field(description="A browser candidate line (the 'candidate:' prefix is optional); empty means end of candidates.")
+    sdpMid: str | None = None
+    sdpMLineIndex: int | None = None
+
+
+class IceCandidatesRequest(BaseModel):
+    candidates: list[IceCandidate]
+
+
+class SessionStats(BaseModel):
+    fps: float
+    chunk: int
+    chunk_ms: float
+    pipeline_id: str | None
+    synthetic: bool
+    state: Literal["streaming", "paused", "waiting"]
+
+
+class SessionInfo(BaseModel):
+    id: str
+    input_mode: str
+    pipeline_id: str | None
+    connection_state: str
+    parameters: dict[str, Any]
+    stats: SessionStats
+
+
+class SessionsResponse(BaseModel):
+    sessions: list[SessionInfo]
+
+
+class Asset(BaseModel):
+    name: str = Field(description="File name without extension.")
+    path: str = Field(description="Absolute path on the server.")
+    size_mb: float
+    folder: str | None = Field(description="Sub-folder relative to the assets directory, or null.")
+    type: Literal["image", "video"]
+    created_at: float = Field(description="File creation (change) time, Unix seconds.")
+
+
+class AssetsResponse(BaseModel):
+    assets: list[Asset]
+
+
+class LoraFile(BaseModel):
+    name: str
+    path: str
+    size_mb: float
+    folder: str | None
+
+
+class LoraListResponse(BaseModel):
+    lora_files: list[LoraFile]

@@ -1,0 +1,1 @@
+"""HTTP handlers of the Scope API, one module per area."""

@@ -1,0 +1,154 @@
+"""The base of every Scope handler: auth policy, CORS, JSON bodies and JSON errors.
+
+Two policies share one handler class. *Closed* (the default under ``jupyter lab``): Jupyter's
+own auth applies (token or login cookie, XSRF on writes). *Open* (``daydream-scope``, or
+``ScopeApp.open_api``): no token, permissive CORS so a page from ``file://`` works. Jupyter's
+own endpoints (kernels, contents, terminals) keep their auth in both cases, because this policy
+lives on Scope's handlers only.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from jupyter_server.auth.decorator import allow_unauthenticated
+from jupyter_server.base.handlers import APIHandler
+from jupyter_server.extension.handler import ExtensionHandlerMixin
+from pydantic import BaseModel, ValidationError
+from tornado import web
+
+from scope.params import validation_errors
+
+#: Content types a cross-site form may send without a CORS preflight.
+SIMPLE_REQUEST_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data", "text/plain")
+
+
+class ApiError(web.HTTPError):
+    """An error answered as ``{"detail": ...}`` with the given status."""
+
+    def __init__(self, status: int, detail: Any):
+        super().__init__(status, log_message=detail if isinstance(detail, str) else json.dumps(detail))
+        self.detail = detail
+
+
+@dataclass
+class Operation:
+    """OpenAPI facts of one handler method; the same models validate the requests."""
+
+    summary: str
+    response: type[BaseModel] | None = None
+    request: type[BaseModel] | None = None
+    status: int = 200
+    errors: dict[int, str] = field(default_factory=dict)
+    query: dict[str, tuple[str, bool, str]] = field(default_factory=dict)  # name: (type, required, doc)
+    content: str = "application/json"
+    request_content: str = "application/json"
+    tags: tuple[str, ...] = ()
+
+
+class ScopeHandler(ExtensionHandlerMixin, APIHandler):
+    """JSON API handler for the Scope endpoints."""
+
+    #: URL pattern (below the base URL) and its OpenAPI path.
+    pattern: str = ""
+    openapi_path: str = ""
+    operations: dict[str, Operation] = {}
+
+    @property
+    def scope(self):
+        """The extension's services (manager, sessions, downloads, settings)."""
+        return self.settings["scope"]
+
+    @property
+    def open_api(self) -> bool:
+        return self.scope.settings.open_api
+
+    # Auth and CORS ----------------------------------------------------------------------
+
+    async def prepare(self) -> None:
+        await super().prepare()
+        if self.request.method == "OPTIONS":
+            return
+        if not self.open_api and not self.current_user:
+            raise ApiError(403, "Authentication required: log in to Jupyter or send its token.")
+        if self.open_api and self.request.method in ("POST", "PATCH", "PUT", "DELETE"):
+            content_type = self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+            if content_type in SIMPLE_REQUEST_TYPES:
+                raise ApiError(415, f"Content-Type '{content_type}' is not accepted; send application/json.")
+
+    def check_xsrf_cookie(self) -> None:
+        if self.open_api:
+            return  # no cookies are trusted on open routes; the preflight is the guard
+        super().check_xsrf_cookie()
+
+    def check_origin(self, origin_to_satisfy_tornado: str = "") -> bool:
+        if self.open_api:
+            return True
+        return super().check_origin(origin_to_satisfy_tornado)
+
+    def set_cors_headers(self) -> None:
+        if self.open_api:
+            self.set_header("Access-Control-Allow-Origin", "*")
+            self.set_header("Access-Control-Expose-Headers", "Content-Disposition")
+        else:
+            super().set_cors_headers()
+
+    @allow_unauthenticated
+    def options(self, *args: Any, **kwargs: Any) -> None:
+        if self.open_api:
+            self.set_header("Access-Control-Allow-Origin", "*")
+            self.set_header("Access-Control-Allow-Methods", "GET, POST, PATCH, DELETE, OPTIONS")
+            requested = self.request.headers.get("Access-Control-Request-Headers")
+            self.set_header("Access-Control-Allow-Headers", requested or "content-type")
+            self.set_header("Access-Control-Max-Age", "600")
+            self.set_status(204)
+            self.finish()
+        else:
+            super().options(*args, **kwargs)
+
+    # Bodies and answers -----------------------------------------------------------------
+
+    def json_body(self, model: type[BaseModel] | None = None) -> Any:
+        """The request body as JSON (400 if malformed), validated by ``model`` (422)."""
+        raw = self.request.body or b""
+        try:
+            data = json.loads(raw.decode("utf-8")) if raw.strip() else None
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ApiError(400, f"Malformed JSON body: {exc}") from None
+        self.raw_json = data
+        if model is None:
+            return data
+        if data is None:
+            raise ApiError(422, [{"loc": ["body"], "msg": "Field required", "type": "missing"}])
+        try:
+            return model.model_validate(data)
+        except ValidationError as exc:
+            raise ApiError(422, validation_errors(exc, prefix=("body",))) from None
+
+    def query(self, name: str, required: bool = False) -> str | None:
+        value = self.get_query_argument(name, None)
+        if required and not value:
+            raise ApiError(422, [{"loc": ["query", name], "msg": "Field required", "type": "missing"}])
+        return value
+
+    def reply(self, payload: BaseModel | dict[str, Any] | list[Any], status: int = 200) -> None:
+        self.set_status(status)
+        if isinstance(payload, BaseModel):
+            payload = payload.model_dump(mode="json")
+        self.finish(json.dumps(payload))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, ApiError):
+            detail = exc.detail
+        elif isinstance(exc, web.HTTPError):
+            detail = exc.log_message or exc.reason or self._reason
+        else:
+            self.log.error("unhandled error in %s", self.request.path, exc_info=kwargs.get("exc_info"))
+            detail = "Internal server error"
+        self.set_header("Content-Type", "application/json")
+        if self.open_api:
+            self.set_header("Access-Control-Allow-Origin", "*")
+        self.finish(json.dumps({"detail": detail}))

@@ -1,0 +1,106 @@
+"""Pipeline loading, status and schemas."""
+
+from __future__ import annotations
+
+from jupyter_server.auth.decorator import allow_unauthenticated
+from pydantic import ValidationError
+
+from scope.params import validation_errors
+from scope.pipelines.registry import UnknownPipeline, all_schemas, get_pipeline_class, pipeline_ids
+from scope.server_ext.api_models import (
+    LoadRequest,
+    MessageResponse,
+    PipelineSchemasResponse,
+    PipelineStatusResponse,
+)
+from scope.server_ext.handlers.base import ApiError, Operation, ScopeHandler
+from scope.streaming.manager import LoadConflict
+
+
+def unknown_pipeline_error(pipeline_id: str, loc: list[str]) -> ApiError:
+    known = pipeline_ids()
+    return ApiError(
+        422,
+        [{"loc": loc, "msg": f"Unknown pipeline id '{pipeline_id}'. Known pipelines: {', '.join(known)}", "type": "unknown_pipeline", "known": known}],
+    )
+
+
+class LoadHandler(ScopeHandler):
+    pattern = openapi_path = "/api/v1/pipeline/load"
+    operations = {
+        "post": Operation(
+            "Load a pipeline (the status is 'loading' when this answers)",
+            MessageResponse,
+            request=LoadRequest,
+            errors={409: "A different load is in progress", 422: "Unknown pipeline or invalid load_params"},
+            tags=("pipeline",),
+        )
+    }
+
+    @allow_unauthenticated
+    async def post(self) -> None:
+        body: LoadRequest = self.json_body(LoadRequest)
+        if body.pipeline_ids is not None:
+            if not body.pipeline_ids:
+                raise ApiError(422, [{"loc": ["body", "pipeline_ids"], "msg": "must contain one pipeline id", "type": "too_short"}])
+            if len(body.pipeline_ids) > 1:
+                raise ApiError(
+                    422,
+                    [{"loc": ["body", "pipeline_ids"], "msg": "pipeline chains (preprocessors) are not supported yet: send one id", "type": "too_long"}],
+                )
+            loc = ["body", "pipeline_ids", 0]
+        elif body.pipeline_id:
+            loc = ["body", "pipeline_id"]
+        else:
+            raise ApiError(422, [{"loc": ["body", "pipeline_id"], "msg": "Field required", "type": "missing"}])
+        pipeline_id = body.target_id
+        try:
+            started = self.scope.manager.request_load(pipeline_id, body.load_params)
+        except UnknownPipeline:
+            raise unknown_pipeline_error(pipeline_id, loc) from None
+        except ValidationError as exc:
+            raise ApiError(422, validation_errors(exc, prefix=("body", "load_params"))) from None
+        except LoadConflict as exc:
+            raise ApiError(409, str(exc)) from None
+        message = "Pipeline loading initiated successfully" if started else "Pipeline already loaded or loading"
+        self.reply({"message": message})
+
+
+class UnloadHandler(ScopeHandler):
+    pattern = openapi_path = "/api/v1/pipeline/unload"
+    operations = {
+        "post": Operation("Unload the pipeline and free its memory", MessageResponse, errors={409: "A load is in progress"}, tags=("pipeline",))
+    }
+
+    @allow_unauthenticated
+    async def post(self) -> None:
+        try:
+            await self.scope.manager.unload()
+        except LoadConflict as exc:
+            raise ApiError(409, str(exc)) from None
+        self.reply({"message": "Pipeline unloaded"})
+
+
+class StatusHandler(ScopeHandler):
+    pattern = openapi_path = "/api/v1/pipeline/status"
+    operations = {"get": Operation("Current pipeline status", PipelineStatusResponse, tags=("pipeline",))}
+
+    @allow_unauthenticated
+    def get(self) -> None:
+        self.reply(self.scope.manager.status_dict())
+
+
+class SchemasHandler(ScopeHandler):
+    pattern = openapi_path = "/api/v1/pipelines/schemas"
+    operations = {"get": Operation("Schemas of every registered pipeline", PipelineSchemasResponse, tags=("pipeline",))}
+
+    @allow_unauthenticated
+    def get(self) -> None:
+        self.reply(all_schemas())
+
+
+def known_pipeline(pipeline_id: str, loc: list[str]):
+    try:
+        return get_pipeline_class(pipeline_id)
+    except UnknownPipeline:
+        raise unknown_pipeline_error(pipeline_id, loc) from None

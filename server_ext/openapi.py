@@ -1,0 +1,71 @@
+"""The OpenAPI 3.1 document, generated from the handlers' operations and pydantic models."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from scope import __version__
+from scope.server_ext.api_models import ErrorResponse
+from scope.server_ext.handlers.base import ScopeHandler
+
+REF = "#/components/schemas/{model}"
+
+
+def _path_parameters(path: str) -> list[dict[str, Any]]:
+    names = [part[1:-1] for part in path.split("/") if part.startswith("{") and part.endswith("}")]
+    return [{"name": n, "in": "path", "required": True, "schema": {"type": "string"}} for n in names]
+
+
+def build_openapi(handlers: list[type[ScopeHandler]]) -> dict[str, Any]:
+    models: set[type[BaseModel]] = {ErrorResponse}
+    for handler in handlers:
+        for op in handler.operations.values():
+            models.update(m for m in (op.request, op.response) if m is not None)
+    ordered = sorted(models, key=lambda m: m.__name__)
+    keyed, schema = models_json_schema([(m, "validation") for m in ordered], ref_template=REF)
+    refs = {model: keyed[(model, "validation")] for model in ordered}
+
+    def content(model: type[BaseModel] | None, media: str) -> dict[str, Any]:
+        if model is None:
+            body = {"type": "string", "format": "binary"} if "octet" in media else {"type": "string"}
+            return {media: {"schema": body}}
+        return {media: {"schema": refs[model]}}
+
+    paths: dict[str, Any] = {}
+    for handler in handlers:
+        item = paths.setdefault(handler.openapi_path, {})
+        for method, op in handler.operations.items():
+            operation: dict[str, Any] = {
+                "summary": op.summary,
+                "operationId": f"{method}_{handler.__name__.removesuffix('Handler')}",
+                "tags": list(op.tags),
+                "responses": {},
+            }
+            params = _path_parameters(handler.openapi_path) + [
+                {"name": name, "in": "query", "required": required, "description": doc, "schema": {"type": typ}}
+                for name, (typ, required, doc) in op.query.items()
+            ]
+            if params:
+                operation["parameters"] = params
+            if op.request is not None:
+                operation["requestBody"] = {"required": True, "content": content(op.request, op.request_content)}
+            elif op.request_content != "application/json":
+                operation["requestBody"] = {"required": True, "content": content(None, op.request_content)}
+            ok: dict[str, Any] = {"description": "Success"}
+            if op.status != 204:
+                ok["content"] = content(op.response, op.content)
+            operation["responses"][str(op.status)] = ok
+            for code, why in sorted(op.errors.items()):
+                operation["responses"][str(code)] = {"description": why, "content": content(ErrorResponse, "application/json")}
+            if op.request is not None and 400 not in op.errors:
+                operation["responses"]["400"] = {"description": "Malformed JSON", "content": content(ErrorResponse, "application/json")}
+            item[method] = operation
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Scope", "version": __version__, "description": "Scope Workbench server API."},
+        "paths": paths,
+        "components": {"schemas": schema.get("$defs", {})},
+    }

@@ -1,0 +1,61 @@
+"""Every Scope route, in one list: the server mounts it and the OpenAPI document reads it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import swagger_ui_bundle
+from tornado import web
+
+from scope.server_ext.handlers.base import ScopeHandler
+from scope.server_ext.handlers.docs import OpenApiHandler, SwaggerHandler
+from scope.server_ext.handlers.files import AssetFileHandler, AssetsHandler, LoraListHandler
+from scope.server_ext.handlers.health import CurrentLogHandler, HardwareInfoHandler, HealthHandler
+from scope.server_ext.handlers.models import ModelsDownloadHandler, ModelsStatusHandler
+from scope.server_ext.handlers.pipeline import LoadHandler, SchemasHandler, StatusHandler, UnloadHandler
+from scope.server_ext.handlers.webrtc import (
+    CandidatesHandler,
+    IceServersHandler,
+    OfferHandler,
+    SessionHandler,
+    SessionsHandler,
+)
+
+PAGE_DIR = Path(__file__).parent / "static" / "page"
+
+#: API handlers, in the order the API reference lists them.
+HANDLERS: list[type[ScopeHandler]] = [
+    HealthHandler,
+    HardwareInfoHandler,
+    LoadHandler,
+    UnloadHandler,
+    StatusHandler,
+    SchemasHandler,
+    ModelsStatusHandler,
+    ModelsDownloadHandler,
+    IceServersHandler,
+    OfferHandler,
+    CandidatesHandler,
+    SessionsHandler,
+    SessionHandler,
+    AssetsHandler,
+    AssetFileHandler,
+    LoraListHandler,
+    CurrentLogHandler,
+]
+
+
+class PageHandler(web.StaticFileHandler):
+    """The server's own page (``/scope/``): plain files, no build step."""
+
+    def set_extra_headers(self, path: str) -> None:
+        self.set_header("Cache-Control", "no-cache")
+
+
+def route_table() -> list[tuple]:
+    """(pattern, handler[, kwargs]) rules, relative to the server's base URL."""
+    rules: list[tuple] = [(h.pattern, h) for h in (*HANDLERS, OpenApiHandler, SwaggerHandler)]
+    rules.append((r"/docs/static/(.*)", web.StaticFileHandler, {"path": swagger_ui_bundle.swagger_ui_path}))
+    rules.append((r"/scope", web.RedirectHandler, {"url": "scope/"}))
+    rules.append((r"/scope/(.*)", PageHandler, {"path": str(PAGE_DIR), "default_filename": "index.html"}))
+    return rules

@@ -1,0 +1,81 @@
+"""The objects behind the handlers, built once per server from the settings."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from aiortc import RTCIceServer
+
+from scope.config import ScopeSettings
+from scope.logs import ServerLog
+from scope.models.download import DownloadManager
+from scope.pipelines.base import LoadContext
+from scope.streaming.ice import IceServerProvider, to_rtc_ice_servers
+from scope.streaming.manager import PipelineManager
+from scope.streaming.webrtc import SessionService
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ScopeServices:
+    settings: ScopeSettings
+    manager: PipelineManager
+    sessions: SessionService
+    downloads: DownloadManager
+    ice: IceServerProvider
+    logs: ServerLog
+    executor: ThreadPoolExecutor
+
+    @classmethod
+    def create(cls, settings: ScopeSettings) -> "ScopeServices":
+        settings.ensure_dirs()
+        # Model calls are serialised on one thread per device; sessions queue fairly on it.
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scope-device")
+        context = LoadContext(models_dir=settings.models_path, lora_dir=settings.lora_path, assets_dir=settings.assets_path)
+        manager = PipelineManager(context, executor)
+        ice = IceServerProvider.from_env(
+            cloudflare_url=settings.cloudflare_turn_url,
+            twilio_base_url=settings.twilio_base_url,
+            stun_fallback=settings.stun_fallback,
+        )
+
+        async def server_ice_servers() -> list[RTCIceServer]:
+            own = [RTCIceServer(urls=url) for url in settings.server_ice_servers]
+            return own + to_rtc_ice_servers(await ice.turn_servers())
+
+        sessions = SessionService(
+            manager,
+            executor,
+            server_ice_servers,
+            max_sessions=settings.max_sessions,
+            disconnect_timeout=settings.disconnect_timeout,
+        )
+        downloads = DownloadManager(settings.models_path, token=os.environ.get("HF_TOKEN") or None)
+        return cls(settings, manager, sessions, downloads, ice, ServerLog(settings.logs_path), executor)
+
+    def open_log(self) -> None:
+        path = self.logs.start(verbose=self.settings.verbose_logging)
+        logger.info("Scope server log: %s", path)
+
+    async def start(self) -> None:
+        """Work that needs the running event loop (pre-warming the pipeline)."""
+        if self.settings.pipeline:
+            try:
+                self.manager.request_load(self.settings.pipeline, None)
+            except Exception as exc:
+                logger.error("cannot pre-warm pipeline %r: %s", self.settings.pipeline, exc)
+
+    async def stop(self) -> None:
+        await self.sessions.close_all()
+        try:
+            await asyncio.wait_for(self.manager.wait_idle(), timeout=30)
+            await self.manager.unload()
+        except Exception as exc:
+            logger.warning("unloading on shutdown: %s", exc)
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.logs.stop()

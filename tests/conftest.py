@@ -1,0 +1,126 @@
+"""Shared fixtures: an in-process Jupyter server with the Scope extension, and API helpers."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+
+from scope.pipelines import registry
+from tests.pipelines import TEST_PIPELINES, PatternPipeline
+
+pytest_plugins = ["pytest_jupyter.jupyter_server"]
+
+
+@pytest.fixture
+def scope_dirs(tmp_path):
+    dirs = {name: tmp_path / name for name in ("models", "assets", "lora", "logs")}
+    for path in dirs.values():
+        path.mkdir()
+    return dirs
+
+
+@pytest.fixture
+def scope_open_api() -> bool:
+    """Override (or parametrize) to run a test with Jupyter's auth on the Scope endpoints."""
+    return True
+
+
+@pytest.fixture
+def scope_extra_config() -> dict[str, Any]:
+    return {}
+
+
+@pytest.fixture
+def jp_server_config(scope_dirs, scope_open_api, scope_extra_config):
+    return {
+        "ServerApp": {
+            "jpserver_extensions": {"scope.server_ext": True},
+            "reraise_server_extension_failures": True,
+        },
+        "ScopeApp": {
+            "models_dir": str(scope_dirs["models"]),
+            "assets_dir": str(scope_dirs["assets"]),
+            "lora_dir": str(scope_dirs["lora"]),
+            "logs_dir": str(scope_dirs["logs"]),
+            "open_api": scope_open_api,
+            **scope_extra_config,
+        },
+    }
+
+
+@pytest.fixture
+def test_pipelines():
+    """Register the test-only pipelines for one test."""
+    PatternPipeline.loads = 0
+    PatternPipeline.streams = []
+    PatternPipeline.gate = None
+    for cls in TEST_PIPELINES:
+        registry.register(cls)
+    yield
+    for cls in TEST_PIPELINES:
+        registry.unregister(cls.info.id)
+    PatternPipeline.gate = None
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: Any
+    body: bytes
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@pytest.fixture
+def scope_url(jp_serverapp, http_server, jp_base_url, jp_http_port) -> str:
+    """Base URL of the running server (ends with '/')."""
+    return f"http://127.0.0.1:{jp_http_port}{jp_base_url}"
+
+
+@pytest.fixture
+def services(jp_serverapp):
+    return jp_serverapp.web_app.settings["scope"]
+
+
+@pytest.fixture
+def api(scope_url):
+    """``await api(method, path, json=..., body=..., headers=...)`` -> Reply (never raises on 4xx)."""
+    async def call(method: str, path: str, json_body: Any = None, body: bytes | str | None = None,
+                   headers: dict[str, str] | None = None, timeout: float = 30) -> Reply:
+        headers = dict(headers or {})
+        if json_body is not None:
+            body = json.dumps(json_body)
+            headers.setdefault("Content-Type", "application/json")
+        if body is None and method in ("POST", "PATCH", "PUT"):
+            body = b""
+            headers.setdefault("Content-Type", "application/json")
+        request = HTTPRequest(
+            scope_url + path.lstrip("/"), method=method, body=body, headers=headers,
+            request_timeout=timeout, allow_nonstandard_methods=True, follow_redirects=False,
+        )
+        response = await AsyncHTTPClient().fetch(request, raise_error=False)
+        if response.code == 599:
+            raise response.error
+        return Reply(response.code, response.headers, response.body or b"")
+
+    return call
+
+
+async def wait_for_status(api, wanted: str, timeout: float = 20.0) -> dict:
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        status = (await api("GET", "api/v1/pipeline/status")).json
+        if status["status"] == wanted:
+            return status
+        if time.monotonic() > deadline:
+            raise AssertionError(f"status stayed {status} (wanted {wanted})")
+        await asyncio.sleep(0.05)

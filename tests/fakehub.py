@@ -1,0 +1,507 @@
+"""A local stand-in for the Hugging Face Hub, served over real HTTP on loopback.
+
+It answers the listing calls ``huggingface_hub.HfApi`` makes (repo revision info, tree with
+``Link`` pagination, paths-info) and ``resolve`` downloads with ``Range`` support, from repos
+held in memory. Tests can make a file fail, slow or pause transfers, require a token, and
+inspect every request it served.
+
+Use it as a context manager (``with FakeHub({...}) as hub``) or through the ``fake_hub``
+fixture (``from tests.fakehub import fake_hub``), then point a client at ``hub.endpoint``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
+
+import pytest
+
+logger = logging.getLogger(__name__)
+
+FAKE_COMMIT = "c0ffee0000000000000000000000000000c0ffee"
+LFS_SUFFIXES = (".pt", ".pth", ".safetensors", ".bin", ".model", ".ckpt")
+LFS_POINTER_SIZE = 134
+FAILURE_MODES = ("error", "corrupt", "short", "truncate", "unsatisfiable")
+#: Longest a paused transfer waits for ``release`` before going on anyway.
+GATE_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class ServedRequest:
+    """One request the hub answered."""
+
+    method: str
+    kind: str  # "resolve", "tree", "paths-info", "revision" or "unknown"
+    repo_id: str | None
+    path: str | None  # the file path for "resolve", the listed folder for "tree"
+    range: str | None
+    status: int
+    bytes_sent: int
+    authorization: str | None
+
+
+@dataclass
+class _Failure:
+    mode: str
+    status: int
+    times: int | None  # None: every request fails
+
+
+def git_blob_sha1(data: bytes) -> str:
+    """The git object id of a file's content, which the Hub lists as ``oid``."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+class FakeHub:
+    """An in-memory Hub: ``repos`` maps repo id to ``{path in repo: content}``."""
+
+    def __init__(
+        self,
+        repos: dict[str, dict[str, bytes]] | None = None,
+        *,
+        lfs_suffixes: tuple[str, ...] = LFS_SUFFIXES,
+        chunk_size: int = 64 * 1024,
+        chunk_delay: float = 0.0,
+        page_size: int = 1000,
+        required_token: str | None = None,
+    ):
+        self.repos: dict[str, dict[str, bytes]] = {}
+        self.lfs_suffixes = lfs_suffixes
+        #: Bytes written per chunk of a download, and the pause before each chunk.
+        self.chunk_size = chunk_size
+        self.chunk_delay = chunk_delay
+        #: Tree entries per page; more entries are paginated with a ``Link`` header.
+        self.page_size = page_size
+        #: When set, requests without ``Authorization: Bearer <token>`` get 401.
+        self.required_token = required_token
+        #: When False, ranged downloads get the whole file with 200, as some servers do.
+        self.honour_ranges = True
+        self.requests: list[ServedRequest] = []
+        self._failures: dict[tuple[str, str], _Failure] = {}
+        self._lock = threading.Lock()
+        self._gate = threading.Event()
+        self._gate.set()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        for repo_id, files in (repos or {}).items():
+            self.add_repo(repo_id, files)
+
+    # Content ---------------------------------------------------------------------------------
+
+    def add_repo(self, repo_id: str, files: dict[str, bytes]) -> None:
+        with self._lock:
+            self.repos[repo_id] = dict(files)
+
+    def set_file(self, repo_id: str, path: str, data: bytes) -> None:
+        with self._lock:
+            self.repos.setdefault(repo_id, {})[path] = data
+
+    def is_lfs(self, path: str) -> bool:
+        return path.endswith(self.lfs_suffixes)
+
+    def file_entry(self, repo_id: str, path: str) -> dict[str, Any]:
+        data = self.repos[repo_id][path]
+        entry: dict[str, Any] = {"type": "file", "oid": git_blob_sha1(data), "size": len(data), "path": path}
+        if self.is_lfs(path):
+            entry["lfs"] = {
+                "oid": hashlib.sha256(data).hexdigest(),
+                "size": len(data),
+                "pointerSize": LFS_POINTER_SIZE,
+            }
+        return entry
+
+    @staticmethod
+    def folder_entry(path: str) -> dict[str, Any]:
+        return {"type": "directory", "oid": hashlib.sha1(path.encode()).hexdigest(), "size": 0, "path": path}
+
+    def total_size(self, repo_id: str, paths: list[str] | None = None) -> int:
+        files = self.repos[repo_id]
+        return sum(len(data) for path, data in files.items() if paths is None or path in paths)
+
+    # Behaviour knobs -------------------------------------------------------------------------
+
+    def fail(self, repo_id: str, path: str, mode: str = "error", *, status: int = 500, times: int | None = None) -> None:
+        """Make downloads of one file misbehave.
+
+        ``error``: answer ``status``. ``corrupt``: same size, wrong bytes. ``short``: a clean
+        response that is shorter than the listed size. ``truncate``: announce the full length,
+        send half, close the connection. ``unsatisfiable``: answer 416 to ranged requests.
+        ``times``: fail that many requests, then recover.
+        """
+        if mode not in FAILURE_MODES:
+            raise ValueError(f"unknown failure mode {mode!r}; expected one of {FAILURE_MODES}")
+        with self._lock:
+            self._failures[(repo_id, path)] = _Failure(mode, status, times)
+
+    def heal(self, repo_id: str | None = None, path: str | None = None) -> None:
+        """Stop failing one file, or all files when called without arguments."""
+        with self._lock:
+            if repo_id is None:
+                self._failures.clear()
+            else:
+                self._failures.pop((repo_id, path or ""), None)
+
+    def hold(self) -> None:
+        """Pause every transfer before its next chunk, until :meth:`release`."""
+        self._gate.clear()
+
+    def release(self) -> None:
+        self._gate.set()
+
+    def _take_failure(self, repo_id: str, path: str) -> _Failure | None:
+        with self._lock:
+            failure = self._failures.get((repo_id, path))
+            if failure is None:
+                return None
+            if failure.times is not None:
+                failure.times -= 1
+                if failure.times <= 0:
+                    del self._failures[(repo_id, path)]
+            return failure
+
+    # Inspection ------------------------------------------------------------------------------
+
+    def _record(self, request: ServedRequest) -> None:
+        with self._lock:
+            self.requests.append(request)
+
+    def served(self, repo_id: str | None = None, path: str | None = None, *, kind: str = "resolve", method: str = "GET") -> list[ServedRequest]:
+        with self._lock:
+            return [
+                r
+                for r in self.requests
+                if r.kind == kind
+                and r.method == method
+                and (repo_id is None or r.repo_id == repo_id)
+                and (path is None or r.path == path)
+            ]
+
+    def request_count(self, repo_id: str, path: str, method: str = "GET") -> int:
+        """Download requests (``resolve``) made for one file."""
+        return len(self.served(repo_id, path, method=method))
+
+    def bytes_served(self, repo_id: str, path: str) -> int:
+        return sum(r.bytes_sent for r in self.served(repo_id, path))
+
+    def range_headers(self, repo_id: str, path: str) -> list[str | None]:
+        return [r.range for r in self.served(repo_id, path)]
+
+    # Lifecycle -------------------------------------------------------------------------------
+
+    @property
+    def endpoint(self) -> str:
+        if self._server is None:
+            raise RuntimeError("the fake hub is not running")
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> "FakeHub":
+        server = ThreadingHTTPServer(("127.0.0.1", 0), _HubRequestHandler)
+        server.daemon_threads = True
+        server.hub = self  # type: ignore[attr-defined]
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-hub", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self.release()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._server = None
+        self._thread = None
+
+    def __enter__(self) -> "FakeHub":
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class _HubRequestHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "FakeHub/1.0"
+
+    @property
+    def hub(self) -> FakeHub:
+        return self.server.hub  # type: ignore[attr-defined]
+
+    def log_message(self, format: str, *args: Any) -> None:
+        logger.debug("fake hub: " + format, *args)
+
+    # Routing ---------------------------------------------------------------------------------
+
+    def do_GET(self) -> None:
+        self._route("GET")
+
+    def do_HEAD(self) -> None:
+        self._route("HEAD")
+
+    def do_POST(self) -> None:
+        self._route("POST")
+
+    def _route(self, method: str) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        # Read any body up front so an early error answer leaves the connection usable.
+        self._body = self.rfile.read(length) if length else b""
+        url = urlsplit(self.path)
+        path = unquote(url.path)
+        query = parse_qs(url.query)
+        if self.hub.required_token and self.headers.get("Authorization") != f"Bearer {self.hub.required_token}":
+            self._error(method, "unknown", None, None, 401, "Unauthorized", "Invalid credentials")
+            return
+        if path.startswith("/api/models/"):
+            self._route_api(method, path[len("/api/models/") :], url, query)
+            return
+        repo_id, rest = self._split_repo(path.lstrip("/"))
+        if repo_id is not None and rest.startswith("resolve/") and method in ("GET", "HEAD"):
+            revision, _, file_path = rest[len("resolve/") :].partition("/")
+            self._resolve(method, repo_id, revision, file_path)
+            return
+        self._error(method, "unknown", repo_id, None, 404, "RepoNotFound", "Repository not found")
+
+    def _split_repo(self, rest: str) -> tuple[str | None, str]:
+        for repo_id in sorted(self.hub.repos, key=len, reverse=True):
+            if rest == repo_id or rest.startswith(repo_id + "/"):
+                return repo_id, rest[len(repo_id) + 1 :]
+        return None, rest
+
+    def _route_api(self, method: str, rest: str, url: Any, query: dict[str, list[str]]) -> None:
+        repo_id, rest = self._split_repo(rest)
+        if repo_id is not None and not rest and method == "GET":
+            self._model_info(repo_id)  # /api/models/{repo_id}: info at the default revision
+            return
+        operation, _, rest = rest.partition("/")
+        revision, _, sub_path = rest.partition("/")
+        kind = operation if operation in ("tree", "paths-info", "revision") else "unknown"
+        if repo_id is None:
+            self._error(method, kind, None, None, 404, "RepoNotFound", "Repository not found")
+        elif revision not in ("main", FAKE_COMMIT):
+            self._error(method, kind, repo_id, None, 404, "RevisionNotFound", f"Invalid rev id: {revision}")
+        elif kind == "revision" and method == "GET":
+            self._model_info(repo_id)
+        elif kind == "tree" and method == "GET":
+            self._tree(repo_id, sub_path.strip("/"), url, query)
+        elif kind == "paths-info" and method == "POST":
+            self._paths_info(repo_id)
+        else:
+            self._error(method, kind, repo_id, None, 404, "", "Not found")
+
+    # API answers -----------------------------------------------------------------------------
+
+    def _model_info(self, repo_id: str) -> None:
+        files = sorted(self.hub.repos[repo_id])
+        body = {
+            "_id": hashlib.sha1(repo_id.encode()).hexdigest()[:24],
+            "id": repo_id,
+            "modelId": repo_id,
+            "sha": FAKE_COMMIT,
+            "private": False,
+            "disabled": False,
+            "gated": False,
+            "tags": [],
+            "siblings": [{"rfilename": path} for path in files],
+        }
+        self._json("GET", "revision", repo_id, None, body)
+
+    def _entries_under(self, repo_id: str, folder: str, recursive: bool) -> list[dict[str, Any]] | None:
+        prefix = f"{folder}/" if folder else ""
+        files = sorted(p for p in self.hub.repos[repo_id] if p.startswith(prefix))
+        if folder and not files:
+            return None
+        folders: set[str] = set()
+        listed_files: list[str] = []
+        for path in files:
+            parts = path[len(prefix) :].split("/")
+            if not recursive and len(parts) > 1:
+                folders.add(prefix + parts[0])
+                continue
+            listed_files.append(path)
+            for depth in range(1, len(parts)):
+                folders.add(prefix + "/".join(parts[:depth]))
+        return [self.hub.folder_entry(f) for f in sorted(folders)] + [
+            self.hub.file_entry(repo_id, p) for p in listed_files
+        ]
+
+    def _tree(self, repo_id: str, folder: str, url: Any, query: dict[str, list[str]]) -> None:
+        recursive = query.get("recursive", ["false"])[0].lower() in ("true", "1")
+        entries = self._entries_under(repo_id, folder, recursive)
+        if entries is None:
+            self._error("GET", "tree", repo_id, folder, 404, "EntryNotFound", f"{folder} does not exist")
+            return
+        cursor = int(query.get("cursor", ["0"])[0])
+        page = entries[cursor : cursor + self.hub.page_size]
+        headers: dict[str, str] = {}
+        if cursor + self.hub.page_size < len(entries):
+            params = {key: values[0] for key, values in query.items()}
+            params["cursor"] = str(cursor + self.hub.page_size)
+            next_url = f"{self.hub.endpoint}{url.path}?{urlencode(params)}"
+            headers["Link"] = f'<{next_url}>; rel="next"'
+        self._json("GET", "tree", repo_id, folder, page, headers)
+
+    def _paths_info(self, repo_id: str) -> None:
+        raw = self._body.decode()
+        if self.headers.get("Content-Type", "").startswith("application/json"):
+            paths = json.loads(raw or "{}").get("paths", [])
+        else:
+            paths = parse_qs(raw).get("paths", [])
+        files = self.hub.repos[repo_id]
+        answer = []
+        for path in paths:
+            path = path.strip("/")
+            if path in files:
+                answer.append(self.hub.file_entry(repo_id, path))
+            elif any(p.startswith(path + "/") for p in files):
+                answer.append(self.hub.folder_entry(path))
+        self._json("POST", "paths-info", repo_id, None, answer)
+
+    # Downloads -------------------------------------------------------------------------------
+
+    def _resolve(self, method: str, repo_id: str, revision: str, path: str) -> None:
+        data = self.hub.repos[repo_id].get(path)
+        range_header = self.headers.get("Range")
+        if revision not in ("main", FAKE_COMMIT) or data is None:
+            self._error(method, "resolve", repo_id, path, 404, "EntryNotFound", f"{path} not found", range_header)
+            return
+        failure = self.hub._take_failure(repo_id, path) if method == "GET" else None
+        if failure is not None and failure.mode == "error":
+            self._error(method, "resolve", repo_id, path, failure.status, "", "Injected failure", range_header)
+            return
+        served = data
+        if failure is not None and failure.mode == "corrupt":
+            served = bytes(b ^ 0x55 for b in data)
+        elif failure is not None and failure.mode == "short":
+            served = data[: len(data) // 2]
+
+        start, status = 0, 200
+        if range_header and self.hub.honour_ranges:
+            requested = self._parse_range(range_header, len(served))
+            if failure is not None and failure.mode == "unsatisfiable":
+                requested = None
+            if requested is None:
+                self._error(method, "resolve", repo_id, path, 416, "", "Range not satisfiable", range_header,
+                            {"Content-Range": f"bytes */{len(served)}"})
+                return
+            start, status = requested, 206
+        body = served[start:]
+
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "Content-Length": str(len(body)),
+            "Accept-Ranges": "bytes",
+            "ETag": f'"{self._etag(repo_id, path)}"',
+            "X-Repo-Commit": FAKE_COMMIT,
+        }
+        if self.hub.is_lfs(path):
+            headers["X-Linked-Size"] = str(len(data))
+            headers["X-Linked-Etag"] = headers["ETag"]
+        if status == 206:
+            headers["Content-Range"] = f"bytes {start}-{len(served) - 1}/{len(served)}"
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        truncate = failure is not None and failure.mode == "truncate"
+        if truncate:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        sent = 0
+        if method == "GET":
+            limit = len(body) // 2 if truncate else len(body)
+            sent = self._send_slowly(body[:limit])
+        if truncate:
+            self.close_connection = True
+        self.hub._record(ServedRequest(method, "resolve", repo_id, path, range_header, status, sent, self.headers.get("Authorization")))
+
+    def _etag(self, repo_id: str, path: str) -> str:
+        data = self.hub.repos[repo_id][path]
+        return hashlib.sha256(data).hexdigest() if self.hub.is_lfs(path) else git_blob_sha1(data)
+
+    @staticmethod
+    def _parse_range(header: str, size: int) -> int | None:
+        """Start offset of a ``bytes=N-`` (or ``bytes=N-M``) range; None when unsatisfiable."""
+        unit, _, spec = header.partition("=")
+        first, _, _last = spec.partition("-")
+        if unit.strip() != "bytes" or not first.strip().isdigit():
+            return 0
+        start = int(first)
+        return start if start < size else None
+
+    def _send_slowly(self, body: bytes) -> int:
+        sent = 0
+        step = max(1, self.hub.chunk_size)
+        try:
+            for offset in range(0, len(body), step):
+                self.hub._gate.wait(GATE_TIMEOUT_S)
+                if self.hub.chunk_delay:
+                    time.sleep(self.hub.chunk_delay)
+                chunk = body[offset : offset + step]
+                self.wfile.write(chunk)
+                self.wfile.flush()
+                sent += len(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+        return sent
+
+    # Plain answers ---------------------------------------------------------------------------
+
+    def _json(self, method: str, kind: str, repo_id: str | None, path: str | None, body: Any, headers: dict[str, str] | None = None) -> None:
+        payload = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        if method != "HEAD":
+            self.wfile.write(payload)
+        self.hub._record(ServedRequest(method, kind, repo_id, path, None, 200, len(payload), self.headers.get("Authorization")))
+
+    def _error(
+        self,
+        method: str,
+        kind: str,
+        repo_id: str | None,
+        path: str | None,
+        status: int,
+        code: str,
+        message: str,
+        range_header: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        payload = json.dumps({"error": message}).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        if code:
+            self.send_header("X-Error-Code", code)
+        self.send_header("X-Error-Message", message)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        if method != "HEAD":
+            self.wfile.write(payload)
+        self.hub._record(ServedRequest(method, kind, repo_id, path, range_header, status, 0, self.headers.get("Authorization")))
+
+
+def resolve_url(endpoint: str, repo_id: str, path: str) -> str:
+    return f"{endpoint}/{repo_id}/resolve/main/{quote(path)}"
+
+
+@pytest.fixture
+def fake_hub() -> Iterator[FakeHub]:
+    """A running, empty fake hub; add repos with ``fake_hub.add_repo``."""
+    with FakeHub() as hub:
+        yield hub
