@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from scope import __version__
 USAGE_EXTRA = """
 Commands:
   pipelines         List the pipeline ids this server can load.
+  enable-jupyter    Enable the extension for jupyter lab (needed after pip install -e .).
 
 Scope options (also settable as ScopeApp.<name>, see docs/configuration.md):
   --host HOST       Host to bind to (default: 0.0.0.0)
@@ -42,11 +44,28 @@ def list_pipelines() -> int:
     return 0
 
 
+def enable_jupyter(prefix: str | None = None) -> int:
+    """Write the config file that enables the extension under ``jupyter lab``/``jupyter server``.
+
+    ``pip install .`` installs this file itself; an editable install (``pip install -e .``)
+    cannot, so development checkouts run ``daydream-scope enable-jupyter`` once.
+    """
+    from scope.server_ext import EXTENSION_CONFIG, EXTENSION_CONFIG_FILE
+
+    target = Path(prefix or sys.prefix) / "etc" / "jupyter" / "jupyter_server_config.d" / EXTENSION_CONFIG_FILE
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(EXTENSION_CONFIG, indent=2) + "\n")
+    print(f"Enabled the Scope server extension: {target}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the Scope server (the standalone Jupyter server with the Scope extension)."""
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["pipelines"]:
         raise SystemExit(list_pipelines())
+    if args[:1] == ["enable-jupyter"]:
+        raise SystemExit(enable_jupyter(args[1] if len(args) > 1 else None))
     if "--version" in args or "-V" in args:
         print(f"daydream-scope: {__version__}")
         print(f"git commit: {_git_commit()}")

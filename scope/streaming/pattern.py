@@ -1,0 +1,71 @@
+"""A moving test pattern with its frame index stamped into the pixels.
+
+Used to check that video comes back unchanged and to measure glass-to-glass latency: the
+index survives lossy coding because each bit is a large black or white block.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import time
+
+import numpy as np
+from aiortc import MediaStreamTrack
+from av import VideoFrame
+
+BITS = 16
+BLOCK = 16  # pixels per bit block; the stamp occupies the top BLOCK rows
+
+
+def pattern_frame(index: int, width: int = 320, height: int = 240) -> np.ndarray:
+    """An RGB frame: a diagonal gradient moving with ``index``, plus the stamped index."""
+    ys, xs = np.mgrid[0:height, 0:width]
+    base = (xs + ys + 4 * index) % 256
+    frame = np.stack([base, (2 * xs + index) % 256, (255 - base)], axis=-1).astype(np.uint8)
+    stamp(frame, index)
+    return frame
+
+
+def stamp(frame: np.ndarray, index: int) -> None:
+    for bit in range(BITS):
+        value = 255 if (index >> bit) & 1 else 0
+        frame[:BLOCK, bit * BLOCK : (bit + 1) * BLOCK] = value
+
+
+def read_index(frame: np.ndarray) -> int:
+    """Recover the stamped index (the centre of each block, thresholded)."""
+    half = BLOCK // 2
+    index = 0
+    for bit in range(BITS):
+        patch = frame[half - 2 : half + 2, bit * BLOCK + half - 2 : bit * BLOCK + half + 2]
+        if patch.mean() > 127:
+            index |= 1 << bit
+    return index
+
+
+class PatternTrack(MediaStreamTrack):
+    """Sends :func:`pattern_frame` at a fixed rate; remembers when each index was sent."""
+
+    kind = "video"
+
+    def __init__(self, fps: float = 30.0, width: int = 320, height: int = 240):
+        super().__init__()
+        self.fps, self.width, self.height = fps, width, height
+        self.index = 0
+        self.sent_at: dict[int, float] = {}
+        self._start: float | None = None
+
+    async def recv(self) -> VideoFrame:
+        if self._start is None:
+            self._start = time.monotonic()
+        due = self._start + self.index / self.fps
+        delay = due - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        frame = VideoFrame.from_ndarray(pattern_frame(self.index, self.width, self.height), format="rgb24")
+        frame.pts = int(self.index * 90000 / self.fps)
+        frame.time_base = fractions.Fraction(1, 90000)
+        self.sent_at[self.index] = time.monotonic()
+        self.index += 1
+        return frame
