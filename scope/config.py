@@ -66,6 +66,11 @@ class ScopeSettings(Configurable):
         help="Seconds a session's peer may stay 'disconnected' before the session is closed.",
     ).tag(config=True, env="DAYDREAM_SCOPE_DISCONNECT_TIMEOUT")
 
+    connect_timeout = Float(
+        30.0,
+        help="Seconds a new session's peer has to connect; a peer that never does is closed.",
+    ).tag(config=True, env="DAYDREAM_SCOPE_CONNECT_TIMEOUT")
+
     server_ice_servers = List(
         Unicode(),
         default_value=[],

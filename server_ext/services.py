@@ -54,6 +54,7 @@ class ScopeServices:
             server_ice_servers,
             max_sessions=settings.max_sessions,
             disconnect_timeout=settings.disconnect_timeout,
+            connect_timeout=settings.connect_timeout,
         )
         downloads = DownloadManager(settings.models_path, token=os.environ.get("HF_TOKEN") or None)
         return cls(settings, manager, sessions, downloads, ice, ServerLog(settings.logs_path), executor)

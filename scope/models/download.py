@@ -236,6 +236,7 @@ class DownloadManager:
         self._finish(pipeline_id)
 
     def progress(self, pipeline_id: str) -> dict[str, Any] | None:
+        """The pipeline's progress as JSON-ready data; None when no download is on record."""
         record = self.record(pipeline_id)
         return record.as_dict() if record is not None else None
 
@@ -296,7 +297,7 @@ class DownloadManager:
     def _run_in_background(self, pipeline_id: str, artifacts: tuple[Artifact, ...]) -> None:
         try:
             self._download(pipeline_id, artifacts, None)
-        except Exception as exc:
+        except BaseException as exc:  # whatever happens, the record must stop saying "running"
             logger.error("Download of %s failed: %s", pipeline_id, _describe(exc))
             logger.debug("download failure details", exc_info=True)
             self._finish(pipeline_id, error=_describe(exc))
@@ -313,9 +314,10 @@ class DownloadManager:
     ) -> None:
         reporter = _Reporter(lambda **c: self._publish(pipeline_id, **c), on_progress)
         plan = self._plan(artifacts, reporter)
-        reporter.total(sum(remote.size for remote in plan))
+        total = sum(remote.size for remote in plan)
+        reporter.total(total)
         self._check_disk_space(plan)
-        logger.info("Downloading %s: %d files, %s", pipeline_id, len(plan), _format_bytes(sum(r.size for r in plan)))
+        logger.info("Downloading %s: %d files, %s", pipeline_id, len(plan), _format_bytes(total))
         with self._http_client() as client:
             for remote in plan:
                 reporter.artifact(remote.repo_id)
@@ -402,10 +404,13 @@ class DownloadManager:
                 logger.debug("%s/%s already present", remote.repo_id, remote.path)
                 reporter.file_done(remote.size)
                 return
-            remote.dest.parent.mkdir(parents=True, exist_ok=True)
-            digest = self._transfer(client, remote, reporter)
-            self._verify(remote, digest)
-            os.replace(remote.partial, remote.dest)
+            try:
+                remote.dest.parent.mkdir(parents=True, exist_ok=True)
+                digest = self._transfer(client, remote, reporter)
+                self._verify(remote, digest)
+                os.replace(remote.partial, remote.dest)
+            except OSError as exc:
+                raise DownloadError(f"could not write {remote.dest}: {exc}") from exc
             reporter.file_done(remote.size)
 
     def _transfer(self, client: httpx.Client, remote: RemoteFile, reporter: _Reporter) -> str | None:
@@ -422,8 +427,8 @@ class DownloadManager:
             headers = {"Range": f"bytes={offset}-"} if offset else {}
             try:
                 with client.stream("GET", url, headers=headers) as response:
-                    if offset and response.status_code in (200, 206, 416) and not self._resumes_at(response, offset):
-                        logger.info("%s/%s: cannot resume at %d, restarting", remote.repo_id, remote.path, offset)
+                    if self._must_restart(response, offset):
+                        logger.info("%s: cannot resume at byte %d, restarting", remote.path, offset)
                         offset = 0
                         if response.status_code != 200:
                             remote.partial.unlink(missing_ok=True)
@@ -432,17 +437,21 @@ class DownloadManager:
                     self._raise_for_status(response, remote)
                     return self._write_body(response, remote, offset, reporter)
             except httpx.HTTPError as exc:
+                reason = str(exc) or type(exc).__name__
                 raise DownloadError(
-                    f"transfer of {remote.path} from {remote.repo_id} failed: {exc or type(exc).__name__} "
+                    f"transfer of {remote.path} from {remote.repo_id} failed: {reason} "
                     "(the partial file is kept; run the download again to resume)"
                 ) from exc
 
     @staticmethod
-    def _resumes_at(response: httpx.Response, offset: int) -> bool:
-        if response.status_code != 206:
+    def _must_restart(response: httpx.Response, offset: int) -> bool:
+        """True when a ranged request did not continue the partial file at ``offset``."""
+        if not offset:
             return False
-        content_range = response.headers.get("Content-Range", "")
-        return content_range.startswith(f"bytes {offset}-")
+        code = response.status_code
+        if code == 206:
+            return not response.headers.get("Content-Range", "").startswith(f"bytes {offset}-")
+        return code in (200, 416)
 
     @staticmethod
     def _raise_for_status(response: httpx.Response, remote: RemoteFile) -> None:
@@ -451,12 +460,16 @@ class DownloadManager:
             return
         where = f"{remote.path} from {remote.repo_id}"
         if code in (401, 403):
-            raise DownloadError(f"access denied (HTTP {code}) to {where}; set HF_TOKEN if the repo is gated or private")
+            raise DownloadError(
+                f"access denied (HTTP {code}) to {where}; set HF_TOKEN if the repo is gated or private"
+            )
         if code == 404:
             raise DownloadError(f"{where} not found (HTTP 404)")
         raise DownloadError(f"HTTP {code} while downloading {where}")
 
-    def _write_body(self, response: httpx.Response, remote: RemoteFile, offset: int, reporter: _Reporter) -> str | None:
+    def _write_body(
+        self, response: httpx.Response, remote: RemoteFile, offset: int, reporter: _Reporter
+    ) -> str | None:
         hasher = hashlib.sha256() if remote.sha256 else None
         if hasher is not None and offset:
             self._hash_file(remote.partial, hasher)

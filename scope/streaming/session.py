@@ -81,9 +81,16 @@ class StreamSession:
 
     # Wiring -----------------------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, connect_timeout: float) -> None:
         self._spawn(self._generate_loop(), "generate")
         self._spawn(self._stats_loop(), "stats")
+        self._disconnect_timer = asyncio.get_running_loop().call_later(connect_timeout, self._close_if_not_connected)
+
+    def _close_if_not_connected(self) -> None:
+        self._disconnect_timer = None
+        if self.pc.connectionState != "connected":
+            logger.info("session %s: peer never connected; closing", self.id)
+            self._spawn_close(None)
 
     def _spawn(self, coro, name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=f"scope-session-{self.id[:8]}-{name}")
@@ -113,9 +120,9 @@ class StreamSession:
         if state in ("failed", "closed"):
             self._spawn_close(None)
         elif state == "disconnected":
-            loop = asyncio.get_running_loop()
-            if self._disconnect_timer is None:
-                self._disconnect_timer = loop.call_later(timeout, self._spawn_close, None)
+            if self._disconnect_timer is not None:
+                self._disconnect_timer.cancel()
+            self._disconnect_timer = asyncio.get_running_loop().call_later(timeout, self._spawn_close, None)
         elif state == "connected" and self._disconnect_timer is not None:
             self._disconnect_timer.cancel()
             self._disconnect_timer = None

@@ -38,8 +38,8 @@ def parse_candidate(entry: dict[str, Any]):
         return None
     try:
         candidate = candidate_from_sdp(text)
-    except (ValueError, IndexError) as exc:
-        raise SignallingError(400, f"Invalid ICE candidate: {exc}") from None
+    except (ValueError, IndexError, AssertionError):  # aioice asserts on short lines
+        raise SignallingError(400, f"Invalid ICE candidate: cannot parse '{text[:120]}'") from None
     candidate.sdpMid = entry.get("sdpMid")
     candidate.sdpMLineIndex = entry.get("sdpMLineIndex")
     if candidate.sdpMid is None and candidate.sdpMLineIndex is None:
@@ -57,12 +57,14 @@ class SessionService:
         ice_servers: Callable[[], Awaitable[list[RTCIceServer]]],
         max_sessions: int = 4,
         disconnect_timeout: float = 10.0,
+        connect_timeout: float = 30.0,
     ):
         self.manager = manager
         self.executor = executor
         self.ice_servers = ice_servers
         self.max_sessions = max_sessions
         self.disconnect_timeout = disconnect_timeout
+        self.connect_timeout = connect_timeout
         self.sessions: dict[str, StreamSession] = {}
         self._creating = 0
 
@@ -118,7 +120,7 @@ class SessionService:
             self.sessions[session.id] = session
         finally:
             self._creating -= 1
-        session.start()
+        session.start(self.connect_timeout)
         logger.info("session %s started (%d active)", session.id, len(self.sessions))
         return {"sdp": answer.sdp, "type": answer.type, "sessionId": session.id}
 

@@ -1,0 +1,252 @@
+"""Session behaviour: reloads, limits, pause, reset, failures, trickle ICE, isolation, churn."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import threading
+
+import numpy as np
+import pytest
+
+from tests.conftest import wait_for_status
+from tests.pipelines import PatternPipeline, prompt_level
+from tests.rtc import ScopeRtcClient
+from tests.test_streaming import load
+
+pytestmark = pytest.mark.usefixtures("jp_serverapp")
+
+
+def brightness(frame) -> float:
+    return float(frame.array[40:, 40:].mean())
+
+
+async def wait_until(predicate, timeout: float = 15.0, interval: float = 0.05):
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if loop.time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(interval)
+
+
+async def session_info(api, session_id: str) -> dict:
+    sessions = (await api("GET", "api/v1/webrtc/sessions")).json["sessions"]
+    return next(s for s in sessions if s["id"] == session_id)
+
+
+async def test_reload_while_streaming_keeps_session_and_reopens_stream(api, test_pipelines, services):
+    await load(api, "test-pattern")
+    client = ScopeRtcClient(api)
+    await client.connect({"prompts": ["steady"]})
+    try:
+        await client.wait_frames(5)
+        await asyncio.wait_for(client.channel_open.wait(), 10)
+        first_stream = PatternPipeline.streams[-1]
+        PatternPipeline.gate = threading.Event()
+        assert (await api("POST", "api/v1/pipeline/load", {"pipeline_id": "test-pattern", "load_params": {"seed": 1}})).status == 200
+        await client.wait_message(lambda m: m.get("type") == "pipeline_event" and m["event"] == "loading")
+        # While loading the session repeats its last frame instead of going dark.
+        await wait_until(lambda: services.sessions.sessions[client.session_id].state == "waiting")
+        count = len(client.frames)
+        await asyncio.sleep(0.6)
+        assert len(client.frames) > count, "frames must keep coming while the pipeline loads"
+        # An offer while loading is a conflict.
+        reply = await ScopeRtcClient(api).connect({"prompts": ["x"]}, expect_status=409)
+        assert "loading" in reply.json["detail"]
+        PatternPipeline.gate.set()
+        await client.wait_message(lambda m: m.get("type") == "pipeline_event" and m["event"] == "loaded")
+        await wait_until(lambda: len(PatternPipeline.streams) >= 2)
+        second_stream = PatternPipeline.streams[-1]
+        assert second_stream is not first_stream
+        await wait_until(lambda: second_stream.chunk >= 2)
+        assert second_stream.seen[0]["init_cache"] is True
+        assert second_stream.seen[0]["params"]["prompts"] == [{"text": "steady", "weight": 1.0}]
+        assert client.session_id in services.sessions.sessions
+    finally:
+        await client.close()
+
+
+async def test_failed_load_reaches_streaming_session_as_event(api, test_pipelines):
+    await load(api, "test-pattern")
+    client = ScopeRtcClient(api)
+    await client.connect({"prompts": ["a"]})
+    try:
+        await asyncio.wait_for(client.channel_open.wait(), 10)
+        await api("POST", "api/v1/pipeline/load", {"pipeline_id": "test-pattern", "load_params": {"fail_load": True}})
+        event = await client.wait_message(lambda m: m.get("type") == "pipeline_event" and m["event"] == "load_failed")
+        assert "weights are corrupt" in event["message"]
+        assert not any(m.get("type") == "stream_stopped" for m in client.messages)
+        assert client.pc.connectionState == "connected"
+    finally:
+        await client.close()
+
+
+@pytest.fixture
+def scope_extra_config():
+    return {"max_sessions": 2, "disconnect_timeout": 1.0, "connect_timeout": 3.0}
+
+
+async def test_session_limit_gives_503(api, test_pipelines, services):
+    await load(api, "test-pattern")
+    clients = [ScopeRtcClient(api) for _ in range(2)]
+    try:
+        for client in clients:
+            await client.connect({"prompts": ["p"]})
+        reply = await ScopeRtcClient(api).connect({"prompts": ["p"]}, expect_status=503)
+        assert "at most 2" in reply.json["detail"]
+    finally:
+        for client in clients:
+            await client.close()
+    await wait_until(lambda: not services.sessions.sessions)
+    ok = ScopeRtcClient(api)
+    await ok.connect({"prompts": ["p"]})
+    await ok.close()
+
+
+async def test_sessions_are_isolated(api, test_pipelines):
+    await load(api, "test-pattern")
+    one, two = ScopeRtcClient(api), ScopeRtcClient(api)
+    await one.connect({"prompts": ["first prompt"]})
+    await two.connect({"prompts": ["second prompt"]})
+    try:
+        await one.wait_frames(6)
+        await two.wait_frames(6)
+        assert abs(brightness(one.frames[-1]) - prompt_level({"prompts": [{"text": "first prompt"}]})) < 12
+        assert abs(brightness(two.frames[-1]) - prompt_level({"prompts": [{"text": "second prompt"}]})) < 12
+        assert len({id(s) for s in PatternPipeline.streams}) == 2
+        info_one = await session_info(api, one.session_id)
+        info_two = await session_info(api, two.session_id)
+        assert info_one["parameters"]["prompts"] != info_two["parameters"]["prompts"]
+    finally:
+        await one.close()
+        await two.close()
+
+
+async def test_pause_repeats_last_frame_and_stops_pipeline_calls(api, test_pipelines, services):
+    await load(api, "test-pattern")
+    client = ScopeRtcClient(api)
+    await client.connect({"prompts": ["p"]})
+    try:
+        await client.wait_frames(5)
+        await asyncio.wait_for(client.channel_open.wait(), 10)
+        client.send({"paused": True})
+        await client.wait_message(lambda m: m.get("type") == "stats" and m["state"] == "paused")
+        stream = PatternPipeline.streams[-1]
+        chunks = stream.chunk
+        count = len(client.frames)
+        await asyncio.sleep(0.8)
+        assert stream.chunk == chunks, "no pipeline calls while paused"
+        assert len(client.frames) > count, "the last frame is repeated while paused"
+        corner = [int(f.array[2, 2, 0]) for f in client.frames[count:]]
+        assert max(corner) - min(corner) < 12, "repeated frames are the same picture"
+        info = await session_info(api, client.session_id)
+        assert "paused" not in info["parameters"] and info["stats"]["state"] == "paused"
+        client.send({"paused": False})
+        await wait_until(lambda: stream.chunk > chunks)
+    finally:
+        await client.close()
+
+
+async def test_reset_cache_is_one_shot_and_updates_merge(api, test_pipelines, services):
+    await load(api, "test-pattern")
+    PatternPipeline.gate = None
+    client = ScopeRtcClient(api)
+    await client.connect({"prompts": ["p"], "transition": {"target_prompts": ["q"]}})
+    try:
+        await asyncio.wait_for(client.channel_open.wait(), 10)
+        stream = await wait_until(lambda: PatternPipeline.streams and PatternPipeline.streams[-1])
+        await wait_until(lambda: stream.chunk >= 1)
+        first = stream.seen[0]["params"]
+        assert first["transition"]["num_steps"] == 4, "transition.num_steps defaults to 4 in initialParameters"
+        session = services.sessions.sessions[client.session_id]
+        # Pause so several messages queue up, then check they were merged, none dropped.
+        client.send({"paused": True})
+        await wait_until(lambda: session.paused)
+        client.send({"noise_scale": 0.3})
+        client.send({"manage_cache": False})
+        client.send({"reset_cache": True, "transition": {"target_prompts": ["r"]}})
+        await wait_until(lambda: "reset_cache" in session.parameters.pending)
+        before = stream.chunk
+        client.send({"paused": False})
+        await wait_until(lambda: stream.chunk >= before + 2)
+        applied = stream.seen[before]
+        assert applied["params"]["noise_scale"] == 0.3 and applied["params"]["manage_cache"] is False
+        assert applied["init_cache"] is True and "reset_cache" not in applied["params"]
+        assert applied["params"]["transition"]["num_steps"] == 4, "num_steps defaults to 4 on the channel too"
+        assert stream.seen[before + 1]["init_cache"] is False, "reset_cache acts once"
+    finally:
+        await client.close()
+
+
+async def test_chunk_failures_are_events_and_fatal_errors_stop_the_stream(api, test_pipelines):
+    await load(api, "test-pattern", {"fail_chunks": [2, 3], "fatal_chunk": 6})
+    client = ScopeRtcClient(api)
+    await client.connect({"prompts": ["p"]})
+    try:
+        failed = await client.wait_message(lambda m: m.get("type") == "pipeline_event" and m["event"] == "chunk_failed")
+        assert "failed on purpose" in failed["message"]
+        stopped = await client.wait_message(lambda m: m.get("type") == "stream_stopped", timeout=20)
+        assert "out of memory" in stopped["error_message"]
+        assert len(client.frames) > 0, "frames between the failures were delivered"
+    finally:
+        await client.close()
+
+
+async def test_video_mode_applies_mode_defaults_and_reads_input(api, test_pipelines):
+    from scope.streaming.pattern import PatternTrack
+
+    await load(api, "test-pattern")
+    client = ScopeRtcClient(api, send_track=PatternTrack(fps=30, width=128, height=96))
+    await client.connect({"input_mode": "video", "prompts": ["v"], "noise_scale": 0.2})
+    try:
+        stream = await wait_until(lambda: PatternPipeline.streams and PatternPipeline.streams[-1])
+        await wait_until(lambda: stream.chunk >= 2)
+        seen = stream.seen[0]
+        assert seen["video"] == (2, 96, 128, 3)
+        assert seen["params"]["noise_scale"] == 0.2, "the client's value wins"
+        assert seen["params"]["noise_controller"] is True, "left out: the pipeline's video default"
+        assert "height" not in seen["params"]
+    finally:
+        await client.close()
+
+
+async def test_trickle_candidates(api, test_pipelines):
+    await load(api, "test-pattern")
+    client = ScopeRtcClient(api)
+    await client.connect({"prompts": ["p"]})
+    try:
+        sid = client.session_id
+        line = "candidate:842163049 1 udp 1677729535 127.0.0.1 49152 typ host generation 0"
+        ok = await api("PATCH", f"api/v1/webrtc/offer/{sid}", {"candidates": [{"candidate": line, "sdpMid": "0", "sdpMLineIndex": 0}]})
+        assert ok.status == 204 and ok.body == b""
+        no_prefix = line.removeprefix("candidate:")
+        assert (await api("PATCH", f"api/v1/webrtc/offer/{sid}", {"candidates": [{"candidate": no_prefix, "sdpMLineIndex": 0}]})).status == 204
+        end = await api("PATCH", f"api/v1/webrtc/offer/{sid}", {"candidates": [{"candidate": "", "sdpMid": "0", "sdpMLineIndex": 0}]})
+        assert end.status == 204
+        assert (await api("PATCH", f"api/v1/webrtc/offer/{sid}", {"candidates": []})).status == 204
+        bad = await api("PATCH", f"api/v1/webrtc/offer/{sid}", {"candidates": [{"candidate": "candidate:garbage", "sdpMid": "0"}]})
+        assert bad.status == 400 and "Invalid ICE candidate" in bad.json["detail"]
+        nulls = await api("PATCH", f"api/v1/webrtc/offer/{sid}", {"candidates": [{"candidate": line}]})
+        assert nulls.status == 400
+        assert (await api("PATCH", "api/v1/webrtc/offer/unknown-id", {"candidates": []})).status == 404
+        shape = await api("PATCH", f"api/v1/webrtc/offer/{sid}", {"candidates": "nope"})
+        assert shape.status == 422 and shape.json["detail"][0]["loc"] == ["body", "candidates"]
+        await client.wait_frames(3)
+    finally:
+        await client.close()
+
+
+async def test_disconnected_peer_is_cleaned_up_after_timeout(api, test_pipelines, services):
+    await load(api, "test-pattern")
+    client = ScopeRtcClient(api)
+    await client.connect({"prompts": ["p"]})
+    await client.wait_frames(3)
+    session = services.sessions.sessions[client.session_id]
+    session.connection_state_changed("disconnected", 0.3)
+    await wait_until(lambda: client.session_id not in services.sessions.sessions, timeout=5)
+    assert session.closed
+    await client.close()
