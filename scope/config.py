@@ -152,6 +152,10 @@ def apply_environment(obj: HasTraits) -> None:
         setattr(obj, name, value)
 
 
+CONFIG_DOC_BEGIN = "<!-- settings-table: generated from scope/config.py by `python -m scope.config` -->"
+CONFIG_DOC_END = "<!-- end settings-table -->"
+
+
 def settings_table() -> str:
     """Markdown table of every setting: the source of docs/configuration.md."""
     rows = ["| Setting | Environment variable | Default | Description |", "|---|---|---|---|"]
@@ -161,3 +165,16 @@ def settings_table() -> str:
         shown = "(empty)" if default_value in ("", []) else f"`{default_value!r}`"
         rows.append(f"| `ScopeApp.{name}` | `{env}` | {shown} | {trait.help} |")
     return "\n".join(rows)
+
+
+def render_config_doc(existing: str) -> str:
+    """``docs/configuration.md`` with its settings table regenerated in place."""
+    head, _, rest = existing.partition(CONFIG_DOC_BEGIN)
+    _, _, tail = rest.partition(CONFIG_DOC_END)
+    return f"{head}{CONFIG_DOC_BEGIN}\n{settings_table()}\n{CONFIG_DOC_END}{tail}"
+
+
+if __name__ == "__main__":
+    doc = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
+    doc.write_text(render_config_doc(doc.read_text()))
+    print(f"updated {doc}")

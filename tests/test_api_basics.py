@@ -102,3 +102,11 @@ async def test_current_log(api):
     assert 'filename="scope-logs-' in reply.headers["Content-Disposition"]
     assert ".txt" in reply.headers["Content-Disposition"]
     assert "Scope server log" in reply.body.decode()
+
+
+async def test_ice_servers_default_to_stun(api):
+    reply = await api("GET", "api/v1/webrtc/ice-servers")
+    servers = reply.json["iceServers"]
+    assert servers, "never an empty list"
+    assert servers[0]["urls"] == ["stun:stun.l.google.com:19302"]
+    assert servers[0]["username"] is None and servers[0]["credential"] is None

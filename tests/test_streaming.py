@@ -140,3 +140,20 @@ async def test_parameters_rejected_and_warning_and_stream_goes_on(api, test_pipe
         assert "bogus" not in sessions[0]["parameters"]
     finally:
         await client.close()
+
+
+async def test_switching_to_an_unsupported_mode_is_refused(api):
+    await load(api, "passthrough")
+    from scope.streaming.pattern import PatternTrack
+
+    client = ScopeRtcClient(api, send_track=PatternTrack(fps=30, width=64, height=48))
+    await client.connect()
+    try:
+        await asyncio.wait_for(client.channel_open.wait(), 10)
+        client.send({"input_mode": "text"})
+        rejected = await client.wait_message(lambda m: m.get("type") == "parameters_rejected")
+        assert rejected["errors"][0]["loc"] == ["input_mode"]
+        count = len(client.frames)
+        await client.wait_frames(count + 5)
+    finally:
+        await client.close()

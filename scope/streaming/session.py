@@ -163,6 +163,12 @@ class StreamSession:
         except ParameterErrors as exc:
             self.send({"type": "parameters_rejected", "errors": [{"loc": e["loc"], "msg": e["msg"]} for e in exc.errors]})
             return
+        pipeline = self.manager.pipeline
+        mode = update.get("input_mode")
+        if mode and pipeline is not None and mode not in pipeline.info.supported_modes:
+            msg = f"input_mode '{mode}' is not supported by pipeline '{pipeline.info.id}'"
+            self.send({"type": "parameters_rejected", "errors": [{"loc": ["input_mode"], "msg": msg}]})
+            return
         if unknown:
             self.send({"type": "parameters_warning", "unknown_keys": unknown})
         self.apply_update(update)
