@@ -95,12 +95,18 @@ class IceServersResponse(BaseModel):
     iceServers: list[IceServer]
 
 
+class InitialParameters(StreamParameters):
+    """Stream parameters of an offer; unknown keys are ignored (and named in a warning)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
 class OfferRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     sdp: str = Field(description="The client's SDP offer.")
     type: str = Field(description="Must be 'offer'.")
-    initialParameters: StreamParameters | None = Field(
+    initialParameters: InitialParameters | None = Field(
         None, description="Stream parameters applied from the first chunk (validated against the loaded pipeline)."
     )
 

@@ -49,7 +49,9 @@ async def test_openapi_document_is_valid_and_covers_every_endpoint(api):
     assert schema_ref.endswith("/LoadRequest")
     assert "pipeline_id" in spec["components"]["schemas"]["LoadRequest"]["properties"]
     offer = spec["components"]["schemas"]["OfferRequest"]["properties"]["initialParameters"]
-    assert "StreamParameters" in str(offer)
+    assert "InitialParameters" in str(offer)
+    initial = spec["components"]["schemas"]["InitialParameters"]
+    assert {"prompts", "transition", "input_mode"} <= set(initial["properties"])
 
 
 async def test_swagger_ui_is_served_offline(api):

@@ -157,3 +157,28 @@ async def test_switching_to_an_unsupported_mode_is_refused(api):
         await client.wait_frames(count + 5)
     finally:
         await client.close()
+
+
+async def test_unknown_initial_parameters_are_ignored_with_a_warning(api, test_pipelines):
+    await load(api, "test-pattern")
+    client = ScopeRtcClient(api)
+    await client.connect({"prompts": ["p"], "future_knob": 3})
+    try:
+        warning = await client.wait_message(lambda m: m.get("type") == "parameters_warning")
+        assert warning["unknown_keys"] == ["future_knob"]
+        await client.wait_frames(3)
+    finally:
+        await client.close()
+
+
+async def test_generation_keeps_pace_with_playback_instead_of_dropping(api, test_pipelines, services):
+    await load(api, "test-pattern")
+    client = ScopeRtcClient(api)
+    await client.connect({"prompts": ["p"]})
+    try:
+        await client.wait_frames(60)
+        session = services.sessions.sessions[client.session_id]
+        assert session.track.frames_dropped == 0
+        assert session.track.queued <= 6
+    finally:
+        await client.close()

@@ -75,6 +75,7 @@ class StreamSession:
         self._stream: Stream | None = None
         self._stream_generation = -1
         self._init_cache = True
+        self._last_chunk_frames = 0
         self._input_track: MediaStreamTrack | None = None
         self._disconnect_timer: asyncio.TimerHandle | None = None
         manager.add_listener(self._on_pipeline_event)
@@ -242,6 +243,10 @@ class StreamSession:
                 self.input.clear()
                 continue
             stream = self._stream
+            if self._last_chunk_frames and self.track.queued > self._last_chunk_frames:
+                # Playback is more than a chunk behind: wait instead of producing frames to drop.
+                await self.track.wait_for_room(self._last_chunk_frames, timeout=1.0)
+                continue
             video = None
             if self._mode() == "video":
                 needed = stream.frames_needed(self.parameters.snapshot())
@@ -282,6 +287,7 @@ class StreamSession:
             self.pipeline_meter.record(elapsed, len(frames))
             if "transition" in params and not chunk.transition_active:
                 self.parameters.finish_transition()
+            self._last_chunk_frames = len(frames)
             self.track.grow(len(frames))
             self.track.push(frames)
             self._set_state("streaming")

@@ -154,6 +154,7 @@ class OutputTrack(MediaStreamTrack):
         self._queue: collections.deque[np.ndarray] = collections.deque()
         self._capacity = capacity
         self._available = asyncio.Event()
+        self._taken = asyncio.Event()
         self._last: np.ndarray | None = None
         self._last_sent: float | None = None
         self._start: float | None = None
@@ -176,6 +177,21 @@ class OutputTrack(MediaStreamTrack):
 
     def flush(self) -> None:
         self._queue.clear()
+        self._taken.set()
+
+    async def wait_for_room(self, ahead: int, timeout: float) -> None:
+        """Wait until at most ``ahead`` frames are queued: generation runs just ahead of playback."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while len(self._queue) > ahead and self.readyState == "live":
+            self._taken.clear()
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            try:
+                await asyncio.wait_for(self._taken.wait(), remaining)
+            except TimeoutError:
+                return
 
     def wake(self) -> None:
         """Re-check the hold state (called when the session's state changes)."""
@@ -198,6 +214,7 @@ class OutputTrack(MediaStreamTrack):
                 raise MediaStreamError
             if self._queue:
                 array = self._queue.popleft()
+                self._taken.set()
                 break
             if self.hold and self._last is not None:
                 array = self._last

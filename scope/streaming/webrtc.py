@@ -78,11 +78,14 @@ class SessionService:
         if self.manager.status != LOADED or self.manager.pipeline is None:
             raise SignallingError(400, "Pipeline not loaded. Please load pipeline first.")
 
-    def initial_parameters(self, raw: dict[str, Any] | None) -> dict[str, Any]:
-        """Validate ``initialParameters`` and add the pipeline's defaults for its mode."""
+    def initial_parameters(self, raw: dict[str, Any] | None) -> tuple[dict[str, Any], list[str]]:
+        """Validate ``initialParameters`` and add the pipeline's defaults for its mode.
+
+        Returns the parameters and the unknown keys (ignored, reported to the client).
+        """
         pipeline = self.manager.pipeline
         try:
-            given, _unknown = parse_parameters(raw or {}, pipeline.parameters_model)
+            given, unknown = parse_parameters(raw or {}, pipeline.parameters_model)
         except ParameterErrors as exc:
             raise SignallingError(422, [{**e, "loc": ["body", "initialParameters", *e["loc"]]} for e in exc.errors]) from None
         mode = given.get("input_mode") or pipeline.info.default_mode
@@ -97,14 +100,14 @@ class SessionService:
             params.update({k: v for k, v in pipeline.mode_defaults.get("video", {}).items() if v is not None and k not in ("height", "width")})
         params.update(given)
         params["input_mode"] = mode
-        return params
+        return params, unknown
 
     async def create(self, sdp: str, sdp_type: str, raw_parameters: dict[str, Any] | None) -> dict[str, Any]:
         """Answer an offer and start its session."""
         self._check_capacity_and_pipeline()
         if sdp_type != "offer":
             raise SignallingError(400, f"type must be 'offer', got '{sdp_type}'")
-        params = self.initial_parameters(raw_parameters)
+        params, unknown = self.initial_parameters(raw_parameters)
         self._creating += 1
         try:
             servers = await self.ice_servers()
@@ -120,6 +123,8 @@ class SessionService:
             self.sessions[session.id] = session
         finally:
             self._creating -= 1
+        if unknown:
+            session.send({"type": "parameters_warning", "unknown_keys": unknown})
         session.start(self.connect_timeout)
         logger.info("session %s started (%d active)", session.id, len(self.sessions))
         return {"sdp": answer.sdp, "type": answer.type, "sessionId": session.id}
