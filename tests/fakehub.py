@@ -32,6 +32,8 @@ LFS_POINTER_SIZE = 134
 FAILURE_MODES = ("error", "corrupt", "short", "truncate", "unsatisfiable")
 #: Longest a paused transfer waits for ``release`` before going on anyway.
 GATE_TIMEOUT_S = 30.0
+#: Where ``redirect_lfs`` sends large files, as the Hub sends them to its CDN.
+CDN_PREFIX = "/cdn/"
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,7 @@ class ServedRequest:
     """One request the hub answered."""
 
     method: str
-    kind: str  # "resolve", "tree", "paths-info", "revision" or "unknown"
+    kind: str  # "resolve", "redirect", "tree", "paths-info", "revision" or "unknown"
     repo_id: str | None
     path: str | None  # the file path for "resolve", the listed folder for "tree"
     range: str | None
@@ -84,6 +86,8 @@ class FakeHub:
         self.required_token = required_token
         #: When False, ranged downloads get the whole file with 200, as some servers do.
         self.honour_ranges = True
+        #: When True, downloads of LFS files answer 302 to a second URL, as the Hub does.
+        self.redirect_lfs = False
         self.requests: list[ServedRequest] = []
         self._failures: dict[tuple[str, str], _Failure] = {}
         self._lock = threading.Lock()
@@ -128,7 +132,9 @@ class FakeHub:
 
     # Behaviour knobs -------------------------------------------------------------------------
 
-    def fail(self, repo_id: str, path: str, mode: str = "error", *, status: int = 500, times: int | None = None) -> None:
+    def fail(
+        self, repo_id: str, path: str, mode: str = "error", *, status: int = 500, times: int | None = None
+    ) -> None:
         """Make downloads of one file misbehave.
 
         ``error``: answer ``status``. ``corrupt``: same size, wrong bytes. ``short``: a clean
@@ -173,7 +179,15 @@ class FakeHub:
         with self._lock:
             self.requests.append(request)
 
-    def served(self, repo_id: str | None = None, path: str | None = None, *, kind: str = "resolve", method: str = "GET") -> list[ServedRequest]:
+    def served(
+        self,
+        repo_id: str | None = None,
+        path: str | None = None,
+        *,
+        kind: str = "resolve",
+        method: str = "GET",
+    ) -> list[ServedRequest]:
+        """Requests of one kind (downloads by default), optionally for one repo and path."""
         with self._lock:
             return [
                 r
@@ -254,24 +268,30 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
         self._route("POST")
 
     def _route(self, method: str) -> None:
+        self.method = method
+        self.range_header = self.headers.get("Range")
         length = int(self.headers.get("Content-Length") or 0)
         # Read any body up front so an early error answer leaves the connection usable.
-        self._body = self.rfile.read(length) if length else b""
+        self.body = self.rfile.read(length) if length else b""
         url = urlsplit(self.path)
         path = unquote(url.path)
-        query = parse_qs(url.query)
-        if self.hub.required_token and self.headers.get("Authorization") != f"Bearer {self.hub.required_token}":
-            self._error(method, "unknown", None, None, 401, "Unauthorized", "Invalid credentials")
+        if not self._authorized():
+            self._error("unknown", None, None, 401, "Invalid credentials")
             return
         if path.startswith("/api/models/"):
-            self._route_api(method, path[len("/api/models/") :], url, query)
+            self._route_api(path[len("/api/models/") :], url, parse_qs(url.query))
             return
-        repo_id, rest = self._split_repo(path.lstrip("/"))
+        from_cdn = path.startswith(CDN_PREFIX)
+        repo_id, rest = self._split_repo(path[len(CDN_PREFIX) :] if from_cdn else path.lstrip("/"))
         if repo_id is not None and rest.startswith("resolve/") and method in ("GET", "HEAD"):
             revision, _, file_path = rest[len("resolve/") :].partition("/")
-            self._resolve(method, repo_id, revision, file_path)
+            self._resolve(repo_id, revision, file_path, from_cdn)
             return
-        self._error(method, "unknown", repo_id, None, 404, "RepoNotFound", "Repository not found")
+        self._error("unknown", repo_id, None, 404, "Repository not found", "RepoNotFound")
+
+    def _authorized(self) -> bool:
+        token = self.hub.required_token
+        return not token or self.headers.get("Authorization") == f"Bearer {token}"
 
     def _split_repo(self, rest: str) -> tuple[str | None, str]:
         for repo_id in sorted(self.hub.repos, key=len, reverse=True):
@@ -279,7 +299,8 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
                 return repo_id, rest[len(repo_id) + 1 :]
         return None, rest
 
-    def _route_api(self, method: str, rest: str, url: Any, query: dict[str, list[str]]) -> None:
+    def _route_api(self, rest: str, url: Any, query: dict[str, list[str]]) -> None:
+        method = self.method
         repo_id, rest = self._split_repo(rest)
         if repo_id is not None and not rest and method == "GET":
             self._model_info(repo_id)  # /api/models/{repo_id}: info at the default revision
@@ -288,9 +309,9 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
         revision, _, sub_path = rest.partition("/")
         kind = operation if operation in ("tree", "paths-info", "revision") else "unknown"
         if repo_id is None:
-            self._error(method, kind, None, None, 404, "RepoNotFound", "Repository not found")
+            self._error(kind, None, None, 404, "Repository not found", "RepoNotFound")
         elif revision not in ("main", FAKE_COMMIT):
-            self._error(method, kind, repo_id, None, 404, "RevisionNotFound", f"Invalid rev id: {revision}")
+            self._error(kind, repo_id, None, 404, f"Invalid rev id: {revision}", "RevisionNotFound")
         elif kind == "revision" and method == "GET":
             self._model_info(repo_id)
         elif kind == "tree" and method == "GET":
@@ -298,12 +319,11 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
         elif kind == "paths-info" and method == "POST":
             self._paths_info(repo_id)
         else:
-            self._error(method, kind, repo_id, None, 404, "", "Not found")
+            self._error(kind, repo_id, None, 404, "Not found")
 
     # API answers -----------------------------------------------------------------------------
 
     def _model_info(self, repo_id: str) -> None:
-        files = sorted(self.hub.repos[repo_id])
         body = {
             "_id": hashlib.sha1(repo_id.encode()).hexdigest()[:24],
             "id": repo_id,
@@ -313,9 +333,9 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
             "disabled": False,
             "gated": False,
             "tags": [],
-            "siblings": [{"rfilename": path} for path in files],
+            "siblings": [{"rfilename": path} for path in sorted(self.hub.repos[repo_id])],
         }
-        self._json("GET", "revision", repo_id, None, body)
+        self._json("revision", repo_id, None, body)
 
     def _entries_under(self, repo_id: str, folder: str, recursive: bool) -> list[dict[str, Any]] | None:
         prefix = f"{folder}/" if folder else ""
@@ -340,7 +360,7 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
         recursive = query.get("recursive", ["false"])[0].lower() in ("true", "1")
         entries = self._entries_under(repo_id, folder, recursive)
         if entries is None:
-            self._error("GET", "tree", repo_id, folder, 404, "EntryNotFound", f"{folder} does not exist")
+            self._error("tree", repo_id, folder, 404, f"{folder} does not exist", "EntryNotFound")
             return
         cursor = int(query.get("cursor", ["0"])[0])
         page = entries[cursor : cursor + self.hub.page_size]
@@ -348,93 +368,91 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
         if cursor + self.hub.page_size < len(entries):
             params = {key: values[0] for key, values in query.items()}
             params["cursor"] = str(cursor + self.hub.page_size)
-            next_url = f"{self.hub.endpoint}{url.path}?{urlencode(params)}"
-            headers["Link"] = f'<{next_url}>; rel="next"'
-        self._json("GET", "tree", repo_id, folder, page, headers)
+            headers["Link"] = f'<{self.hub.endpoint}{url.path}?{urlencode(params)}>; rel="next"'
+        self._json("tree", repo_id, folder, page, headers)
 
     def _paths_info(self, repo_id: str) -> None:
-        raw = self._body.decode()
+        raw = self.body.decode()
         if self.headers.get("Content-Type", "").startswith("application/json"):
             paths = json.loads(raw or "{}").get("paths", [])
         else:
             paths = parse_qs(raw).get("paths", [])
         files = self.hub.repos[repo_id]
         answer = []
-        for path in paths:
-            path = path.strip("/")
+        for path in (p.strip("/") for p in paths):
             if path in files:
                 answer.append(self.hub.file_entry(repo_id, path))
             elif any(p.startswith(path + "/") for p in files):
                 answer.append(self.hub.folder_entry(path))
-        self._json("POST", "paths-info", repo_id, None, answer)
+        self._json("paths-info", repo_id, None, answer)
 
     # Downloads -------------------------------------------------------------------------------
 
-    def _resolve(self, method: str, repo_id: str, revision: str, path: str) -> None:
+    def _resolve(self, repo_id: str, revision: str, path: str, from_cdn: bool) -> None:
         data = self.hub.repos[repo_id].get(path)
-        range_header = self.headers.get("Range")
         if revision not in ("main", FAKE_COMMIT) or data is None:
-            self._error(method, "resolve", repo_id, path, 404, "EntryNotFound", f"{path} not found", range_header)
+            self._error("resolve", repo_id, path, 404, f"{path} not found", "EntryNotFound")
             return
-        failure = self.hub._take_failure(repo_id, path) if method == "GET" else None
-        if failure is not None and failure.mode == "error":
-            self._error(method, "resolve", repo_id, path, failure.status, "", "Injected failure", range_header)
+        if self.hub.redirect_lfs and self.hub.is_lfs(path) and not from_cdn:
+            # Like the Hub, send large files to another location (same host here).
+            location = f"{self.hub.endpoint}{CDN_PREFIX}{repo_id}/resolve/{revision}/{quote(path)}"
+            self._answer(302, {"Location": location, "Content-Length": "0", "X-Repo-Commit": FAKE_COMMIT})
+            self._log("redirect", repo_id, path, 302, 0)
+            return
+        failure = self.hub._take_failure(repo_id, path) if self.method == "GET" else None
+        mode = failure.mode if failure is not None else None
+        if failure is not None and mode == "error":
+            self._error("resolve", repo_id, path, failure.status, "Injected failure")
             return
         served = data
-        if failure is not None and failure.mode == "corrupt":
+        if mode == "corrupt":
             served = bytes(b ^ 0x55 for b in data)
-        elif failure is not None and failure.mode == "short":
+        elif mode == "short":
             served = data[: len(data) // 2]
 
         start, status = 0, 200
-        if range_header and self.hub.honour_ranges:
-            requested = self._parse_range(range_header, len(served))
-            if failure is not None and failure.mode == "unsatisfiable":
-                requested = None
+        if self.range_header and self.hub.honour_ranges:
+            requested = None if mode == "unsatisfiable" else self._range_start(self.range_header, len(served))
             if requested is None:
-                self._error(method, "resolve", repo_id, path, 416, "", "Range not satisfiable", range_header,
-                            {"Content-Range": f"bytes */{len(served)}"})
+                extra = {"Content-Range": f"bytes */{len(served)}"}
+                self._error("resolve", repo_id, path, 416, "Range not satisfiable", headers=extra)
                 return
             start, status = requested, 206
         body = served[start:]
 
+        etag = f'"{self._etag(repo_id, path)}"'
         headers = {
             "Content-Type": "application/octet-stream",
             "Content-Length": str(len(body)),
             "Accept-Ranges": "bytes",
-            "ETag": f'"{self._etag(repo_id, path)}"',
+            "ETag": etag,
             "X-Repo-Commit": FAKE_COMMIT,
         }
         if self.hub.is_lfs(path):
-            headers["X-Linked-Size"] = str(len(data))
-            headers["X-Linked-Etag"] = headers["ETag"]
+            headers.update({"X-Linked-Size": str(len(data)), "X-Linked-Etag": etag})
         if status == 206:
             headers["Content-Range"] = f"bytes {start}-{len(served) - 1}/{len(served)}"
-        self.send_response(status)
-        for name, value in headers.items():
-            self.send_header(name, value)
-        truncate = failure is not None and failure.mode == "truncate"
+        truncate = mode == "truncate"
         if truncate:
-            self.send_header("Connection", "close")
-        self.end_headers()
+            headers["Connection"] = "close"
+        self._answer(status, headers)
         sent = 0
-        if method == "GET":
-            limit = len(body) // 2 if truncate else len(body)
-            sent = self._send_slowly(body[:limit])
+        if self.method == "GET":
+            sent = self._send_slowly(body[: len(body) // 2] if truncate else body)
         if truncate:
             self.close_connection = True
-        self.hub._record(ServedRequest(method, "resolve", repo_id, path, range_header, status, sent, self.headers.get("Authorization")))
+        self._log("resolve", repo_id, path, status, sent)
 
     def _etag(self, repo_id: str, path: str) -> str:
         data = self.hub.repos[repo_id][path]
         return hashlib.sha256(data).hexdigest() if self.hub.is_lfs(path) else git_blob_sha1(data)
 
     @staticmethod
-    def _parse_range(header: str, size: int) -> int | None:
+    def _range_start(header: str, size: int) -> int | None:
         """Start offset of a ``bytes=N-`` (or ``bytes=N-M``) range; None when unsatisfiable."""
         unit, _, spec = header.partition("=")
-        first, _, _last = spec.partition("-")
-        if unit.strip() != "bytes" or not first.strip().isdigit():
+        first = spec.partition("-")[0].strip()
+        if unit.strip() != "bytes" or not first.isdigit():
             return 0
         start = int(first)
         return start if start < size else None
@@ -457,47 +475,49 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
 
     # Plain answers ---------------------------------------------------------------------------
 
-    def _json(self, method: str, kind: str, repo_id: str | None, path: str | None, body: Any, headers: dict[str, str] | None = None) -> None:
-        payload = json.dumps(body).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        for name, value in (headers or {}).items():
+    def _answer(self, status: int, headers: dict[str, str], payload: bytes = b"") -> None:
+        self.send_response(status)
+        for name, value in headers.items():
             self.send_header(name, value)
         self.end_headers()
-        if method != "HEAD":
+        if payload and self.method != "HEAD":
             self.wfile.write(payload)
-        self.hub._record(ServedRequest(method, kind, repo_id, path, None, 200, len(payload), self.headers.get("Authorization")))
+
+    def _log(self, kind: str, repo_id: str | None, path: str | None, status: int, sent: int) -> None:
+        authorization = self.headers.get("Authorization")
+        self.hub._record(
+            ServedRequest(self.method, kind, repo_id, path, self.range_header, status, sent, authorization)
+        )
+
+    def _json(
+        self, kind: str, repo_id: str, path: str | None, body: Any, headers: dict[str, str] | None = None
+    ) -> None:
+        payload = json.dumps(body).encode()
+        base = {"Content-Type": "application/json", "Content-Length": str(len(payload))}
+        self._answer(200, {**base, **(headers or {})}, payload)
+        self._log(kind, repo_id, path, 200, len(payload))
 
     def _error(
         self,
-        method: str,
         kind: str,
         repo_id: str | None,
         path: str | None,
         status: int,
-        code: str,
         message: str,
-        range_header: str | None = None,
+        code: str = "",
         headers: dict[str, str] | None = None,
     ) -> None:
+        """An error the way the Hub reports it: ``X-Error-Code`` drives huggingface_hub's exceptions."""
         payload = json.dumps({"error": message}).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
+        base = {
+            "Content-Type": "application/json",
+            "Content-Length": str(len(payload)),
+            "X-Error-Message": message,
+        }
         if code:
-            self.send_header("X-Error-Code", code)
-        self.send_header("X-Error-Message", message)
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.end_headers()
-        if method != "HEAD":
-            self.wfile.write(payload)
-        self.hub._record(ServedRequest(method, kind, repo_id, path, range_header, status, 0, self.headers.get("Authorization")))
-
-
-def resolve_url(endpoint: str, repo_id: str, path: str) -> str:
-    return f"{endpoint}/{repo_id}/resolve/main/{quote(path)}"
+            base["X-Error-Code"] = code
+        self._answer(status, {**base, **(headers or {})}, payload)
+        self._log(kind, repo_id, path, status, 0)
 
 
 @pytest.fixture

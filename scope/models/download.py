@@ -409,6 +409,9 @@ class DownloadManager:
                 digest = self._transfer(client, remote, reporter)
                 self._verify(remote, digest)
                 os.replace(remote.partial, remote.dest)
+            except VerificationFailed:
+                reporter.file_bytes(0)  # the discarded bytes no longer count
+                raise
             except OSError as exc:
                 raise DownloadError(f"could not write {remote.dest}: {exc}") from exc
             reporter.file_done(remote.size)

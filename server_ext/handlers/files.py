@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -118,15 +119,20 @@ class AssetsHandler(ScopeHandler):
         root = self.scope.settings.assets_path
         root.mkdir(parents=True, exist_ok=True)
         self._temp = tempfile.NamedTemporaryFile(dir=root, prefix=UPLOAD_PREFIX, delete=False)
-        self.request.connection.set_max_body_size(MAX_UPLOAD_BYTES + 1)
 
     def data_received(self, chunk: bytes) -> None:
-        if self._temp is None:
-            return  # GET bodies are ignored
+        if self._temp is None or self._finished:
+            return  # GET bodies, and the rest of a refused upload, are ignored
         self._written += len(chunk)
         if self._written > MAX_UPLOAD_BYTES:
+            # Errors raised here never become a response: answer directly, stop writing.
             self._discard()
-            raise ApiError(413, "File size exceeds maximum of 50MB")
+            self.set_status(413)
+            self.set_header("Content-Type", "application/json")
+            if self.open_api:
+                self.set_header("Access-Control-Allow-Origin", "*")
+            self.finish(json.dumps({"detail": "File size exceeds maximum of 50MB"}))
+            return
         self._temp.write(chunk)
 
     def _discard(self) -> None:
@@ -137,6 +143,7 @@ class AssetsHandler(ScopeHandler):
 
     def on_connection_close(self) -> None:
         self._discard()
+        super().on_connection_close()
 
     def on_finish(self) -> None:
         self._discard()  # only leftovers: a completed upload was renamed already
