@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 
 from jupyter_server.extension.application import ExtensionApp
 from jupyter_server.serverapp import ServerApp, aliases as server_aliases, flags as server_flags
@@ -83,7 +84,8 @@ class ScopeApp(ScopeSettings, ExtensionApp):
         return config
 
     def initialize_settings(self) -> None:
-        if self.standalone and "open_api" not in self.config.get("ScopeApp", {}):
+        chosen = "open_api" in self.config.get("ScopeApp", {}) or os.environ.get("DAYDREAM_SCOPE_OPEN_API")
+        if self.standalone and not chosen:
             self.open_api = True
         self.services = ScopeServices.create(self)
         self.services.open_log()

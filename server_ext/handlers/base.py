@@ -73,10 +73,13 @@ class ScopeHandler(ExtensionHandlerMixin, APIHandler):
             return
         if not self.open_api and not self.current_user:
             raise ApiError(403, "Authentication required: log in to Jupyter or send its token.")
-        if self.open_api and self.request.method in ("POST", "PATCH", "PUT", "DELETE"):
+        if self.open_api and self.request.method == "POST":
+            # A POST with no or a form-like Content-Type needs no CORS preflight, so any web page
+            # could send it; demanding another type makes the browser ask first.
             content_type = self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()
-            if content_type in SIMPLE_REQUEST_TYPES:
-                raise ApiError(415, f"Content-Type '{content_type}' is not accepted; send application/json.")
+            if not content_type or content_type in SIMPLE_REQUEST_TYPES:
+                shown = content_type or "(none)"
+                raise ApiError(415, f"Content-Type {shown} is not accepted; send application/json.")
 
     def check_xsrf_cookie(self) -> None:
         if self.open_api:

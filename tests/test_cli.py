@@ -1,0 +1,205 @@
+"""The ``daydream-scope`` and ``download_models`` commands, run as users run them."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+
+import pytest
+from traitlets import Bool, Float, Integer, List, Unicode
+from traitlets.config import Config
+
+from scope import __version__
+from scope.config import ScopeSettings
+from scope.server_ext.application import ScopeApp, ScopeServerApp
+from tests._subprocess_server import (
+    ScopeServer,
+    run_command,
+    running_scope_server,
+    spawn_scope_server,
+    start_scope_server,
+)
+
+
+# -- commands that do not start a server ---------------------------------------------------
+
+
+def test_version(tmp_path):
+    result = run_command("daydream-scope", "--version", root=tmp_path, timeout=30)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"daydream-scope: {__version__}"
+    assert any(re.match(r"git commit: \S+", line) for line in lines[1:]), result.stdout
+
+
+def test_pipelines_lists_passthrough(tmp_path):
+    result = run_command("daydream-scope", "pipelines", root=tmp_path, timeout=30)
+    assert result.returncode == 0, result.stderr
+    match = re.search(r"^(\d+) pipeline\(s\) available:", result.stdout, re.MULTILINE)
+    assert match, result.stdout
+    listed = re.findall(r"^\s+-\s+(\S+)$", result.stdout, re.MULTILINE)
+    assert "passthrough" in listed
+    assert int(match.group(1)) == len(listed)
+
+
+def test_help_names_the_scope_options(tmp_path):
+    result = run_command("daydream-scope", "--help", root=tmp_path, timeout=60)
+    assert result.returncode == 0, result.stderr
+    for option in ("--host", "--port", "--reload", "-N, --no-browser", "--version", "pipelines", "enable-jupyter"):
+        assert option in result.stdout
+
+
+def test_download_models_for_passthrough_needs_nothing(tmp_path):
+    result = run_command("download_models", "--pipeline", "passthrough", root=tmp_path, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "nothing to download" in result.stdout.lower()
+    assert not any((tmp_path / "models").iterdir())
+
+
+def test_download_models_unknown_pipeline_names_known_ids(tmp_path):
+    result = run_command("download_models", "--pipeline", "nope", root=tmp_path, timeout=60)
+    assert result.returncode != 0
+    message = result.stdout + result.stderr
+    assert "nope" in message and "passthrough" in message
+
+
+def test_download_models_requires_a_pipeline(tmp_path):
+    result = run_command("download_models", root=tmp_path, timeout=60)
+    assert result.returncode != 0
+    assert "--pipeline" in result.stderr
+
+
+# -- defaults and flags, parsed in-process -------------------------------------------------
+
+
+def test_server_defaults():
+    app = ScopeServerApp()
+    assert app.port == 8000
+    assert app.port_retries == 0
+    assert app.ip == "0.0.0.0"
+    assert app.default_url == "/scope/"
+
+
+def test_flags_and_aliases_reach_the_server():
+    app = ScopeServerApp()
+    app.parse_command_line(["-N", "--reload", "--port", "8123", "--host", "127.0.0.1"])
+    assert app.open_browser is False
+    assert app.autoreload is True
+    assert app.port == 8123
+    assert app.ip == "127.0.0.1"
+
+
+def _sample(trait):
+    """A value for a setting that differs from its default, and its environment spelling."""
+    default = trait.default()
+    if isinstance(trait, Bool):
+        return (not default), ("0" if default else "1")
+    if isinstance(trait, Integer):
+        return default + 3, str(default + 3)
+    if isinstance(trait, Float):
+        return default + 1.5, str(default + 1.5)
+    if isinstance(trait, List):
+        return ["stun:a.example:3478", "turn:b.example:3478"], "stun:a.example:3478, turn:b.example:3478"
+    if isinstance(trait, Unicode):
+        return "from-env", "from-env"
+    raise AssertionError(f"no sample for {trait!r}")
+
+
+SETTINGS = sorted(ScopeSettings.class_traits(config=True).items())
+
+
+@pytest.mark.parametrize("name,trait", SETTINGS, ids=[name for name, _ in SETTINGS])
+def test_every_environment_setting_reaches_the_extension(monkeypatch, name, trait):
+    """env beats the default, explicit ScopeApp config beats env."""
+    env = trait.metadata.get("env")
+    assert env, f"ScopeApp.{name} has no environment variable"
+    for other in ScopeSettings.class_traits(config=True).values():
+        monkeypatch.delenv(other.metadata["env"], raising=False)
+    expected, raw = _sample(trait)
+    monkeypatch.setenv(env, raw)
+    assert getattr(ScopeApp(), name) == expected
+    config = Config()
+    config.ScopeApp[name] = trait.default()
+    assert getattr(ScopeApp(config=config), name) == trait.default()
+
+
+# -- a real server ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cli_server(tmp_path_factory) -> ScopeServer:
+    server = start_scope_server(tmp_path_factory.mktemp("cli-server"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_port_flag_and_root_redirect(cli_server):
+    assert cli_server.port != 8000
+    with cli_server.client() as client:
+        assert client.get("/health").json()["status"] == "healthy"
+        root = client.get("/", follow_redirects=False)
+    assert root.status_code in (301, 302)
+    assert root.headers["Location"].split("?")[0] == "/scope/"
+    assert "Use Control-C to stop this server" in cli_server.output()
+
+
+def test_busy_port_fails_loudly(cli_server, tmp_path):
+    second = spawn_scope_server(tmp_path, port=cli_server.port)
+    try:
+        code = second.process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"second server kept running:\n{second.output()}") from None
+    finally:
+        second.stop()
+    assert code != 0
+    out = second.output()
+    assert str(cli_server.port) in out and "not available" in out, out
+    with cli_server.client() as client:
+        assert client.get("/health").status_code == 200
+
+
+def test_reload_flag_is_accepted(tmp_path):
+    with running_scope_server(tmp_path, "--reload") as server:
+        assert server.client().get("/health").status_code == 200
+    assert "Unrecognized" not in server.output()
+
+
+def test_environment_reaches_the_running_server(tmp_path):
+    """PIPELINE pre-warms; VERBOSE_LOGGING and the DAYDREAM_SCOPE_* variables are applied."""
+    (tmp_path / "assets").mkdir()
+    (tmp_path / "assets" / "reference.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    (tmp_path / "lora").mkdir()
+    (tmp_path / "lora" / "style.safetensors").write_bytes(b"{}")
+    stun = "stun:stun.scope-test.invalid:3478"
+    env = {
+        "PIPELINE": "passthrough",
+        "VERBOSE_LOGGING": "1",
+        "DAYDREAM_SCOPE_MAX_SESSIONS": "0",
+        "DAYDREAM_SCOPE_STUN_FALLBACK": stun,
+    }
+    with running_scope_server(tmp_path, env=env) as server, server.client() as client:
+        deadline = time.monotonic() + 30
+        while (status := client.get("/api/v1/pipeline/status").json())["status"] != "loaded":
+            assert status["status"] in ("not_loaded", "loading"), status
+            assert time.monotonic() < deadline, status
+            time.sleep(0.1)
+        assert status["pipeline_id"] == "passthrough"
+
+        ice = client.get("/api/v1/webrtc/ice-servers").json()["iceServers"]
+        assert any(stun in (entry["urls"] if isinstance(entry["urls"], list) else [entry["urls"]]) for entry in ice), ice
+
+        offer = client.post("/api/v1/webrtc/offer", json={"sdp": "v=0\r\n", "type": "offer"})
+        assert offer.status_code == 503, offer.text
+        assert "at most 0" in offer.json()["detail"]
+
+        assets = client.get("/api/v1/assets").json()["assets"]
+        assert [a["name"] for a in assets] == ["reference"]
+        loras = client.get("/api/v1/lora/list").json()["lora_files"]
+        assert [f["name"] for f in loras] == ["style"]
+
+        assert sorted(p.name for p in (tmp_path / "logs").glob("scope-logs-*.log"))
+        log = client.get("/api/v1/logs/current")
+        assert log.status_code == 200
