@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import sys
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -157,16 +158,13 @@ class PipelineManager:
 
 def _free(pipeline: Pipeline) -> None:
     """Unload a pipeline and give its memory back (runs on the device thread)."""
-    try:
-        pipeline.unload()
-    finally:
-        del pipeline
-        gc.collect()
-        try:
-            import torch
-
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-                torch.cuda.empty_cache()
-        except ImportError:
-            pass
+    heavy = pipeline.info.requires_models
+    pipeline.unload()
+    del pipeline
+    if not heavy:
+        return  # nothing large to reclaim: skip a full collection, which stalls every thread
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()

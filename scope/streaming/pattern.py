@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import fractions
+import functools
 import time
 
 import numpy as np
@@ -18,11 +19,20 @@ BITS = 16
 BLOCK = 16  # pixels per bit block; the stamp occupies the top BLOCK rows
 
 
+@functools.lru_cache(maxsize=4)
+def _grids(width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    ys, xs = np.mgrid[0:height, 0:width]
+    return (xs + ys).astype(np.int32), (2 * xs).astype(np.int32)
+
+
 def pattern_frame(index: int, width: int = 320, height: int = 240) -> np.ndarray:
     """An RGB frame: a diagonal gradient moving with ``index``, plus the stamped index."""
-    ys, xs = np.mgrid[0:height, 0:width]
-    base = (xs + ys + 4 * index) % 256
-    frame = np.stack([base, (2 * xs + index) % 256, (255 - base)], axis=-1).astype(np.uint8)
+    diagonal, horizontal = _grids(width, height)
+    base = ((diagonal + 4 * index) % 256).astype(np.uint8)
+    frame = np.empty((height, width, 3), dtype=np.uint8)
+    frame[..., 0] = base
+    frame[..., 1] = (horizontal + index) % 256
+    frame[..., 2] = 255 - base
     stamp(frame, index)
     return frame
 

@@ -181,7 +181,7 @@ class StreamSession:
         update.pop("spout_receiver", None)
         if "paused" in update:
             self.paused = bool(update.pop("paused"))
-            self.track.hold = self.paused or self.state != "streaming"
+            self.track.hold = self.paused or self.manager.status != LOADED
             self.track.wake()
         if update.get("reset_cache"):
             self.track.flush()
@@ -201,9 +201,10 @@ class StreamSession:
         input_fps = self.input.meter.fps if self._input_track is not None else None
         return min(pipeline_fps, input_fps) if input_fps else pipeline_fps
 
-    def _set_state(self, state: str) -> None:
+    def _set_state(self, state: str, hold: bool = False) -> None:
+        """Record the state; ``hold`` repeats the last frame (paused, or no pipeline to run)."""
         self.state = state
-        self.track.hold = self.paused or state != "streaming"
+        self.track.hold = self.paused or hold
         self.track.wake()
 
     async def _wait(self, *aws, timeout: float = 1.0) -> None:
@@ -225,12 +226,12 @@ class StreamSession:
         loop = asyncio.get_running_loop()
         while not self.closed:
             if self.paused:
-                self._set_state("paused")
+                self._set_state("paused", hold=True)
                 await self._wait()
                 continue
             manager = self.manager
             if manager.status != LOADED or manager.pipeline is None:
-                self._set_state("waiting")
+                self._set_state("waiting", hold=True)
                 await self._close_stream()
                 await self._wait(manager.wait_changed())
                 continue
@@ -304,7 +305,6 @@ class StreamSession:
             except MediaStreamError:
                 return
             self.input.put(frame.to_ndarray(format="rgb24"))
-            self._wake.set()
 
     # Reporting --------------------------------------------------------------------------
 

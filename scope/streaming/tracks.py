@@ -20,6 +20,8 @@ VIDEO_CLOCK_RATE = 90_000
 VIDEO_TIME_BASE = fractions.Fraction(1, VIDEO_CLOCK_RATE)
 MIN_FPS, MAX_FPS, DEFAULT_FPS = 1.0, 60.0, 30.0
 INPUT_BUFFER_FRAMES = 30
+#: Playback speed-up (period factor) while more than one chunk is queued.
+DRAIN_FACTOR = 0.95
 FPS_WINDOW = 30
 FPS_REFRESH_S = 0.5
 
@@ -156,7 +158,8 @@ class OutputTrack(MediaStreamTrack):
         self._available = asyncio.Event()
         self._taken = asyncio.Event()
         self._last: np.ndarray | None = None
-        self._last_sent: float | None = None
+        self._due: float | None = None
+        self._chunk_frames = capacity
         self._start: float | None = None
         self.hold = False
         self.sent = RateMeter(min_samples=2)
@@ -165,6 +168,7 @@ class OutputTrack(MediaStreamTrack):
 
     def grow(self, frames_per_chunk: int) -> None:
         """Make room for three chunks (never shrinks)."""
+        self._chunk_frames = frames_per_chunk
         self._capacity = max(self._capacity, 3 * frames_per_chunk)
 
     def push(self, frames: np.ndarray) -> None:
@@ -205,8 +209,10 @@ class OutputTrack(MediaStreamTrack):
         if self.readyState != "live":
             raise MediaStreamError
         period = 1.0 / clamp_fps(self._rate())
-        if self._last_sent is not None:
-            delay = self._last_sent + period - time.monotonic()
+        if len(self._queue) > self._chunk_frames:
+            period *= DRAIN_FACTOR  # latency built up: play slightly faster until it is gone
+        if self._due is not None:
+            delay = self._due - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
         while True:
@@ -230,7 +236,13 @@ class OutputTrack(MediaStreamTrack):
             self._start = now
         frame.pts = int((now - self._start) * VIDEO_CLOCK_RATE)
         frame.time_base = VIDEO_TIME_BASE
-        self._last, self._last_sent = array, now
+        # Deadlines are absolute, so timer slack does not add up. A frame that came clearly late
+        # moves the timeline (no burst to catch up); the drain above wins the time back.
+        if self._due is None or now - self._due > period / 2:
+            self._due = now + period
+        else:
+            self._due += period
+        self._last = array
         self.frames_sent += 1
         self.sent.tick(now)
         return frame
