@@ -182,3 +182,20 @@ async def test_generation_keeps_pace_with_playback_instead_of_dropping(api, test
         assert session.track.queued <= 6
     finally:
         await client.close()
+
+
+async def test_stats_say_streaming_while_video_flows(api):
+    await load(api, "passthrough")
+    from scope.streaming.pattern import PatternTrack
+
+    client = ScopeRtcClient(api, send_track=PatternTrack(fps=30, width=64, height=48))
+    await client.connect()
+    try:
+        await client.wait_frames(30)
+        states = []
+        for _ in range(4):
+            message = await client.wait_message(lambda m: m.get("type") == "stats" and m not in states)
+            states.append(message)
+        assert [m["state"] for m in states].count("streaming") >= 3, states
+    finally:
+        await client.close()

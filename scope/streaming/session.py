@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 
 STATS_INTERVAL_S = 0.5
 FAILURE_BACKOFF_S = 0.2
+#: Without a chunk for this long while waiting for input, a session reports "waiting".
+INPUT_STALL_S = 1.0
 
 
 class FatalStreamError(Exception):
@@ -76,6 +78,7 @@ class StreamSession:
         self._stream_generation = -1
         self._init_cache = True
         self._last_chunk_frames = 0
+        self._last_chunk_at = 0.0
         self._input_track: MediaStreamTrack | None = None
         self._disconnect_timer: asyncio.TimerHandle | None = None
         manager.add_listener(self._on_pipeline_event)
@@ -253,8 +256,9 @@ class StreamSession:
                 needed = stream.frames_needed(self.parameters.snapshot())
                 if needed > 0:
                     if len(self.input) < needed:
-                        self._set_state("waiting")
-                        await self._wait(self.input.wait_for(needed, timeout=1.0))
+                        if self.chunks == 0 or time.monotonic() - self._last_chunk_at > INPUT_STALL_S:
+                            self._set_state("waiting")  # no input yet, or the input stopped
+                        await self._wait(self.input.wait_for(needed, timeout=INPUT_STALL_S))
                         continue
                     video = self.input.take(needed)
             params = self.parameters.take_chunk()
@@ -285,6 +289,7 @@ class StreamSession:
             frames = chunk.frames
             self.chunks += 1
             self.chunk_ms = elapsed * 1000.0
+            self._last_chunk_at = time.monotonic()
             self.pipeline_meter.record(elapsed, len(frames))
             if "transition" in params and not chunk.transition_active:
                 self.parameters.finish_transition()

@@ -1,0 +1,73 @@
+// Calls to the Scope API from the server's own page.
+//
+// The page is served at `<base_url>scope/`, both by `daydream-scope` (base "/") and inside
+// `jupyter lab` (any base URL), so every API URL is built from the page's own location.
+// Under Lab the API follows Jupyter's auth: the login cookie covers GETs, and writes must echo
+// the `_xsrf` cookie in an `X-XSRFToken` header. A `?token=` in the page URL is sent as an
+// `Authorization` header instead, which Jupyter accepts without the XSRF check.
+
+/** The server's base URL ("/" or e.g. "/user/lab/"), taken from the page's path. */
+export function serverBase(pathname = location.pathname) {
+  const at = pathname.lastIndexOf("/scope/");
+  return at >= 0 ? pathname.slice(0, at + 1) : "/";
+}
+
+function cookie(name) {
+  // Jupyter can leave more than one `_xsrf` cookie (different paths); the last one is current.
+  const values = document.cookie
+    .split(";")
+    .map((part) => part.trim())
+    .filter((part) => part.startsWith(name + "="))
+    .map((part) => decodeURIComponent(part.slice(name.length + 1)));
+  return values.length ? values[values.length - 1] : null;
+}
+
+/** An error answered by the API, with its `detail` rendered as one readable line. */
+export class ApiError extends Error {
+  constructor(status, detail) {
+    super(describeDetail(status, detail));
+    this.status = status;
+    this.detail = detail;
+  }
+}
+
+function describeDetail(status, detail) {
+  if (status === 403) {
+    return "Not authorised (403): log in to Jupyter, or open this page with ?token=<your token>.";
+  }
+  if (Array.isArray(detail)) {
+    return detail.map((e) => (e.loc ? `${e.loc.join(".")}: ${e.msg}` : e.msg || JSON.stringify(e))).join("; ");
+  }
+  return typeof detail === "string" ? detail : `HTTP ${status}`;
+}
+
+const base = serverBase();
+const token = new URLSearchParams(location.search).get("token");
+
+/** `fetch` a path below the server base; answers parsed JSON (or null), throws ApiError. */
+export async function api(method, path, body) {
+  const headers = {};
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  if (token) headers["Authorization"] = `token ${token}`;
+  if (method !== "GET") {
+    const xsrf = cookie("_xsrf");
+    if (xsrf) headers["X-XSRFToken"] = xsrf;
+  }
+  const response = await fetch(base + path, {
+    method,
+    headers,
+    credentials: "same-origin",
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const text = await response.text();
+  let data = null;
+  try {
+    data = text ? JSON.parse(text) : null;
+  } catch {
+    data = text;
+  }
+  if (!response.ok) throw new ApiError(response.status, data && data.detail !== undefined ? data.detail : data);
+  return data;
+}
+
+export const apiBase = base;

@@ -1,0 +1,148 @@
+"""Real server processes for tests that drive a browser (or any outside client) against them.
+
+``daydream-scope`` is started by :mod:`tests._subprocess_server` (free loopback port, temporary
+directories, a known token, bounded waits). This module adds the same for ``jupyter lab`` with
+the Scope extension, plus module-scoped fixtures for both. Import the fixtures into a test
+module to use them::
+
+    from tests.servers import scope_server_process  # noqa: F401  (a fixture)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+
+from tests._subprocess_server import (
+    TEST_TOKEN,
+    ScopeServer,
+    free_port,
+    isolated_env,
+    running_scope_server,
+    start_scope_server,
+)
+
+__all__ = [
+    "TEST_TOKEN",
+    "LabServer",
+    "ScopeServer",
+    "lab_server_process",
+    "running_lab_server",
+    "running_scope_server",
+    "scope_server_process",
+    "start_lab_server",
+    "start_scope_server",
+]
+
+
+@dataclass
+class LabServer:
+    """A running ``jupyter lab`` (Scope's API closed: Jupyter's token, cookie and XSRF apply)."""
+
+    process: subprocess.Popen
+    port: int
+    base_url: str
+    token: str
+    root: Path
+    output_path: Path
+    _output_file: object = field(repr=False, default=None)
+
+    @property
+    def url(self) -> str:
+        """The server's base URL on loopback, ending with '/'."""
+        return f"http://127.0.0.1:{self.port}{self.base_url}"
+
+    def output(self) -> str:
+        return self.output_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        """Wait until Jupyter answers ``api/status`` with the token."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise AssertionError(f"jupyter lab exited with {self.process.returncode}:\n{self.output()}")
+            try:
+                reply = httpx.get(self.url + "api/status", params={"token": self.token}, timeout=2, trust_env=False)
+                if reply.status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"jupyter lab did not answer within {timeout} s:\n{self.output()}")
+            time.sleep(0.2)
+
+    def stop(self, timeout: float = 20.0) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        if self._output_file is not None:
+            self._output_file.close()
+            self._output_file = None
+        return self.process.returncode
+
+
+def start_lab_server(
+    root: Path,
+    *args: str,
+    base_url: str = "/",
+    token: str = TEST_TOKEN,
+    env: dict[str, str] | None = None,
+    ready_timeout: float = 90.0,
+) -> LabServer:
+    """Start ``jupyter lab`` on a free loopback port and wait until it answers. The caller stops it."""
+    root.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    command = [
+        sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
+        f"--ServerApp.base_url={base_url}", f"--IdentityProvider.token={token}",
+        "--ServerApp.allow_root=True", "--ServerApp.port_retries=0", f"--ServerApp.root_dir={root}",
+        *args,
+    ]
+    output_path = root / f"lab-{port}.out"
+    output_file = output_path.open("wb")
+    process = subprocess.Popen(
+        command, cwd=root, env=isolated_env(root, env),
+        stdin=subprocess.DEVNULL, stdout=output_file, stderr=subprocess.STDOUT,
+    )
+    server = LabServer(process, port, base_url, token, root, output_path, output_file)
+    try:
+        server.wait_ready(ready_timeout)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+@contextlib.contextmanager
+def running_lab_server(root: Path, *args: str, **kwargs) -> Iterator[LabServer]:
+    server = start_lab_server(root, *args, **kwargs)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def scope_server_process(tmp_path_factory) -> Iterator[ScopeServer]:
+    """``daydream-scope`` (open API) on a free loopback port, shared by one test module."""
+    with running_scope_server(tmp_path_factory.mktemp("scope-server")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def lab_server_process(tmp_path_factory) -> Iterator[LabServer]:
+    """``jupyter lab`` with the Scope extension below a non-root base URL, for one test module."""
+    with running_lab_server(tmp_path_factory.mktemp("lab-server"), base_url="/lab-base/") as server:
+        yield server
