@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import swagger_ui_bundle
+import importlib.resources
 from tornado import web
 
 from scope.server_ext.handlers.base import ScopeHandler
@@ -22,6 +22,8 @@ from scope.server_ext.handlers.webrtc import (
 )
 
 PAGE_DIR = Path(__file__).parent / "static" / "page"
+#: Swagger UI 5 (OpenAPI 3.1 support), shipped inside a PyPI package: /docs works offline.
+SWAGGER_DIR = str(importlib.resources.files("swagger_ui") / "static")
 
 #: API handlers, in the order the API reference lists them.
 HANDLERS: list[type[ScopeHandler]] = [
@@ -55,7 +57,7 @@ class PageHandler(web.StaticFileHandler):
 def route_table() -> list[tuple]:
     """(pattern, handler[, kwargs]) rules, relative to the server's base URL."""
     rules: list[tuple] = [(h.pattern, h) for h in (*HANDLERS, OpenApiHandler, SwaggerHandler)]
-    rules.append((r"/docs/static/(.*)", web.StaticFileHandler, {"path": swagger_ui_bundle.swagger_ui_path}))
+    rules.append((r"/docs/static/(.*)", web.StaticFileHandler, {"path": SWAGGER_DIR}))
     rules.append((r"/scope", web.RedirectHandler, {"url": "scope/"}))
     rules.append((r"/scope/(.*)", PageHandler, {"path": str(PAGE_DIR), "default_filename": "index.html"}))
     return rules

@@ -491,3 +491,16 @@ def test_scope_page_under_jupyter_lab_with_the_token_in_its_url(browser, lab_ser
         assert "_xsrf" not in names, "the load must have been authorised by the token, not by XSRF"
     finally:
         context.close()
+
+
+@pytest.mark.browser
+def test_swagger_ui_renders_offline(page, server):
+    """``/docs`` renders every operation from local assets (no network beyond the server)."""
+    outside: list[str] = []
+    page.on("request", lambda r: outside.append(r.url) if not r.url.startswith((server.url, "data:", "blob:")) else None)
+    page.goto(f"{server.url}/docs")
+    page.wait_for_selector(".opblock", timeout=30_000)
+    summaries = page.locator(".opblock-summary-path").all_inner_texts()
+    assert any("/api/v1/pipeline/load" in s for s in summaries)
+    assert any("/api/v1/webrtc/offer" in s for s in summaries)
+    assert outside == []

@@ -41,7 +41,7 @@ async def test_connect_disconnect_churn_leaks_nothing(api, services):
     gc.collect()
     from scope.streaming.session import StreamSession
 
-    alive = [o for o in gc.get_objects() if isinstance(o, StreamSession)]
+    alive = [o for o in gc.get_objects() if type(o) is StreamSession]
     assert len(alive) <= 1, f"{len(alive)} sessions still referenced"
     leftover = [t for t in asyncio.all_tasks() if "scope-session" in t.get_name()]
     assert leftover == [], leftover

@@ -118,6 +118,8 @@ async def test_sessions_are_isolated(api, test_pipelines):
         assert abs(brightness(one.frames[-1]) - prompt_level({"prompts": [{"text": "first prompt"}]})) < 12
         assert abs(brightness(two.frames[-1]) - prompt_level({"prompts": [{"text": "second prompt"}]})) < 12
         assert len({id(s) for s in PatternPipeline.streams}) == 2
+        # The event loop stays free while two sessions generate.
+        assert (await api("GET", "health", timeout=5)).status == 200
         info_one = await session_info(api, one.session_id)
         info_two = await session_info(api, two.session_id)
         assert info_one["parameters"]["prompts"] != info_two["parameters"]["prompts"]
