@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from traitlets import Bool, Float, HasTraits, Integer, List, Unicode, default
+from traitlets import Bool, Float, HasTraits, Integer, List, Unicode
 from traitlets.config import Configurable
 
 DEFAULT_HOME = Path("~/.daydream-scope")

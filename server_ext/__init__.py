@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from scope import __version__
 
+__all__ = ["EXTENSION_CONFIG", "EXTENSION_CONFIG_FILE", "__version__"]
+
 #: The Jupyter config that enables this extension (installed as a data file by ``pip install .``).
 EXTENSION_CONFIG = {"ServerApp": {"jpserver_extensions": {"scope.server_ext": True}}}
 EXTENSION_CONFIG_FILE = "scope.json"

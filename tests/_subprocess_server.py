@@ -130,17 +130,23 @@ class ScopeServer:
 
     def stop(self, timeout: float = 20.0) -> int:
         """Stop the server (SIGTERM, then SIGKILL after ``timeout``); returns its exit code."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        stop_process(self.process, timeout)
         if self._output_file is not None:
             self._output_file.close()
             self._output_file = None
         return self.process.returncode
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 20.0) -> int:
+    """SIGTERM, then SIGKILL after ``timeout``; returns the exit code."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+    return process.returncode
 
 
 def spawn_scope_server(

@@ -12,7 +12,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from scope.pipelines import registry
 from tests.pipelines import TEST_PIPELINES, PatternPipeline
 
-pytest_plugins = ["pytest_jupyter.jupyter_server"]
+pytest_plugins = ["pytest_jupyter.jupyter_server", "tests.fakehub", "tests.servers"]
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ held in memory. Tests can make a file fail, slow or pause transfers, require a t
 inspect every request it served.
 
 Use it as a context manager (``with FakeHub({...}) as hub``) or through the ``fake_hub``
-fixture (``from tests.fakehub import fake_hub``), then point a client at ``hub.endpoint``.
+fixture (registered for every test in ``tests/conftest.py``), then point a client at ``hub.endpoint``.
 """
 
 from __future__ import annotations

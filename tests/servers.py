@@ -2,10 +2,8 @@
 
 ``daydream-scope`` is started by :mod:`tests._subprocess_server` (free loopback port, temporary
 directories, a known token, bounded waits). This module adds the same for ``jupyter lab`` with
-the Scope extension, plus module-scoped fixtures for both. Import the fixtures into a test
-module to use them::
-
-    from tests.servers import scope_server_process  # noqa: F401  (a fixture)
+the Scope extension, plus module-scoped fixtures for both (registered for every test in
+``tests/conftest.py``).
 """
 
 from __future__ import annotations
@@ -28,6 +26,7 @@ from tests._subprocess_server import (
     isolated_env,
     running_scope_server,
     start_scope_server,
+    stop_process,
 )
 
 __all__ = [
@@ -80,13 +79,7 @@ class LabServer:
             time.sleep(0.2)
 
     def stop(self, timeout: float = 20.0) -> int:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        stop_process(self.process, timeout)
         if self._output_file is not None:
             self._output_file.close()
             self._output_file = None

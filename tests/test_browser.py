@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.servers import ScopeServer, lab_server_process, scope_server_process  # noqa: F401 (fixtures)
+from tests.servers import ScopeServer
 
 sync_api = pytest.importorskip("playwright.sync_api")
 
@@ -147,7 +147,7 @@ def page(browser):
 
 
 @pytest.fixture
-def server(scope_server_process: ScopeServer) -> ScopeServer:  # noqa: F811
+def server(scope_server_process: ScopeServer) -> ScopeServer:
     """The module's server with no pipeline loaded and no session left from an earlier test."""
     with scope_server_process.client() as client:
         for session in client.get("/api/v1/webrtc/sessions").json()["sessions"]:
@@ -451,7 +451,7 @@ def test_scope_page_downloads_models_with_a_progress_bar(page, server):
 # -- the same page inside jupyter lab (Jupyter's auth applies) ----------------------------------
 
 
-def test_scope_page_under_jupyter_lab_uses_the_login_cookie_and_xsrf(page, lab_server_process):  # noqa: F811
+def test_scope_page_under_jupyter_lab_uses_the_login_cookie_and_xsrf(page, lab_server_process):
     """Inside Lab the API is closed: the page must send the ``_xsrf`` cookie back on writes."""
     lab = lab_server_process
     # Logging in with the token sets the login and ``_xsrf`` cookies; the Lab UI itself is not needed.
@@ -473,7 +473,7 @@ def test_scope_page_under_jupyter_lab_uses_the_login_cookie_and_xsrf(page, lab_s
         wait_until(page, lambda: not client.get(lab.url + "api/v1/webrtc/sessions").json()["sessions"], "no sessions")
 
 
-def test_scope_page_under_jupyter_lab_with_the_token_in_its_url(browser, lab_server_process):  # noqa: F811
+def test_scope_page_under_jupyter_lab_with_the_token_in_its_url(browser, lab_server_process):
     """Opened as ``scope/?token=...`` (no login cookie), the page sends the token itself."""
     lab = lab_server_process
     context = browser.new_context()

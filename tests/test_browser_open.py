@@ -6,7 +6,7 @@ import subprocess
 import sys
 import time
 
-from tests._subprocess_server import TEST_TOKEN, console_script, free_port, isolated_env
+from tests._subprocess_server import TEST_TOKEN, console_script, free_port, isolated_env, stop_process
 
 
 def test_opens_a_browser_on_the_scope_page(tmp_path):
@@ -32,9 +32,4 @@ def test_opens_a_browser_on_the_scope_page(tmp_path):
             url = open(url.removeprefix("file://")).read()
         assert f":{port}/scope/" in url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        stop_process(process)

@@ -29,7 +29,7 @@ from scope.models.download import (
     Progress,
     VerificationFailed,
 )
-from tests.fakehub import FakeHub, fake_hub  # noqa: F401  (fixture)
+from tests.fakehub import FakeHub
 
 WAN_REPO = WAN_1_3B.repo_id
 AE_REPO = LIGHTVAE.repo_id

@@ -2,52 +2,19 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 
 import httpx
 import pytest
 
-from tests._subprocess_server import TEST_TOKEN, free_port, isolated_env
+from tests._subprocess_server import TEST_TOKEN
 
 pytestmark = pytest.mark.slow
-BASE = "/lab-base/"
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory):
-    root = tmp_path_factory.mktemp("lab")
-    port = free_port()
-    env = isolated_env(root)
-    log = (root / "lab.out").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
-         f"--ServerApp.base_url={BASE}", f"--IdentityProvider.token={TEST_TOKEN}",
-         "--ServerApp.allow_root=True", "--ServerApp.port_retries=0", f"--ServerApp.root_dir={root}"],
-        cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}{BASE}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert process.poll() is None, (root / "lab.out").read_text()
-            try:
-                if httpx.get(url + "api/status", params={"token": TEST_TOKEN}, timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, (root / "lab.out").read_text()
-            time.sleep(0.2)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-        log.close()
+def lab(lab_server_process) -> str:
+    return lab_server_process.url
 
 
 def authed(**kwargs) -> httpx.Client:

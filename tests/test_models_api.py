@@ -12,7 +12,7 @@ import pytest
 from scope.models.artifacts import Artifact
 from scope.pipelines import registry
 from scope.pipelines.base import PipelineInfo
-from tests.fakehub import FakeHub, fake_hub  # noqa: F401  (fixture)
+from tests.fakehub import FakeHub
 from tests.pipelines import DownloadablePipeline
 
 pytestmark = pytest.mark.usefixtures("jp_serverapp", "test_pipelines")

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import threading
 
-import numpy as np
 import pytest
 
-from tests.conftest import wait_for_status
 from tests.pipelines import PatternPipeline, prompt_level
 from tests.rtc import ScopeRtcClient
 from tests.test_streaming import load

@@ -9,7 +9,7 @@ import pytest
 
 from scope.streaming.pattern import PatternTrack, pattern_frame, read_index
 from tests.conftest import wait_for_status
-from tests.pipelines import PatternPipeline, prompt_level
+from tests.pipelines import prompt_level
 from tests.rtc import ScopeRtcClient
 
 pytestmark = pytest.mark.usefixtures("jp_serverapp")
