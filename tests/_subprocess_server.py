@@ -177,11 +177,10 @@ def spawn_scope_server(
     return ScopeServer(process, port, host or "0.0.0.0", token, root, output_path, output_file)
 
 
-def start_scope_server(root: Path, *args: str, ready_timeout: float = 60.0, **kwargs) -> ScopeServer:
-    """Start ``daydream-scope`` and wait until it answers ``/health``. The caller stops it."""
-    server = spawn_scope_server(root, *args, **kwargs)
+def ready_or_stopped(server, timeout: float):
+    """Wait until ``server`` answers; stop it if it never does (it must not outlive the test)."""
     try:
-        server.wait_ready(ready_timeout)
+        server.wait_ready(timeout)
     except BaseException:
         server.stop()
         raise
@@ -189,12 +188,20 @@ def start_scope_server(root: Path, *args: str, ready_timeout: float = 60.0, **kw
 
 
 @contextlib.contextmanager
-def running_scope_server(root: Path, *args: str, **kwargs) -> Iterator[ScopeServer]:
-    server = start_scope_server(root, *args, **kwargs)
+def stopped_after(server) -> Iterator:
     try:
         yield server
     finally:
         server.stop()
+
+
+def start_scope_server(root: Path, *args: str, ready_timeout: float = 60.0, **kwargs) -> ScopeServer:
+    """Start ``daydream-scope`` and wait until it answers ``/health``. The caller stops it."""
+    return ready_or_stopped(spawn_scope_server(root, *args, **kwargs), ready_timeout)
+
+
+def running_scope_server(root: Path, *args: str, **kwargs) -> contextlib.AbstractContextManager[ScopeServer]:
+    return stopped_after(start_scope_server(root, *args, **kwargs))
 
 
 def run_command(name: str, *args: str, root: Path, env: dict[str, str] | None = None,

@@ -24,9 +24,11 @@ from tests._subprocess_server import (
     ScopeServer,
     free_port,
     isolated_env,
+    ready_or_stopped,
     running_scope_server,
     start_scope_server,
     stop_process,
+    stopped_after,
 )
 
 __all__ = [
@@ -110,21 +112,11 @@ def start_lab_server(
         stdin=subprocess.DEVNULL, stdout=output_file, stderr=subprocess.STDOUT,
     )
     server = LabServer(process, port, base_url, token, root, output_path, output_file)
-    try:
-        server.wait_ready(ready_timeout)
-    except BaseException:
-        server.stop()
-        raise
-    return server
+    return ready_or_stopped(server, ready_timeout)
 
 
-@contextlib.contextmanager
-def running_lab_server(root: Path, *args: str, **kwargs) -> Iterator[LabServer]:
-    server = start_lab_server(root, *args, **kwargs)
-    try:
-        yield server
-    finally:
-        server.stop()
+def running_lab_server(root: Path, *args: str, **kwargs) -> contextlib.AbstractContextManager[LabServer]:
+    return stopped_after(start_lab_server(root, *args, **kwargs))
 
 
 @pytest.fixture(scope="module")
