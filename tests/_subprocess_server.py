@@ -74,16 +74,19 @@ def isolated_env(root: Path, extra: dict[str, str] | None = None) -> dict[str, s
 
 
 @dataclass
-class ScopeServer:
-    """A running ``daydream-scope`` process."""
+class ServerProcess:
+    """A server running in a subprocess, its output captured to a file."""
 
     process: subprocess.Popen
     port: int
-    host: str
     token: str
     root: Path
     output_path: Path
     _output_file: object = field(repr=False, default=None)
+
+    #: Name in failure messages, and the path (below ``url``) that answers once it is up.
+    name = "server"
+    ready_path = "health"
 
     @property
     def url(self) -> str:
@@ -101,21 +104,22 @@ class ScopeServer:
         return httpx.Client(base_url=self.url, trust_env=False, **kwargs)
 
     def wait_ready(self, timeout: float = 60.0) -> None:
-        """Wait until ``/health`` answers; fail with the server's output if it never does."""
+        """Wait until ``ready_path`` answers; fail with the server's output if it never does."""
         deadline = time.monotonic() + timeout
-        with self.client(timeout=2.0) as client:
+        probe = self.url.rstrip("/") + "/" + self.ready_path
+        with httpx.Client(timeout=2.0, trust_env=False) as client:
             while True:
                 if self.process.poll() is not None:
                     raise AssertionError(
-                        f"daydream-scope exited with {self.process.returncode} before answering:\n{self.output()}"
+                        f"{self.name} exited with {self.process.returncode} before answering:\n{self.output()}"
                     )
                 try:
-                    if client.get("/health").status_code < 500:
+                    if client.get(probe, params={"token": self.token}).status_code < 500:
                         return
                 except httpx.HTTPError:
                     pass
                 if time.monotonic() > deadline:
-                    raise AssertionError(f"daydream-scope did not answer within {timeout} s:\n{self.output()}")
+                    raise AssertionError(f"{self.name} did not answer within {timeout} s:\n{self.output()}")
                 time.sleep(0.1)
 
     def wait_for_output(self, text: str, timeout: float = 15.0) -> str:
@@ -135,6 +139,15 @@ class ScopeServer:
             self._output_file.close()
             self._output_file = None
         return self.process.returncode
+
+
+@dataclass
+class ScopeServer(ServerProcess):
+    """A running ``daydream-scope`` process."""
+
+    host: str = "127.0.0.1"
+    name = "daydream-scope"
+
 
 
 def stop_process(process: subprocess.Popen, timeout: float = 20.0) -> int:
@@ -174,7 +187,7 @@ def spawn_scope_server(
         stdout=output_file,
         stderr=subprocess.STDOUT,
     )
-    return ScopeServer(process, port, host or "0.0.0.0", token, root, output_path, output_file)
+    return ScopeServer(process, port, token, root, output_path, output_file, host=host or "0.0.0.0")
 
 
 def ready_or_stopped(server, timeout: float):

@@ -11,23 +11,21 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import sys
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-import httpx
 import pytest
 
 from tests._subprocess_server import (
     TEST_TOKEN,
     ScopeServer,
+    ServerProcess,
     free_port,
     isolated_env,
     ready_or_stopped,
     running_scope_server,
     start_scope_server,
-    stop_process,
     stopped_after,
 )
 
@@ -45,47 +43,18 @@ __all__ = [
 
 
 @dataclass
-class LabServer:
+class LabServer(ServerProcess):
     """A running ``jupyter lab`` (Scope's API closed: Jupyter's token, cookie and XSRF apply)."""
 
-    process: subprocess.Popen
-    port: int
-    base_url: str
-    token: str
-    root: Path
-    output_path: Path
-    _output_file: object = field(repr=False, default=None)
+    base_url: str = "/"
+    name = "jupyter lab"
+    ready_path = "api/status"
 
     @property
     def url(self) -> str:
         """The server's base URL on loopback, ending with '/'."""
         return f"http://127.0.0.1:{self.port}{self.base_url}"
 
-    def output(self) -> str:
-        return self.output_path.read_text(errors="replace")
-
-    def wait_ready(self, timeout: float = 90.0) -> None:
-        """Wait until Jupyter answers ``api/status`` with the token."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.process.poll() is not None:
-                raise AssertionError(f"jupyter lab exited with {self.process.returncode}:\n{self.output()}")
-            try:
-                reply = httpx.get(self.url + "api/status", params={"token": self.token}, timeout=2, trust_env=False)
-                if reply.status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"jupyter lab did not answer within {timeout} s:\n{self.output()}")
-            time.sleep(0.2)
-
-    def stop(self, timeout: float = 20.0) -> int:
-        stop_process(self.process, timeout)
-        if self._output_file is not None:
-            self._output_file.close()
-            self._output_file = None
-        return self.process.returncode
 
 
 def start_lab_server(
@@ -111,7 +80,7 @@ def start_lab_server(
         command, cwd=root, env=isolated_env(root, env),
         stdin=subprocess.DEVNULL, stdout=output_file, stderr=subprocess.STDOUT,
     )
-    server = LabServer(process, port, base_url, token, root, output_path, output_file)
+    server = LabServer(process, port, token, root, output_path, output_file, base_url=base_url)
     return ready_or_stopped(server, ready_timeout)
 
 

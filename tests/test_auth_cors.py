@@ -46,11 +46,8 @@ def assert_detail(response: httpx.Response) -> None:
 
 @pytest.fixture(scope="module")
 def open_server(tmp_path_factory) -> ScopeServer:
-    server = start_scope_server(tmp_path_factory.mktemp("open-server"))
-    try:
+    with running_scope_server(tmp_path_factory.mktemp("open-server")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ from tests._subprocess_server import (
     run_command,
     running_scope_server,
     spawn_scope_server,
-    start_scope_server,
 )
 
 
@@ -129,11 +128,8 @@ def test_every_environment_setting_reaches_the_extension(monkeypatch, name, trai
 
 @pytest.fixture(scope="module")
 def cli_server(tmp_path_factory) -> ScopeServer:
-    server = start_scope_server(tmp_path_factory.mktemp("cli-server"))
-    try:
+    with running_scope_server(tmp_path_factory.mktemp("cli-server")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def test_port_flag_and_root_redirect(cli_server):

@@ -73,7 +73,7 @@ def start_jupyter_server(command: list[str], root: Path, env: dict[str, str]) ->
          "--allow-root", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}"],
         cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=output_file, stderr=subprocess.STDOUT,
     )
-    server = ScopeServer(process, port, "127.0.0.1", token, root, output_path, output_file)
+    server = ScopeServer(process, port, token, root, output_path, output_file)
     try:
         server.wait_ready(90)
     except BaseException:
