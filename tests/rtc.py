@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -98,3 +99,14 @@ class ScopeRtcClient:
         await self.pc.close()
         if self._reader is not None:
             self._reader.cancel()
+
+
+@contextlib.asynccontextmanager
+async def connected(api: Any, initial_parameters: dict | None = None, **options: Any):
+    """A connected :class:`ScopeRtcClient`, closed on the way out."""
+    client = ScopeRtcClient(api, **options)
+    await client.connect(initial_parameters)
+    try:
+        yield client
+    finally:
+        await client.close()

@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from tests.pipelines import PatternPipeline, prompt_level
-from tests.rtc import ScopeRtcClient
+from tests.rtc import ScopeRtcClient, connected
 from tests.test_streaming import load
 
 pytestmark = pytest.mark.usefixtures("jp_serverapp")
@@ -37,9 +37,7 @@ async def session_info(api, session_id: str) -> dict:
 
 async def test_reload_while_streaming_keeps_session_and_reopens_stream(api, test_pipelines, services):
     await load(api, "test-pattern")
-    client = ScopeRtcClient(api)
-    await client.connect({"prompts": ["steady"]})
-    try:
+    async with connected(api, {"prompts": ["steady"]}) as client:
         await client.wait_frames(5)
         await asyncio.wait_for(client.channel_open.wait(), 10)
         first_stream = PatternPipeline.streams[-1]
@@ -63,23 +61,17 @@ async def test_reload_while_streaming_keeps_session_and_reopens_stream(api, test
         assert second_stream.seen[0]["init_cache"] is True
         assert second_stream.seen[0]["params"]["prompts"] == [{"text": "steady", "weight": 1.0}]
         assert client.session_id in services.sessions.sessions
-    finally:
-        await client.close()
 
 
 async def test_failed_load_reaches_streaming_session_as_event(api, test_pipelines):
     await load(api, "test-pattern")
-    client = ScopeRtcClient(api)
-    await client.connect({"prompts": ["a"]})
-    try:
+    async with connected(api, {"prompts": ["a"]}) as client:
         await asyncio.wait_for(client.channel_open.wait(), 10)
         await api("POST", "api/v1/pipeline/load", {"pipeline_id": "test-pattern", "load_params": {"fail_load": True}})
         event = await client.wait_message(lambda m: m.get("type") == "pipeline_event" and m["event"] == "load_failed")
         assert "weights are corrupt" in event["message"]
         assert not any(m.get("type") == "stream_stopped" for m in client.messages)
         assert client.pc.connectionState == "connected"
-    finally:
-        await client.close()
 
 
 @pytest.fixture
@@ -127,9 +119,7 @@ async def test_sessions_are_isolated(api, test_pipelines):
 
 async def test_pause_repeats_last_frame_and_stops_pipeline_calls(api, test_pipelines, services):
     await load(api, "test-pattern")
-    client = ScopeRtcClient(api)
-    await client.connect({"prompts": ["p"]})
-    try:
+    async with connected(api, {"prompts": ["p"]}) as client:
         await client.wait_frames(5)
         await asyncio.wait_for(client.channel_open.wait(), 10)
         client.send({"paused": True})
@@ -146,16 +136,12 @@ async def test_pause_repeats_last_frame_and_stops_pipeline_calls(api, test_pipel
         assert "paused" not in info["parameters"] and info["stats"]["state"] == "paused"
         client.send({"paused": False})
         await wait_until(lambda: stream.chunk > chunks)
-    finally:
-        await client.close()
 
 
 async def test_reset_cache_is_one_shot_and_updates_merge(api, test_pipelines, services):
     await load(api, "test-pattern")
     PatternPipeline.gate = None
-    client = ScopeRtcClient(api)
-    await client.connect({"prompts": ["p"], "transition": {"target_prompts": ["q"]}})
-    try:
+    async with connected(api, {"prompts": ["p"], "transition": {"target_prompts": ["q"]}}) as client:
         await asyncio.wait_for(client.channel_open.wait(), 10)
         stream = await wait_until(lambda: PatternPipeline.streams and PatternPipeline.streams[-1])
         await wait_until(lambda: stream.chunk >= 1)
@@ -177,31 +163,24 @@ async def test_reset_cache_is_one_shot_and_updates_merge(api, test_pipelines, se
         assert applied["init_cache"] is True and "reset_cache" not in applied["params"]
         assert applied["params"]["transition"]["num_steps"] == 4, "num_steps defaults to 4 on the channel too"
         assert stream.seen[before + 1]["init_cache"] is False, "reset_cache acts once"
-    finally:
-        await client.close()
 
 
 async def test_chunk_failures_are_events_and_fatal_errors_stop_the_stream(api, test_pipelines):
     await load(api, "test-pattern", {"fail_chunks": [2, 3], "fatal_chunk": 6})
-    client = ScopeRtcClient(api)
-    await client.connect({"prompts": ["p"]})
-    try:
+    async with connected(api, {"prompts": ["p"]}) as client:
         failed = await client.wait_message(lambda m: m.get("type") == "pipeline_event" and m["event"] == "chunk_failed")
         assert "failed on purpose" in failed["message"]
         stopped = await client.wait_message(lambda m: m.get("type") == "stream_stopped", timeout=20)
         assert "out of memory" in stopped["error_message"]
         assert len(client.frames) > 0, "frames between the failures were delivered"
-    finally:
-        await client.close()
 
 
 async def test_video_mode_applies_mode_defaults_and_reads_input(api, test_pipelines):
     from scope.streaming.pattern import PatternTrack
 
     await load(api, "test-pattern")
-    client = ScopeRtcClient(api, send_track=PatternTrack(fps=30, width=128, height=96))
-    await client.connect({"input_mode": "video", "prompts": ["v"], "noise_scale": 0.2})
-    try:
+    initial = {"input_mode": "video", "prompts": ["v"], "noise_scale": 0.2}
+    async with connected(api, initial, send_track=PatternTrack(fps=30, width=128, height=96)):
         stream = await wait_until(lambda: PatternPipeline.streams and PatternPipeline.streams[-1])
         await wait_until(lambda: stream.chunk >= 2)
         seen = stream.seen[0]
@@ -209,15 +188,11 @@ async def test_video_mode_applies_mode_defaults_and_reads_input(api, test_pipeli
         assert seen["params"]["noise_scale"] == 0.2, "the client's value wins"
         assert seen["params"]["noise_controller"] is True, "left out: the pipeline's video default"
         assert "height" not in seen["params"]
-    finally:
-        await client.close()
 
 
 async def test_trickle_candidates(api, test_pipelines):
     await load(api, "test-pattern")
-    client = ScopeRtcClient(api)
-    await client.connect({"prompts": ["p"]})
-    try:
+    async with connected(api, {"prompts": ["p"]}) as client:
         sid = client.session_id
         line = "candidate:842163049 1 udp 1677729535 127.0.0.1 49152 typ host generation 0"
         ok = await api("PATCH", f"api/v1/webrtc/offer/{sid}", {"candidates": [{"candidate": line, "sdpMid": "0", "sdpMLineIndex": 0}]})
@@ -235,8 +210,6 @@ async def test_trickle_candidates(api, test_pipelines):
         shape = await api("PATCH", f"api/v1/webrtc/offer/{sid}", {"candidates": "nope"})
         assert shape.status == 422 and shape.json["detail"][0]["loc"] == ["body", "candidates"]
         await client.wait_frames(3)
-    finally:
-        await client.close()
 
 
 async def test_disconnected_peer_is_cleaned_up_after_timeout(api, test_pipelines, services):

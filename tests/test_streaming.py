@@ -10,7 +10,7 @@ import pytest
 from scope.streaming.pattern import PatternTrack, pattern_frame, read_index
 from tests.conftest import wait_for_status
 from tests.pipelines import prompt_level
-from tests.rtc import ScopeRtcClient
+from tests.rtc import ScopeRtcClient, connected
 
 pytestmark = pytest.mark.usefixtures("jp_serverapp")
 
@@ -31,9 +31,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 async def test_passthrough_returns_the_same_pictures(api):
     await load(api, "passthrough")
     source = PatternTrack(fps=30, width=320, height=240)
-    client = ScopeRtcClient(api, send_track=source)
-    await client.connect()
-    try:
+    async with connected(api, send_track=source) as client:
         assert "a=msid" in client.answer_sdp
         frames = await client.wait_frames(45)
         checked = 0
@@ -49,15 +47,11 @@ async def test_passthrough_returns_the_same_pictures(api):
         assert checked >= 30
         assert indices == sorted(indices), "frames came back out of order"
         assert len(set(indices)) > 20, "the moving pattern did not move"
-    finally:
-        await client.close()
 
 
 async def test_text_mode_with_recvonly_offer_streams_and_follows_prompts(api, test_pipelines):
     await load(api, "test-pattern")
-    client = ScopeRtcClient(api, recvonly=True)
-    await client.connect({"prompts": [{"text": "a red fox", "weight": 1.0}]})
-    try:
+    async with connected(api, {"prompts": [{"text": "a red fox", "weight": 1.0}]}, recvonly=True) as client:
         frames = await client.wait_frames(10)
         level = prompt_level({"prompts": [{"text": "a red fox"}]})
         assert abs(float(frames[-1].array[40:, 40:].mean()) - level) < 12
@@ -74,15 +68,11 @@ async def test_text_mode_with_recvonly_offer_streams_and_follows_prompts(api, te
         stats = await client.wait_message(lambda m: m.get("type") == "stats")
         assert set(stats) >= {"fps", "chunk", "chunk_ms", "pipeline_id", "synthetic", "state"}
         assert stats["pipeline_id"] == "test-pattern" and stats["synthetic"] is False
-    finally:
-        await client.close()
 
 
 async def test_session_listing_and_delete_sends_stream_stopped(api, test_pipelines):
     await load(api, "test-pattern")
-    client = ScopeRtcClient(api)
-    await client.connect({"prompts": ["hello"]})
-    try:
+    async with connected(api, {"prompts": ["hello"]}) as client:
         await client.wait_frames(3)
         await asyncio.wait_for(client.channel_open.wait(), 10)
         sessions = (await api("GET", "api/v1/webrtc/sessions")).json["sessions"]
@@ -97,8 +87,6 @@ async def test_session_listing_and_delete_sends_stream_stopped(api, test_pipelin
         assert "error_message" not in stopped
         assert (await api("GET", "api/v1/webrtc/sessions")).json["sessions"] == []
         assert (await api("DELETE", f"api/v1/webrtc/sessions/{client.session_id}")).status == 404
-    finally:
-        await client.close()
 
 
 async def test_offer_errors(api, test_pipelines):
@@ -118,9 +106,7 @@ async def test_offer_errors(api, test_pipelines):
 
 async def test_parameters_rejected_and_warning_and_stream_goes_on(api, test_pipelines):
     await load(api, "test-pattern")
-    client = ScopeRtcClient(api)
-    await client.connect({"prompts": ["one"]})
-    try:
+    async with connected(api, {"prompts": ["one"]}) as client:
         await asyncio.wait_for(client.channel_open.wait(), 10)
         client.send({"noise_scale": 3, "prompts": ["two"]})
         rejected = await client.wait_message(lambda m: m.get("type") == "parameters_rejected")
@@ -138,64 +124,46 @@ async def test_parameters_rejected_and_warning_and_stream_goes_on(api, test_pipe
             await asyncio.sleep(0.05)
         assert sessions[0]["parameters"]["prompts"][0]["text"] == "three", "the refused message must not apply"
         assert "bogus" not in sessions[0]["parameters"]
-    finally:
-        await client.close()
 
 
 async def test_switching_to_an_unsupported_mode_is_refused(api):
     await load(api, "passthrough")
     from scope.streaming.pattern import PatternTrack
 
-    client = ScopeRtcClient(api, send_track=PatternTrack(fps=30, width=64, height=48))
-    await client.connect()
-    try:
+    async with connected(api, send_track=PatternTrack(fps=30, width=64, height=48)) as client:
         await asyncio.wait_for(client.channel_open.wait(), 10)
         client.send({"input_mode": "text"})
         rejected = await client.wait_message(lambda m: m.get("type") == "parameters_rejected")
         assert rejected["errors"][0]["loc"] == ["input_mode"]
         count = len(client.frames)
         await client.wait_frames(count + 5)
-    finally:
-        await client.close()
 
 
 async def test_unknown_initial_parameters_are_ignored_with_a_warning(api, test_pipelines):
     await load(api, "test-pattern")
-    client = ScopeRtcClient(api)
-    await client.connect({"prompts": ["p"], "future_knob": 3})
-    try:
+    async with connected(api, {"prompts": ["p"], "future_knob": 3}) as client:
         warning = await client.wait_message(lambda m: m.get("type") == "parameters_warning")
         assert warning["unknown_keys"] == ["future_knob"]
         await client.wait_frames(3)
-    finally:
-        await client.close()
 
 
 async def test_generation_keeps_pace_with_playback_instead_of_dropping(api, test_pipelines, services):
     await load(api, "test-pattern")
-    client = ScopeRtcClient(api)
-    await client.connect({"prompts": ["p"]})
-    try:
+    async with connected(api, {"prompts": ["p"]}) as client:
         await client.wait_frames(60)
         session = services.sessions.sessions[client.session_id]
         assert session.track.frames_dropped == 0
         assert session.track.queued <= 6
-    finally:
-        await client.close()
 
 
 async def test_stats_say_streaming_while_video_flows(api):
     await load(api, "passthrough")
     from scope.streaming.pattern import PatternTrack
 
-    client = ScopeRtcClient(api, send_track=PatternTrack(fps=30, width=64, height=48))
-    await client.connect()
-    try:
+    async with connected(api, send_track=PatternTrack(fps=30, width=64, height=48)) as client:
         await client.wait_frames(30)
         states = []
         for _ in range(4):
             message = await client.wait_message(lambda m: m.get("type") == "stats" and m not in states)
             states.append(message)
         assert [m["state"] for m in states].count("streaming") >= 3, states
-    finally:
-        await client.close()
