@@ -77,12 +77,6 @@ class ScopeApp(ScopeSettings, ExtensionApp):
     def get_extension_package(cls) -> str:
         return "scope.server_ext"
 
-    def _jupyter_server_config(self):
-        config = super()._jupyter_server_config()
-        if self.standalone:
-            config["ServerApp"].setdefault("default_url", "/scope/")
-        return config
-
     def initialize_settings(self) -> None:
         chosen = "open_api" in self.config.get("ScopeApp", {}) or os.environ.get("DAYDREAM_SCOPE_OPEN_API")
         if self.standalone and not chosen:

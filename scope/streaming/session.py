@@ -94,7 +94,7 @@ class StreamSession:
         self._disconnect_timer = None
         if self.pc.connectionState != "connected":
             logger.info("session %s: peer never connected; closing", self.id)
-            self._spawn_close(None)
+            self._spawn_close()
 
     def _spawn(self, coro, name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=f"scope-session-{self.id[:8]}-{name}")
@@ -122,16 +122,16 @@ class StreamSession:
 
     def connection_state_changed(self, state: str, timeout: float) -> None:
         if state in ("failed", "closed"):
-            self._spawn_close(None)
+            self._spawn_close()
         elif state == "disconnected":
             if self._disconnect_timer is not None:
                 self._disconnect_timer.cancel()
-            self._disconnect_timer = asyncio.get_running_loop().call_later(timeout, self._spawn_close, None)
+            self._disconnect_timer = asyncio.get_running_loop().call_later(timeout, self._spawn_close)
         elif state == "connected" and self._disconnect_timer is not None:
             self._disconnect_timer.cancel()
             self._disconnect_timer = None
 
-    def _spawn_close(self, message: str | None) -> None:
+    def _spawn_close(self) -> None:
         if not self.closed:
             asyncio.get_running_loop().create_task(self.close(notify=False))
 
