@@ -26,6 +26,9 @@ VIDEO_TYPES = {
 }
 LORA_SUFFIXES = (".safetensors", ".bin", ".pt")
 MAX_UPLOAD_BYTES = 50 * 1024 * 1024
+#: How much (and how long) an oversized upload is still read and dropped after its 413.
+DRAIN_BYTES = 16 * 1024 * 1024
+DRAIN_SECONDS = 2.0
 UPLOAD_PREFIX = ".upload-"
 CHUNK_BYTES = 1024 * 1024
 
@@ -102,6 +105,7 @@ class AssetsHandler(ScopeHandler):
 
     _temp = None
     _written = 0
+    _refused = False
 
     async def prepare(self) -> None:
         await super().prepare()
@@ -121,19 +125,34 @@ class AssetsHandler(ScopeHandler):
         self._temp = tempfile.NamedTemporaryFile(dir=root, prefix=UPLOAD_PREFIX, delete=False)
 
     def data_received(self, chunk: bytes) -> None:
-        if self._temp is None or self._finished:
-            return  # GET bodies, and the rest of a refused upload, are ignored
         self._written += len(chunk)
+        if self._refused:
+            # The 413 is out; keep reading (and dropping) a while, because closing with unread
+            # data resets the connection and the client could lose the answer.
+            if self._written > MAX_UPLOAD_BYTES + DRAIN_BYTES and not self._finished:
+                self.finish()
+            return
+        if self._temp is None:
+            return  # GET bodies are ignored
         if self._written > MAX_UPLOAD_BYTES:
-            # Errors raised here never become a response: answer directly, stop writing.
             self._discard()
-            self.set_status(413)
-            self.set_header("Content-Type", "application/json")
-            if self.open_api:
-                self.set_header("Access-Control-Allow-Origin", "*")
-            self.finish(json.dumps({"detail": "File size exceeds maximum of 50MB"}))
+            self._refuse_too_large()
             return
         self._temp.write(chunk)
+
+    def _refuse_too_large(self) -> None:
+        """Answer 413 at once (errors raised in data_received never become a response)."""
+        body = json.dumps({"detail": "File size exceeds maximum of 50MB"}).encode()
+        self._refused = True
+        self.set_status(413)
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Content-Length", str(len(body)))
+        if self.open_api:
+            self.set_header("Access-Control-Allow-Origin", "*")
+        self.write(body)
+        self.flush()
+        loop = asyncio.get_running_loop()
+        loop.call_later(DRAIN_SECONDS, lambda: None if self._finished else self.finish())
 
     def _discard(self) -> None:
         if self._temp is not None:
@@ -160,6 +179,9 @@ class AssetsHandler(ScopeHandler):
 
     @allow_unauthenticated
     async def post(self) -> None:
+        if self._refused:
+            self.finish()  # the 413 went out already; the rest of the body has been read
+            return
         root = self.scope.settings.assets_path
         target = root / self.get_query_argument("filename")
         temp, self._temp = self._temp, None
