@@ -7,4 +7,13 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
-__all__ = ["__version__"]
+__all__ = ["__version__", "load_pipeline"]
+
+
+def __getattr__(name: str):
+    # Imported on first use: ``import scope`` stays light (no torch) for the server's CLI.
+    if name == "load_pipeline":
+        from scope.api import load_pipeline
+
+        return load_pipeline
+    raise AttributeError(f"module 'scope' has no attribute {name!r}")

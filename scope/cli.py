@@ -18,6 +18,7 @@ Scope options (also settable as ScopeApp.<name>, see docs/configuration.md):
   --host HOST       Host to bind to (default: 0.0.0.0)
   --port PORT       Port to bind to (default: 8000)
   --reload          Restart when Python files change
+  --synthetic       Write synthetic weights for pipelines whose files are missing, on load
   -N, --no-browser  Don't open a browser
   --version         Show version and exit
 """

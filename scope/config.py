@@ -93,6 +93,13 @@ class ScopeSettings(Configurable):
         STUN_FALLBACK, help="STUN server advertised to clients when no TURN is configured."
     ).tag(config=True, env="DAYDREAM_SCOPE_STUN_FALLBACK")
 
+    synthetic = Bool(
+        False,
+        help="When a pipeline loads and its weight files are missing, write synthetic ones (tiny, "
+        "random, in the real layouts) first. For trying Scope without a GPU or the real weights; "
+        "the stream then reports synthetic: true. Never done unless asked for.",
+    ).tag(config=True, env="DAYDREAM_SCOPE_SYNTHETIC")
+
     verbose_logging = Bool(
         False, help="Log WebRTC and HTTP internals at INFO level."
     ).tag(config=True, env="VERBOSE_LOGGING")

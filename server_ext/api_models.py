@@ -77,12 +77,16 @@ class DownloadProgress(BaseModel):
 class ModelsStatusResponse(BaseModel):
     downloaded: bool
     progress: DownloadProgress | None
+    synthetic: bool = Field(False, description="The files on disk are synthetic (tiny, random) weights.")
 
 
 class DownloadRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     pipeline_id: str = Field(min_length=1, description="Pipeline whose files to download.")
+    synthetic: bool = Field(
+        False, description="Write tiny random weights in the real file layouts instead of downloading."
+    )
 
 
 class IceServer(BaseModel):

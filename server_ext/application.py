@@ -35,6 +35,10 @@ class ScopeServerApp(ServerApp):
         **server_flags,
         ("N", "no-browser"): server_flags["no-browser"],
         "reload": ({"ServerApp": {"autoreload": True}}, "Restart the server when Python files change."),
+        "synthetic": (
+            {"ScopeApp": {"synthetic": True}},
+            "Write synthetic (tiny, random) weights for a pipeline whose files are missing when it loads.",
+        ),
     }
     aliases = {**server_aliases, "host": "ServerApp.ip"}
 

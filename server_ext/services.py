@@ -37,7 +37,7 @@ class ScopeServices:
         # Model calls are serialised on one thread per device; sessions queue fairly on it.
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scope-device")
         context = LoadContext(models_dir=settings.models_path, lora_dir=settings.lora_path, assets_dir=settings.assets_path)
-        manager = PipelineManager(context, executor)
+        manager = PipelineManager(context, executor, synthetic_fallback=settings.synthetic)
         ice = IceServerProvider.from_env(
             cloudflare_url=settings.cloudflare_turn_url,
             twilio_base_url=settings.twilio_base_url,

@@ -148,6 +148,16 @@ class ScopeServer(ServerProcess):
     host: str = "127.0.0.1"
     name = "daydream-scope"
 
+    def wait_status(self, client: httpx.Client, wanted: tuple[str, ...], timeout: float = 60.0) -> dict:
+        """Poll ``/api/v1/pipeline/status`` until it is one of ``wanted``; returns it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status = client.get("/api/v1/pipeline/status").json()
+            if status["status"] in wanted:
+                return status
+            if time.monotonic() > deadline:
+                raise AssertionError(f"pipeline status stayed {status}, wanted {wanted}:\n{self.output()[-3000:]}")
+            time.sleep(0.2)
 
 
 def stop_process(process: subprocess.Popen, timeout: float = 20.0) -> int:

@@ -124,3 +124,17 @@ async def wait_for_status(api, wanted: str, timeout: float = 20.0) -> dict:
         if time.monotonic() > deadline:
             raise AssertionError(f"status stayed {status} (wanted {wanted})")
         await asyncio.sleep(0.05)
+
+
+@pytest.fixture(scope="session")
+def synthetic_models(tmp_path_factory):
+    """A models directory holding synthetic ``longlive`` weights, written once per test run.
+
+    Tests only read it; a test that writes into a models directory uses its own.
+    """
+    from scope.models.artifacts import PIPELINE_ARTIFACTS
+    from scope.models.synthetic.writer import write_synthetic
+
+    root = tmp_path_factory.mktemp("synthetic-models")
+    write_synthetic(root, PIPELINE_ARTIFACTS["longlive"])
+    return root

@@ -47,7 +47,7 @@ class PatternStream(Stream):
     def frames_needed(self, params: dict[str, Any]) -> int:
         return 2
 
-    def generate(self, params, video=None, *, init_cache=False) -> Chunk:
+    def run_chunk(self, params, video=None, *, init_cache=False) -> Chunk:
         p = self.pipeline.load_params
         self.chunk += 1
         self.seen.append({"params": params, "init_cache": init_cache, "video": None if video is None else video.shape})

@@ -455,7 +455,7 @@ def test_cli_reports_failures(cli_env, tiny_pipeline, models_dir: Path, capsys):
 def test_cli_interrupt_exits_130(
     cli_env, tiny_pipeline, models_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ):
-    def interrupted(self, pipeline_id, artifacts, on_progress=None):
+    def interrupted(self, pipeline_id, artifacts, on_progress=None, *, synthetic=False):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(DownloadManager, "download", interrupted)

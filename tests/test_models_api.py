@@ -90,7 +90,8 @@ async def status(api, pipeline_id: str = PIPELINE) -> dict:
     reply = await api("GET", f"api/v1/models/status?pipeline_id={pipeline_id}")
     assert reply.status == 200, reply.body
     body = reply.json
-    assert set(body) == {"downloaded", "progress"}
+    assert set(body) == {"downloaded", "progress", "synthetic"}
+    assert body["synthetic"] is False  # nothing here writes synthetic weights
     if body["progress"] is not None:
         assert set(body["progress"]) == PROGRESS_KEYS
         assert 0 <= body["progress"]["percentage"] <= 100

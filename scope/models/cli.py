@@ -104,11 +104,17 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="where to store weights (default: $DAYDREAM_SCOPE_MODELS_DIR or ~/.daydream-scope/models)",
     )
+    parser.add_argument(
+        "--synthetic",
+        action="store_true",
+        help="write tiny random weights in the real file layouts instead of downloading "
+        "(for trying Scope without a GPU or the real weights)",
+    )
     return parser.parse_args(argv)
 
 
 def download_models_main(argv: list[str] | None = None) -> int:
-    """Entry point of ``download_models --pipeline ID [--models-dir DIR]``; returns the exit code."""
+    """Entry point of ``download_models --pipeline ID [--models-dir DIR] [--synthetic]``; returns the exit code."""
     args = _parse_args(argv)
     pipeline_id: str = args.pipeline
     try:
@@ -124,10 +130,13 @@ def download_models_main(argv: list[str] | None = None) -> int:
 
     models_dir = args.models_dir.expanduser().resolve() if args.models_dir else _default_models_dir()
     manager = DownloadManager(models_dir)
-    print(f"Downloading models for '{pipeline_id}' from {manager.endpoint} into {models_dir}")
+    if args.synthetic:
+        print(f"Writing synthetic weights for '{pipeline_id}' into {models_dir}")
+    else:
+        print(f"Downloading models for '{pipeline_id}' from {manager.endpoint} into {models_dir}")
     bar = _ProgressBar()
     try:
-        manager.download(pipeline_id, artifacts, on_progress=bar.update)
+        manager.download(pipeline_id, artifacts, on_progress=bar.update, synthetic=args.synthetic)
     except KeyboardInterrupt:
         bar.close()
         print("Interrupted; partial files are kept and the next run resumes them.", file=sys.stderr)

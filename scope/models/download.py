@@ -27,6 +27,7 @@ from urllib.parse import quote
 import httpx
 
 from scope.models.artifacts import INCOMPLETE_SUFFIX, Artifact, local_path
+from scope.models.synthetic.writer import clear_marker, is_synthetic_file, write_synthetic
 
 logger = logging.getLogger(__name__)
 
@@ -74,8 +75,9 @@ class RemoteFile:
         return self.dest.with_name(self.dest.name + INCOMPLETE_SUFFIX)
 
     def is_complete(self) -> bool:
+        """The real file is in place (a synthetic stand-in of any size never counts)."""
         try:
-            return self.dest.stat().st_size == self.size
+            return self.dest.stat().st_size == self.size and not is_synthetic_file(self.dest)
         except OSError:
             return False
 
@@ -202,13 +204,16 @@ class DownloadManager:
 
     # Public API ---------------------------------------------------------------------------
 
-    def start(self, pipeline_id: str, artifacts: Sequence[Artifact]) -> None:
-        """Download in a daemon thread; raises DownloadInProgress if one is running."""
+    def start(self, pipeline_id: str, artifacts: Sequence[Artifact], *, synthetic: bool = False) -> None:
+        """Download in a daemon thread; raises DownloadInProgress if one is running.
+
+        ``synthetic`` writes tiny random weights in the real layouts instead of fetching.
+        """
         artifacts = tuple(artifacts)
         self._begin(pipeline_id)
         thread = threading.Thread(
             target=self._run_in_background,
-            args=(pipeline_id, artifacts),
+            args=(pipeline_id, artifacts, synthetic),
             name=f"download-{pipeline_id}",
             daemon=True,
         )
@@ -225,11 +230,13 @@ class DownloadManager:
         pipeline_id: str,
         artifacts: Sequence[Artifact],
         on_progress: ProgressCallback | None = None,
+        *,
+        synthetic: bool = False,
     ) -> None:
         """Download in the calling thread; raises DownloadError (or a subclass) on failure."""
         self._begin(pipeline_id)
         try:
-            self._download(pipeline_id, tuple(artifacts), on_progress)
+            self._run(pipeline_id, tuple(artifacts), on_progress, synthetic)
         except BaseException as exc:
             self._finish(pipeline_id, error=_describe(exc))
             raise
@@ -294,9 +301,9 @@ class DownloadManager:
                 error=error,
             )
 
-    def _run_in_background(self, pipeline_id: str, artifacts: tuple[Artifact, ...]) -> None:
+    def _run_in_background(self, pipeline_id: str, artifacts: tuple[Artifact, ...], synthetic: bool) -> None:
         try:
-            self._download(pipeline_id, artifacts, None)
+            self._run(pipeline_id, artifacts, None, synthetic)
         except BaseException as exc:  # whatever happens, the record must stop saying "running"
             logger.error("Download of %s failed: %s", pipeline_id, _describe(exc))
             logger.debug("download failure details", exc_info=True)
@@ -305,6 +312,35 @@ class DownloadManager:
             self._finish(pipeline_id)
 
     # The download itself ------------------------------------------------------------------
+
+    def _run(
+        self,
+        pipeline_id: str,
+        artifacts: tuple[Artifact, ...],
+        on_progress: ProgressCallback | None,
+        synthetic: bool,
+    ) -> None:
+        if synthetic:
+            self._write_synthetic(pipeline_id, artifacts, on_progress)
+        else:
+            self._download(pipeline_id, artifacts, on_progress)
+
+    def _write_synthetic(
+        self, pipeline_id: str, artifacts: tuple[Artifact, ...], on_progress: ProgressCallback | None
+    ) -> None:
+        """The synthetic source: same progress record, files written locally instead of fetched."""
+        reporter = _Reporter(lambda **c: self._publish(pipeline_id, **c), on_progress)
+        written = 0
+
+        def on_file(path: Path, size: int) -> None:
+            nonlocal written
+            written += size
+            reporter.artifact(path.parent.name)
+            reporter.total(written)
+            reporter.file_done(size)
+
+        write_synthetic(self.models_dir, artifacts, on_file=on_file)
+        logger.info("Synthetic weights for %s written", pipeline_id)
 
     def _download(
         self,
@@ -409,6 +445,7 @@ class DownloadManager:
                 digest = self._transfer(client, remote, reporter)
                 self._verify(remote, digest)
                 os.replace(remote.partial, remote.dest)
+                clear_marker(remote.dest)
             except VerificationFailed:
                 reporter.file_bytes(0)  # the discarded bytes no longer count
                 raise

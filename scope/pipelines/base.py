@@ -71,22 +71,62 @@ class Chunk:
 
 
 class Stream(ABC):
-    """Per-consumer generation state over a shared :class:`Pipeline`."""
+    """Per-consumer generation state over a shared :class:`Pipeline`.
+
+    Two ways in. The server keeps each session's parameters itself and calls :meth:`run_chunk`
+    with the merged dict. Scripts and notebooks call :meth:`generate` with just what changes;
+    the stream then keeps the parameters the way a session does (validated by the pipeline's
+    parameter model, persistent, one-shot keys acting once, a finished transition's targets
+    becoming the prompts).
+    """
+
+    #: Validates :meth:`generate`'s parameters; set by the pipeline that opens the stream.
+    parameters_model: type[BaseModel] = StreamParameters
 
     @abstractmethod
     def frames_needed(self, params: dict[str, Any]) -> int:
         """Input frames the next chunk consumes in video mode (0: none)."""
 
     @abstractmethod
-    def generate(
+    def run_chunk(
         self, params: dict[str, Any], video: np.ndarray | None = None, *, init_cache: bool = False
     ) -> Chunk:
-        """Produce the next chunk.
+        """Produce the next chunk from a complete parameter dict.
 
-        ``params`` is the session's merged parameter dict (one-shot keys included once).
-        ``video`` is uint8 ``(T, H, W, 3)`` input in video mode, else None. ``init_cache``
-        resets the stream's caches before generating.
+        ``params`` is the merged parameter dict (one-shot keys included once). ``video`` is
+        uint8 ``(T, H, W, 3)`` input in video mode, else None. ``init_cache`` resets the
+        stream's caches before generating.
         """
+
+    def generate(self, video: np.ndarray | None = None, *, reset_cache: bool = False, **updates: Any) -> Chunk:
+        """The next chunk, after applying ``updates`` (the data channel's parameters).
+
+        Raises :class:`scope.params.ParameterErrors` for an invalid value or an unknown name.
+        """
+        from scope.params import ParameterErrors, parse_parameters
+        from scope.streaming.parameter_state import ParameterState
+
+        state = getattr(self, "_parameter_state", None)
+        if state is None:
+            state = self._parameter_state = ParameterState()
+        extras = {k: updates.pop(k) for k in self.extra_parameters if k in updates}
+        validated, unknown = parse_parameters(updates, self.parameters_model)
+        if unknown:
+            errors = [{"loc": [k], "msg": "unknown parameter", "type": "extra_forbidden"} for k in unknown]
+            raise ParameterErrors(errors)
+        validated.update(extras)
+        if validated:
+            state.update(validated)
+        params = state.take_chunk()
+        first = not getattr(self, "_generated", False)
+        chunk = self.run_chunk(params, video, init_cache=reset_cache or first)
+        self._generated = True
+        if "transition" in params and not chunk.transition_active:
+            state.finish_transition()
+        return chunk
+
+    #: Parameters :meth:`generate` accepts beyond the data channel's (e.g. tensors).
+    extra_parameters: tuple[str, ...] = ()
 
     def close(self) -> None:
         """Release per-stream buffers."""
@@ -119,7 +159,7 @@ class Pipeline(ABC):
 
     @abstractmethod
     def open_stream(self) -> Stream:
-        """A fresh, independent stream over this pipeline's weights."""
+        """A fresh, independent stream over this pipeline's weights (its own caches and state)."""
 
     def unload(self) -> None:
         """Free the weights (and device memory)."""

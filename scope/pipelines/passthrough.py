@@ -43,7 +43,7 @@ class PassthroughStream(Stream):
     def frames_needed(self, params: dict[str, Any]) -> int:
         return CHUNK_FRAMES
 
-    def generate(self, params: dict[str, Any], video: np.ndarray | None = None, *, init_cache: bool = False) -> Chunk:
+    def run_chunk(self, params: dict[str, Any], video: np.ndarray | None = None, *, init_cache: bool = False) -> Chunk:
         if video is None or len(video) == 0:
             raise ValueError("passthrough needs input video frames")
         return Chunk(frames=np.ascontiguousarray(video, dtype=np.uint8))

@@ -19,6 +19,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from scope.models.artifacts import is_downloaded
+from scope.models.synthetic.writer import write_synthetic
 from scope.pipelines.base import LoadContext, Pipeline
 from scope.pipelines.registry import get_pipeline_class
 
@@ -43,9 +45,11 @@ PipelineListener = Callable[[str, str], None]
 class PipelineManager:
     """Owns the loaded pipeline and its status."""
 
-    def __init__(self, context: LoadContext, executor: Executor):
+    def __init__(self, context: LoadContext, executor: Executor, *, synthetic_fallback: bool = False):
         self.context = context
         self.executor = executor
+        #: Write synthetic weights for a pipeline whose files are missing, before loading it.
+        self.synthetic_fallback = synthetic_fallback
         self.status = NOT_LOADED
         self.target: LoadTarget | None = None
         self.pipeline: Pipeline | None = None
@@ -111,6 +115,9 @@ class PipelineManager:
         loop = asyncio.get_running_loop()
         await self._release_current()
         try:
+            if self.synthetic_fallback and cls.artifacts:
+                # Off the device thread: writing files must not hold up other streams' chunks.
+                await loop.run_in_executor(None, ensure_synthetic, self.context.models_dir, cls.artifacts)
             pipeline = await loop.run_in_executor(self.executor, cls.load, params, self.context)
         except Exception as exc:
             logger.exception("loading %s failed", target.pipeline_id)
@@ -154,6 +161,13 @@ class PipelineManager:
             "error": self.error,
             "synthetic": bool(self.pipeline and self.pipeline.synthetic),
         }
+
+
+def ensure_synthetic(models_dir, artifacts) -> None:
+    """Write synthetic weights when some of a pipeline's files are missing."""
+    if not is_downloaded(models_dir, artifacts):
+        logger.info("weights missing in %s: writing synthetic ones", models_dir)
+        write_synthetic(models_dir, artifacts)
 
 
 def _free(pipeline: Pipeline) -> None:

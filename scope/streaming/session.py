@@ -268,7 +268,7 @@ class StreamSession:
             started = time.perf_counter()
             try:
                 chunk = await loop.run_in_executor(
-                    self.executor, functools.partial(stream.generate, params, video, init_cache=init_cache)
+                    self.executor, functools.partial(stream.run_chunk, params, video, init_cache=init_cache)
                 )
             except Exception as exc:
                 if self.closed:

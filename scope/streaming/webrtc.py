@@ -97,7 +97,10 @@ class SessionService:
             )
         params: dict[str, Any] = dict(pipeline.default_parameters)
         if mode == "video":
-            params.update({k: v for k, v in pipeline.mode_defaults.get("video", {}).items() if v is not None and k not in ("height", "width")})
+            # Mode defaults use the config schema's names; only those that are stream parameters apply.
+            fields = pipeline.parameters_model.model_fields
+            video_defaults = pipeline.mode_defaults.get("video", {})
+            params.update({k: v for k, v in video_defaults.items() if v is not None and k in fields})
         params.update(given)
         params["input_mode"] = mode
         return params, unknown

@@ -8,6 +8,7 @@ from jupyter_server.auth.decorator import allow_unauthenticated
 
 from scope.models.artifacts import is_downloaded
 from scope.models.download import DownloadInProgress
+from scope.models.synthetic.writer import can_write, uses_synthetic
 from scope.server_ext.api_models import DownloadRequest, MessageResponse, ModelsStatusResponse
 from scope.server_ext.handlers.base import ApiError, Operation, ScopeHandler
 from scope.server_ext.handlers.pipeline import known_pipeline
@@ -32,14 +33,21 @@ class ModelsStatusHandler(ScopeHandler):
         downloads = self.scope.downloads
         progress = downloads.progress(pipeline_id)
         if progress and progress["is_downloading"]:
-            self.reply({"downloaded": False, "progress": progress})
+            self.reply({"downloaded": False, "progress": progress, "synthetic": False})
             return
         models_dir = self.scope.settings.models_path
-        downloaded = await asyncio.get_running_loop().run_in_executor(None, is_downloaded, models_dir, cls.artifacts)
+        downloaded, synthetic = await asyncio.get_running_loop().run_in_executor(
+            None, _on_disk, models_dir, cls.artifacts
+        )
         if downloaded and progress and not progress.get("error"):
             downloads.clear_finished(pipeline_id)
             progress = None
-        self.reply({"downloaded": downloaded, "progress": progress})
+        self.reply({"downloaded": downloaded, "progress": progress, "synthetic": synthetic})
+
+
+def _on_disk(models_dir, artifacts) -> tuple[bool, bool]:
+    """Whether the files are all there, and whether any of them is synthetic."""
+    return is_downloaded(models_dir, artifacts), uses_synthetic(models_dir, artifacts)
 
 
 class ModelsDownloadHandler(ScopeHandler):
@@ -61,8 +69,12 @@ class ModelsDownloadHandler(ScopeHandler):
         if not cls.artifacts:
             self.reply({"message": f"Pipeline {body.pipeline_id} needs no model files"})
             return
+        if body.synthetic and not can_write(cls.artifacts):
+            msg = f"no synthetic weights are available for {body.pipeline_id}"
+            raise ApiError(422, [{"loc": ["body", "synthetic"], "msg": msg, "type": "value_error"}])
         try:
-            self.scope.downloads.start(body.pipeline_id, cls.artifacts)
+            self.scope.downloads.start(body.pipeline_id, cls.artifacts, synthetic=body.synthetic)
         except DownloadInProgress:
             raise ApiError(409, f"Download already in progress for {body.pipeline_id}") from None
-        self.reply({"message": f"Model download started for {body.pipeline_id}"})
+        what = "Synthetic weights" if body.synthetic else "Model download"
+        self.reply({"message": f"{what} started for {body.pipeline_id}"})

@@ -14,6 +14,7 @@ const ui = {
   description: $("pipeline-description"),
   modelsStatus: $("models-status"),
   download: $("download"),
+  writeSynthetic: $("write-synthetic"),
   progress: $("download-progress"),
   load: $("load"),
   pipelineStatus: $("pipeline-status"),
@@ -75,7 +76,7 @@ async function showPipeline() {
 
 async function showModels(schema) {
   const poll = ++polls.models;
-  ui.download.hidden = true;
+  ui.download.hidden = ui.writeSynthetic.hidden = true;
   ui.progress.hidden = true;
   if (!schema.requires_models) {
     ui.modelsStatus.textContent = "No model files needed.";
@@ -95,29 +96,30 @@ async function showModels(schema) {
 function showModelStatus(status) {
   const failed = status.progress?.error;
   ui.modelsStatus.textContent = status.downloaded
-    ? "Model files downloaded."
+    ? status.synthetic ? "Synthetic weights in place (random: not a real model's output)." : "Model files downloaded."
     : failed
       ? `Download failed: ${failed}`
       : "Model files not downloaded.";
   ui.download.hidden = status.downloaded;
+  ui.writeSynthetic.hidden = status.downloaded;
   ui.progress.hidden = true;
 }
 
-async function download() {
+async function download(synthetic = false) {
   const schema = selected();
-  ui.download.disabled = true;
+  ui.download.disabled = ui.writeSynthetic.disabled = true;
   try {
-    await api("POST", "api/v1/models/download", { pipeline_id: schema.id });
+    await api("POST", "api/v1/models/download", { pipeline_id: schema.id, synthetic });
     await followDownload(schema.id, ++polls.models);
   } catch (error) {
     ui.modelsStatus.textContent = `Download refused: ${error.message}`;
   } finally {
-    ui.download.disabled = false;
+    ui.download.disabled = ui.writeSynthetic.disabled = false;
   }
 }
 
 async function followDownload(pipelineId, poll) {
-  ui.download.hidden = true;
+  ui.download.hidden = ui.writeSynthetic.hidden = true;
   ui.progress.hidden = false;
   while (poll === polls.models) {
     let status;
@@ -312,7 +314,8 @@ function updateButtons() {
 async function init() {
   ui.server.textContent = `server ${location.origin}${apiBase}`;
   ui.pipeline.addEventListener("change", showPipeline);
-  ui.download.addEventListener("click", download);
+  ui.download.addEventListener("click", () => download(false));
+  ui.writeSynthetic.addEventListener("click", () => download(true));
   ui.load.addEventListener("click", load);
   ui.start.addEventListener("click", start);
   ui.stop.addEventListener("click", stop);

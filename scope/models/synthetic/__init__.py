@@ -1,0 +1,1 @@
+"""Synthetic weights: tiny random models written in the real file layouts."""

@@ -1,0 +1,167 @@
+"""``longlive``: LongLive on the Wan2.1 causal core (frame sink, local window, KV re-cache).
+
+Each chunk denoises three latent frames in four steps against a KV cache of twelve frames whose
+first three (the sink) are never evicted, then runs the generator once more at t=0 so the cache
+holds keys of the clean frames. A prompt change re-computes the cache of the last twelve frames
+under the new prompt ("KV re-cache") so the scene follows the new text without a cut.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from scope.models.artifacts import LONGLIVE_GENERATOR, PIPELINE_ARTIFACTS
+from scope.models.synthetic.writer import uses_synthetic
+from scope.pipelines.base import LoadContext, Pipeline, PipelineInfo, Stream
+from scope.pipelines.registry import register
+from scope.pipelines.wan.causal_stream import CausalStream, CausalStreamSettings
+from scope.pipelines.wan.components import WanComponents, WanPaths
+
+VaeType = Literal["wan", "lightvae", "tae", "lighttae"]
+
+#: LongLive's model.yaml.
+SETTINGS = CausalStreamSettings(
+    frames_per_block=3,
+    local_attn_size=12,
+    sink_size=3,
+    timestep_shift=5.0,
+    recache_on_prompt_change=True,
+)
+DEFAULT_STEPS = [1000, 750, 500, 250]
+
+
+def _multiple_of_16(value: int) -> int:
+    if value % 16:
+        raise ValueError(f"must be a multiple of 16 (e.g. {max(16, value // 16 * 16)})")
+    return value
+
+
+class LoraConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: str
+    scale: float = Field(1.0, ge=-10, le=10)
+    merge_mode: Literal["permanent_merge", "runtime_peft"] | None = None
+
+
+class LongLiveLoadParams(BaseModel):
+    """Load parameters of ``longlive``; changing any of them means loading again."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    height: int = Field(320, ge=16, le=2048, description="Output height in pixels (a multiple of 16).")
+    width: int = Field(576, ge=16, le=2048, description="Output width in pixels (a multiple of 16).")
+    seed: int = Field(42, ge=0, description="Base seed; each chunk uses seed + its start frame.")
+    quantization: Literal["fp8_e4m3fn"] | None = Field(
+        None, description="Store the generator's linear weights in fp8 (computed in the compute dtype)."
+    )
+    vae_type: VaeType = Field("wan", description="Autoencoder: full Wan VAE, LightVAE, TAE or LightTAE.")
+    vace_enabled: bool = Field(False, description="VACE conditioning (not available for longlive yet).")
+    loras: list[LoraConfig] | None = Field(None, description="User LoRAs (not available for longlive yet).")
+    lora_merge_mode: Literal["permanent_merge", "runtime_peft"] = Field(
+        "permanent_merge", description="How user LoRAs are applied."
+    )
+
+    _sizes = field_validator("height", "width")(lambda cls, v: _multiple_of_16(v))
+
+    @field_validator("vace_enabled")
+    @classmethod
+    def _no_vace(cls, value: bool) -> bool:
+        if value:
+            raise ValueError("VACE is not available for longlive yet; leave vace_enabled false")
+        return value
+
+    @field_validator("loras")
+    @classmethod
+    def _no_loras(cls, value: list[LoraConfig] | None) -> list[LoraConfig] | None:
+        if value:
+            raise ValueError("user LoRAs are not available for longlive yet; leave loras empty")
+        return value
+
+
+class LongLiveConfig(BaseModel):
+    """The configuration schema advertised for ``longlive`` (UI hints and defaults)."""
+
+    model_config = ConfigDict(extra="forbid", title="LongLiveConfig")
+
+    height: int = 320
+    width: int = 576
+    manage_cache: bool = Field(True, description="Reset caches automatically when the step list or video-mode prompts change.")
+    base_seed: int = Field(42, ge=0, description="Random seed; each chunk uses base_seed + its start frame.")
+    denoising_steps: list[int] = [1000, 750, 500, 250]
+    noise_scale: float | None = Field(None, ge=0.0, le=1.0, description="Video mode: noise mixed into the input latents.")
+    noise_controller: bool | None = Field(None, description="Video mode: adjust the noise scale from motion.")
+    input_size: int | None = Field(1, ge=1, description="Input frames per block.")
+    ref_images: list[str] | None = Field(None, description="VACE reference images.")
+    vace_context_scale: float = Field(1.0, ge=0.0, le=2.0, description="VACE conditioning strength.")
+    vae_type: VaeType = Field("wan", description="Autoencoder used to encode and decode frames.")
+
+
+@register
+class LongLivePipeline(Pipeline):
+    info = PipelineInfo(
+        id="longlive",
+        name="LongLive",
+        description="Long interactive text-to-video on Wan2.1-1.3B: a frame sink, a short local "
+        "attention window and KV re-cache on prompt switches.",
+        supported_modes=("text", "video"),
+        default_mode="text",
+        docs_url="https://github.com/daydreamlive/scope/blob/main/src/scope/core/pipelines/longlive/docs/usage.md",
+        estimated_vram_gb=20.0,
+        requires_models=True,
+        supports_lora=False,
+        supports_vace=False,
+        supports_cache_management=True,
+        supports_quantization=True,
+        min_dimension=16,
+        modified=True,
+    )
+    load_params_model = LongLiveLoadParams
+    config_model = LongLiveConfig
+    mode_defaults = {
+        "video": {"height": 512, "width": 512, "denoising_steps": [1000, 750], "noise_scale": 0.7, "noise_controller": True}
+    }
+    artifacts = PIPELINE_ARTIFACTS["longlive"]
+
+    def __init__(self, load_params: LongLiveLoadParams, components: WanComponents, synthetic: bool):
+        super().__init__(load_params)
+        self.components = components
+        self._synthetic = synthetic
+
+    @classmethod
+    def load(cls, load_params: BaseModel, context: LoadContext) -> "LongLivePipeline":
+        paths = WanPaths.resolve(
+            context.models_dir,
+            generator=(LONGLIVE_GENERATOR, "models/longlive_base.pt"),
+            lora=(LONGLIVE_GENERATOR, "models/lora.pt"),
+        )
+        paths.check(cls.info.id)
+        components = WanComponents.load(
+            paths, context.models_dir, vae_type=load_params.vae_type, quantization=load_params.quantization
+        )
+        return cls(load_params, components, uses_synthetic(context.models_dir, cls.artifacts))
+
+    def open_stream(self) -> Stream:
+        params = self.load_params
+        return CausalStream(
+            self.components,
+            SETTINGS,
+            height=params.height,
+            width=params.width,
+            seed=params.seed,
+            default_steps=DEFAULT_STEPS,
+            video_noise_scale=self.mode_defaults["video"]["noise_scale"],
+        )
+
+    def unload(self) -> None:
+        self.components.release()
+
+    @property
+    def synthetic(self) -> bool:
+        return self._synthetic
+
+    @property
+    def loaded_lora_adapters(self) -> list[dict[str, Any]] | None:
+        return []

@@ -1,0 +1,1 @@
+"""The Wan2.1 causal streaming core shared by the diffusion pipelines."""

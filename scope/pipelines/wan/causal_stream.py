@@ -1,0 +1,253 @@
+"""One stream over a causal Wan pipeline: the per-chunk state machine.
+
+A chunk runs these stages in the reference's order: prompt conditioning (encode, blend,
+transition), schedule, cache set-up (reset when asked, on a mode or step-list change, at the
+RoPE limit, or on a video-mode prompt change), input (noise, or encoded and noised video),
+KV re-cache on a prompt change, the few-step denoising loop, the clean pass at t=0 that leaves
+clean keys in the cache, streaming decode, and advancing the frame counter. Everything that
+evolves lives here, so streams over one set of weights never disturb each other.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from scope.pipelines.base import Chunk, Stream
+from scope.pipelines.wan.components import WanComponents
+from scope.pipelines.wan.frames import frames_to_video, video_to_frames
+from scope.pipelines.wan.noise_controller import NoiseController
+from scope.pipelines.wan.scheduler import FlowMatchSchedule
+
+#: Rows of the RoPE table: absolute frame positions must stay below it.
+ROPE_POSITIONS = 1024
+LATENT_CHANNELS = 16
+VAE_SPATIAL = 8
+VAE_TEMPORAL = 4
+
+
+@dataclass(frozen=True)
+class CausalStreamSettings:
+    """A pipeline's constants (its model.yaml)."""
+
+    frames_per_block: int
+    local_attn_size: int
+    sink_size: int
+    timestep_shift: float
+    recache_on_prompt_change: bool
+
+
+class CausalStream(Stream):
+    """Per-stream caches and conditioning over shared :class:`WanComponents`."""
+
+    extra_parameters = ("prompt_embeds",)
+
+    def __init__(
+        self,
+        components: WanComponents,
+        settings: CausalStreamSettings,
+        *,
+        height: int,
+        width: int,
+        seed: int,
+        default_steps: list[int],
+        video_noise_scale: float,
+    ):
+        from scope.pipelines.wan.conditioning import PromptConditioner
+        from scope.pipelines.wan.kv_cache import GeneratorCache
+
+        self.components = components
+        self.settings = settings
+        self.height, self.width = height, width
+        self.latent_h, self.latent_w = height // VAE_SPATIAL, width // VAE_SPATIAL
+        self.frame_seq_len = (self.latent_h // 2) * (self.latent_w // 2)
+        self.seed = seed
+        self.default_steps = list(default_steps)
+        self.video_noise_scale = video_noise_scale
+        self.schedule = FlowMatchSchedule(settings.timestep_shift)
+        self.cache = GeneratorCache(
+            components.generator.config,
+            frame_seq_len=self.frame_seq_len,
+            capacity_frames=settings.local_attn_size,
+            sink_frames=settings.sink_size,
+            device=components.device,
+            dtype=components.dtype,
+        )
+        self.vae_state = components.vae.new_state()
+        self.conditioner = PromptConditioner(self._encode_prompts)
+        self.noise_controller = NoiseController()
+        self.current_start_frame = 0
+        self.recache_buffer = self._empty_recache_buffer()
+        self.embedding: torch.Tensor | None = None
+        self.noise_scale: float | None = None
+        self._mode: str | None = None
+        self._steps: list[int] | None = None
+        self._transition_was_active = False
+
+    # Helpers ------------------------------------------------------------------------------
+
+    def _encode_prompts(self, texts: list[str]) -> torch.Tensor:
+        return self.components.text_encoder.encode(texts)
+
+    def _empty_recache_buffer(self) -> torch.Tensor:
+        c = self.components
+        shape = (1, self.settings.local_attn_size, LATENT_CHANNELS, self.latent_h, self.latent_w)
+        return torch.zeros(shape, device=c.device, dtype=c.dtype)
+
+    def _rng(self) -> torch.Generator:
+        """The chunk's generator: seed + start frame, the reference's protocol."""
+        return torch.Generator(device=self.components.device).manual_seed(self.seed + self.current_start_frame)
+
+    def _randn(self, shape: tuple[int, ...], rng: torch.Generator) -> torch.Tensor:
+        c = self.components
+        return torch.randn(shape, generator=rng, device=c.device, dtype=c.dtype)
+
+    def _reset(self) -> None:
+        self.cache.reset()
+        self.vae_state.reset()
+        self.noise_controller.reset()
+        self.current_start_frame = 0
+        self.recache_buffer = self._empty_recache_buffer()
+
+    def frames_needed(self, params: dict[str, Any]) -> int:
+        return self.settings.frames_per_block * VAE_TEMPORAL
+
+    # The chunk ----------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def run_chunk(self, params: dict[str, Any], video: np.ndarray | None = None, *, init_cache: bool = False) -> Chunk:
+        timings = {"text_ms": 0.0, "dit_ms": 0.0, "vae_ms": 0.0}
+        mode = "video" if video is not None else "text"
+        if self._mode is None or mode != self._mode:
+            init_cache = True
+        self._mode = mode
+        manage_cache = params.get("manage_cache", True) is not False
+
+        started = time.perf_counter()
+        update = self.conditioner.update(
+            params.get("prompts"),
+            params.get("transition"),
+            spatial_method=params.get("prompt_interpolation_method") or "linear",
+            init_cache=init_cache,
+            prompt_embeds=params.get("prompt_embeds"),
+        )
+        timings["text_ms"] = _elapsed_ms(started, self.components.device)
+        if update.embedding is not None:
+            self.embedding = update.embedding.to(device=self.components.device, dtype=self.components.dtype)
+        if self.embedding is None:
+            raise ValueError("prompts are required: send 'prompts' (or 'prompt_embeds') before generating")
+        changed = update.changed
+
+        steps = list(params.get("denoising_step_list") or self.default_steps)
+        if manage_cache and self._steps is not None and steps != self._steps:
+            init_cache = True
+        self._steps = steps
+
+        nfpb = self.settings.frames_per_block
+        if self.current_start_frame >= ROPE_POSITIONS - nfpb:
+            init_cache = True
+        in_transition = update.transition_active or self._transition_was_active
+        if changed and manage_cache and mode == "video" and not in_transition:
+            init_cache = True
+        self._transition_was_active = update.transition_active
+        if init_cache:
+            self._reset()
+        if init_cache or changed:
+            self.cache.reset_cross()
+
+        rng = self._rng()
+        started = time.perf_counter()
+        if video is not None:
+            latents, steps = self._video_latents(video, params, steps, rng)
+        else:
+            frames = nfpb
+            latents = self._randn((1, frames, LATENT_CHANNELS, self.latent_h, self.latent_w), rng)
+        timings["vae_ms"] += _elapsed_ms(started, self.components.device)
+
+        started = time.perf_counter()
+        recache = changed and self.current_start_frame > 0 and self.settings.recache_on_prompt_change
+        if recache:
+            self._recache()
+        x0 = self._denoise(latents, steps, rng)
+        self._forward(x0, torch.zeros_like(self._timesteps(x0, 0)))  # the clean pass fills the cache
+        timings["dit_ms"] = _elapsed_ms(started, self.components.device)
+
+        started = time.perf_counter()
+        decoded = self.components.vae.stream_decode(x0, self.vae_state)
+        frames_out = video_to_frames(decoded)
+        timings["vae_ms"] += _elapsed_ms(started, self.components.device)
+
+        self._remember(x0)
+        info = {
+            "current_start_frame": self.current_start_frame,
+            "noise_scale": self.noise_scale,
+            "init_cache": init_cache,
+            "recached": recache,
+            **timings,
+        }
+        self.current_start_frame += x0.shape[1]
+        return Chunk(frames=frames_out, transition_active=update.transition_active, info=info)
+
+    def _timesteps(self, latents: torch.Tensor, value: int) -> torch.Tensor:
+        return torch.full(latents.shape[:2], value, device=latents.device, dtype=torch.long)
+
+    def _forward(self, latents: torch.Tensor, timestep: torch.Tensor, start_frame: int | None = None) -> torch.Tensor:
+        start = self.current_start_frame if start_frame is None else start_frame
+        return self.components.generator(latents, timestep, self.embedding, cache=self.cache, start_frame=start)
+
+    def _denoise(self, latents: torch.Tensor, steps: list[int], rng: torch.Generator) -> torch.Tensor:
+        """The few-step loop: predict x0, re-noise to the next step's level with the chunk's RNG."""
+        x0 = latents
+        for index, step in enumerate(steps):
+            timestep = self._timesteps(latents, step)
+            flow = self._forward(latents, timestep)
+            x0 = self.schedule.to_x0(flow, latents, timestep)
+            if index + 1 < len(steps):
+                noise = self._randn((latents.shape[1], *latents.shape[2:]), rng).unsqueeze(0)
+                latents = self.schedule.add_noise(x0, noise, steps[index + 1])
+        return x0
+
+    def _recache(self) -> None:
+        """Re-compute the cached keys of the last frames under the new conditioning."""
+        count = min(self.current_start_frame, self.settings.local_attn_size)
+        frames = self.recache_buffer[:, -count:]
+        start = self.current_start_frame - count
+        self._forward(frames, self._timesteps(frames, 0), start_frame=start)
+
+    def _remember(self, x0: torch.Tensor) -> None:
+        """Append the chunk's clean latents to the re-cache window."""
+        window = self.settings.local_attn_size
+        self.recache_buffer = torch.cat([self.recache_buffer, x0], dim=1)[:, -window:]
+
+    def _video_latents(
+        self, video: np.ndarray, params: dict[str, Any], steps: list[int], rng: torch.Generator
+    ) -> tuple[torch.Tensor, list[int]]:
+        """Encode the input frames and mix in noise; the first step becomes ``1000*scale - 100``."""
+        c = self.components
+        first = self.current_start_frame == 0
+        target = self.frames_needed(params) + (1 if first else 0)
+        pixels = frames_to_video(
+            video, height=self.height, width=self.width, target_frames=target, device=c.device, dtype=c.dtype
+        )
+        noise_scale = params.get("noise_scale")
+        if noise_scale is None:
+            noise_scale = self.noise_scale if self.noise_scale is not None else self.video_noise_scale
+        if params.get("noise_controller"):
+            noise_scale = self.noise_controller(pixels, noise_scale, self.settings.frames_per_block)
+        self.noise_scale = float(noise_scale)
+        encoded = c.vae.stream_encode(pixels, self.vae_state)
+        noise = self._randn(tuple(encoded.shape), rng)
+        latents = noise * self.noise_scale + encoded * (1.0 - self.noise_scale)
+        steps = list(steps)
+        steps[0] = int(1000 * self.noise_scale) - 100
+        return latents, steps
+
+
+def _elapsed_ms(started: float, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - started) * 1000.0

@@ -1,0 +1,99 @@
+"""The weights every Wan pipeline loads: generator, VAE, text encoder, and where they live."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from scope.models.artifacts import UMT5_ENCODER, WAN_1_3B, Artifact, local_path
+from scope.pipelines.wan.device import compute_device
+
+logger = logging.getLogger(__name__)
+
+TEXT_ENCODER_FILE = UMT5_ENCODER.files[0]
+TOKENIZER_DIR = "google/umt5-xxl"
+
+
+class MissingModelFiles(FileNotFoundError):
+    """Some files a pipeline needs are not in the models directory."""
+
+    def __init__(self, pipeline_id: str, missing: list[Path]):
+        names = ", ".join(str(p) for p in missing[:4]) + (" ..." if len(missing) > 4 else "")
+        super().__init__(
+            f"model files for {pipeline_id} are missing ({names}). Download them with "
+            f"'download_models --pipeline {pipeline_id}', or write synthetic ones with "
+            f"'download_models --pipeline {pipeline_id} --synthetic'."
+        )
+        self.missing = missing
+
+
+@dataclass(frozen=True)
+class WanPaths:
+    """The files of one Wan pipeline, resolved inside the models directory."""
+
+    config: Path
+    generator: Path
+    lora: Path | None
+    text_encoder: Path
+    tokenizer: Path
+
+    @classmethod
+    def resolve(
+        cls, models_dir: Path, generator: tuple[Artifact, str], lora: tuple[Artifact, str] | None = None
+    ) -> "WanPaths":
+        return cls(
+            config=local_path(models_dir, WAN_1_3B, "config.json"),
+            generator=local_path(models_dir, *generator),
+            lora=local_path(models_dir, *lora) if lora else None,
+            text_encoder=local_path(models_dir, UMT5_ENCODER, TEXT_ENCODER_FILE),
+            tokenizer=local_path(models_dir, WAN_1_3B, TOKENIZER_DIR),
+        )
+
+    def check(self, pipeline_id: str) -> None:
+        """Fail with one clear message listing every missing file."""
+        paths = [self.config, self.generator, self.text_encoder, self.tokenizer]
+        if self.lora is not None:
+            paths.append(self.lora)
+        missing = [p for p in paths if not p.exists()]
+        if missing:
+            raise MissingModelFiles(pipeline_id, missing)
+
+
+@dataclass
+class WanComponents:
+    """Loaded, read-only modules shared by every stream of a pipeline."""
+
+    generator: torch.nn.Module
+    vae: torch.nn.Module
+    text_encoder: object
+    device: torch.device
+    dtype: torch.dtype
+
+    @classmethod
+    def load(
+        cls,
+        paths: WanPaths,
+        models_dir: Path,
+        *,
+        vae_type: str,
+        quantization: str | None,
+    ) -> "WanComponents":
+        from scope.pipelines.wan.autoencoders import load_vae
+        from scope.pipelines.wan.loading import load_generator
+        from scope.pipelines.wan.text_encoder import TextEncoder
+
+        device, dtype = compute_device()
+        logger.info("loading Wan components on %s (%s)", device, dtype)
+        generator = load_generator(
+            paths.config, paths.generator, lora_path=paths.lora, device=device, dtype=dtype, quantization=quantization
+        )
+        vae = load_vae(vae_type, models_dir, device=device, dtype=dtype)
+        text_encoder = TextEncoder.load(paths.text_encoder, paths.tokenizer, device=device, dtype=dtype)
+        return cls(generator, vae, text_encoder, device, dtype)
+
+    def release(self) -> None:
+        """Drop the modules; the caller collects garbage and empties device caches."""
+        self.generator = self.vae = self.text_encoder = None  # type: ignore[assignment]

@@ -1,0 +1,130 @@
+"""``longlive`` behind the real server: schema, load checks, synthetic marker, WebRTC streams."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from scope.streaming.pattern import PatternTrack
+from tests.conftest import wait_for_status
+from tests.rtc import connected
+
+pytestmark = pytest.mark.usefixtures("jp_serverapp")
+
+SMALL = {"height": 64, "width": 96, "seed": 3}
+
+
+@pytest.fixture
+def scope_extra_config(synthetic_models):
+    return {"models_dir": str(synthetic_models)}
+
+
+async def load(api, load_params=None) -> dict:
+    body = {"pipeline_id": "longlive"}
+    if load_params is not None:
+        body["load_params"] = load_params
+    reply = await api("POST", "api/v1/pipeline/load", body)
+    assert reply.status == 200, reply.body
+    return await wait_for_status(api, "loaded", timeout=60)
+
+
+async def test_schema_says_what_longlive_supports_today(api):
+    entry = (await api("GET", "api/v1/pipelines/schemas")).json["pipelines"]["longlive"]
+    assert entry["supports_vace"] is False and entry["supports_lora"] is False
+    assert entry["supports_cache_management"] is True and entry["supports_quantization"] is True
+    assert entry["default_mode"] == "text" and entry["supported_modes"] == ["text", "video"]
+    config = entry["config_schema"]
+    assert config["title"] == "LongLiveConfig" and config["additionalProperties"] is False
+    assert config["properties"]["denoising_steps"]["default"] == [1000, 750, 500, 250]
+    assert config["properties"]["vae_type"]["default"] == "wan"
+    assert entry["mode_defaults"]["video"]["noise_scale"] == 0.7
+    load_props = entry["load_params_schema"]["properties"]
+    assert load_props["vace_enabled"]["default"] is False and load_props["height"]["default"] == 320
+
+
+async def test_models_status_reports_synthetic_files(api):
+    status = (await api("GET", "api/v1/models/status?pipeline_id=longlive")).json
+    assert status["downloaded"] is True and status["synthetic"] is True
+
+
+@pytest.mark.parametrize(
+    "load_params,field",
+    [
+        ({"vace_enabled": True}, "vace_enabled"),
+        ({"loras": [{"path": "style.safetensors", "scale": 1.0}]}, "loras"),
+        ({"height": 330}, "height"),
+        ({"width": 4096}, "width"),
+        ({"vae_type": "sdxl"}, "vae_type"),
+    ],
+)
+async def test_unsupported_load_params_get_422_naming_the_field(api, load_params, field):
+    reply = await api("POST", "api/v1/pipeline/load", {"pipeline_id": "longlive", "load_params": load_params})
+    assert reply.status == 422, reply.body
+    locs = [error["loc"] for error in reply.json["detail"]]
+    assert any(loc[-1] == field for loc in locs), locs
+    assert (await api("GET", "api/v1/pipeline/status")).json["status"] == "not_loaded"
+
+
+async def test_text_stream_reports_synthetic_and_follows_prompt_changes(api):
+    status = await load(api, SMALL)
+    assert status["synthetic"] is True and status["load_params"]["height"] == 64
+    async with connected(api, {"prompts": [{"text": "a red fox", "weight": 1.0}]}, recvonly=True) as client:
+        frames = await client.wait_frames(20, timeout=60)
+        assert frames[-1].array.shape == (64, 96, 3)
+        stats = await client.wait_message(lambda m: m.get("type") == "stats" and m.get("chunk", 0) >= 2, timeout=30)
+        assert stats["synthetic"] is True and stats["pipeline_id"] == "longlive"
+        assert len({f.array.tobytes() for f in frames[-12:]}) > 6, "the stream does not change over time"
+
+        await asyncio.wait_for(client.channel_open.wait(), 10)
+        client.send({"transition": {"target_prompts": ["a blue whale"], "num_steps": 2}})
+        await client.wait_message(lambda m: m.get("type") == "stats" and m["chunk"] >= stats["chunk"] + 3, timeout=60)
+        session = (await api("GET", "api/v1/webrtc/sessions")).json["sessions"][0]
+        assert session["parameters"]["prompts"][0]["text"] == "a blue whale", session["parameters"]
+        assert "transition" not in session["parameters"], "a finished transition must be dropped"
+        assert not [m for m in client.messages if m.get("type") in ("parameters_rejected", "stream_stopped")]
+
+
+async def test_video_to_video_stream_consumes_the_input(api):
+    await load(api, SMALL)
+    source = PatternTrack(fps=30, width=96, height=64)
+    params = {"input_mode": "video", "prompts": "a watercolour"}
+    async with connected(api, params, send_track=source) as client:
+        frames = await client.wait_frames(20, timeout=60)
+        assert frames[-1].array.shape == (64, 96, 3)
+        session = (await api("GET", "api/v1/webrtc/sessions")).json["sessions"][0]
+        assert session["input_mode"] == "video"
+        assert session["parameters"]["noise_scale"] == 0.7  # the video mode default
+        assert float(np.std(frames[-1].array)) > 2.0
+
+
+def blocks(frame: np.ndarray, size: int = 8) -> np.ndarray:
+    """Block means: lossy video coding of noise-like pictures averages out, content stays."""
+    h, w, c = frame.shape
+    return frame[: h - h % size, : w - w % size].astype(float).reshape(h // size, size, w // size, size, c).mean(axis=(1, 3))
+
+
+def nearest_mse(frame: np.ndarray, candidates: list) -> float:
+    return min(float(np.mean((blocks(frame) - blocks(c.array)) ** 2)) for c in candidates)
+
+
+async def test_two_sessions_with_the_same_seed_stream_the_same_pictures(api):
+    """Each session has its own stream: the same seed and prompt give the same frames in both."""
+    await load(api, SMALL)
+    params = {"prompts": "a harbour at dawn"}
+    async with connected(api, params, recvonly=True) as a, connected(api, params, recvonly=True) as b:
+        await a.wait_frames(40, timeout=90)
+        await b.wait_frames(30, timeout=90)
+        # Pacing may shift one stream against the other by a frame or two: match by content.
+        distances = [nearest_mse(fb.array, a.frames) for fb in b.frames[10:30]]
+        assert max(distances) < 60.0, f"a frame of one session is in no way in the other: {distances}"
+    async with connected(api, {"prompts": "a harbour at dawn", "reset_cache": True}, recvonly=True) as c:
+        await c.wait_frames(30, timeout=90)
+        # Same stream start (reset), so its frames match too: nothing of a or b leaked into c.
+        assert max(nearest_mse(fc.array, a.frames) for fc in c.frames[10:30]) < 60.0
+    await load(api, {**SMALL, "seed": 4})
+    async with connected(api, params, recvonly=True) as d:
+        await d.wait_frames(30, timeout=90)
+        other = [nearest_mse(fd.array, a.frames) for fd in d.frames[10:30]]
+        assert min(other) > 200.0, f"another seed should give other pictures: {other}"

@@ -1,0 +1,114 @@
+"""Synthetic weights: every file in its real place, marked, deterministic, replaced by real ones."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from scope.models.artifacts import LONGLIVE_GENERATOR, PIPELINE_ARTIFACTS, is_downloaded, local_path, local_paths
+from scope.models.download import DownloadManager
+from scope.models.synthetic.writer import (
+    MARKER_SUFFIX,
+    is_synthetic_file,
+    marker_path,
+    uses_synthetic,
+    write_synthetic,
+)
+from tests._subprocess_server import run_command, running_scope_server
+from tests.fakehub import FakeHub
+
+LONGLIVE = PIPELINE_ARTIFACTS["longlive"]
+
+
+def digest(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_every_artifact_entry_is_written_in_its_real_place_with_a_marker(synthetic_models):
+    assert is_downloaded(synthetic_models, LONGLIVE)
+    for path in local_paths(synthetic_models, LONGLIVE):
+        files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file() and not p.name.endswith(MARKER_SUFFIX)]
+        assert files, path
+        for file in files:
+            assert is_synthetic_file(file), file
+            assert json.loads(marker_path(file).read_text())["size"] == file.stat().st_size
+    tokenizer = synthetic_models / "Wan2.1-T2V-1.3B" / "google" / "umt5-xxl"
+    assert (tokenizer / "tokenizer.json").is_file() and (tokenizer / "tokenizer_config.json").is_file()
+    config = json.loads((synthetic_models / "Wan2.1-T2V-1.3B" / "config.json").read_text())
+    assert {"dim", "ffn_dim", "num_heads", "num_layers", "text_len"} <= set(config)
+    assert uses_synthetic(synthetic_models, LONGLIVE)
+
+
+def test_writing_is_deterministic_for_a_seed(tmp_path, synthetic_models):
+    write_synthetic(tmp_path / "a", LONGLIVE)
+    assert digest(tmp_path / "a") == digest(synthetic_models)
+    write_synthetic(tmp_path / "b", LONGLIVE, seed=1)
+    differing = [k for k, v in digest(tmp_path / "b").items() if digest(tmp_path / "a").get(k) != v]
+    assert any(k.endswith("longlive_base.pt") for k in differing)
+
+
+def test_real_files_are_never_overwritten(tmp_path):
+    real = local_path(tmp_path, LONGLIVE_GENERATOR, "models/lora.pt")
+    real.parent.mkdir(parents=True)
+    real.write_bytes(b"real weights")
+    written = write_synthetic(tmp_path, LONGLIVE)
+    assert real not in written and real.read_bytes() == b"real weights"
+    assert not is_synthetic_file(real)
+
+
+def test_a_real_download_replaces_synthetic_files(tmp_path, fake_hub: FakeHub, synthetic_models):
+    write_synthetic(tmp_path, LONGLIVE)
+    dest = local_path(tmp_path, LONGLIVE_GENERATOR, "models/lora.pt")
+    fake_hub.add_repo(LONGLIVE_GENERATOR.repo_id, {"models/longlive_base.pt": b"B" * 5000, "models/lora.pt": b"L" * 3000})
+    manager = DownloadManager(tmp_path, endpoint=fake_hub.endpoint, token="")
+    manager.download("longlive-generator", [LONGLIVE_GENERATOR])
+    assert dest.read_bytes() == b"L" * 3000
+    assert not marker_path(dest).exists() and not is_synthetic_file(dest)
+    # Other files stay synthetic, so the pipeline still counts as using synthetic weights.
+    assert uses_synthetic(tmp_path, LONGLIVE)
+
+
+def test_download_models_synthetic_command(tmp_path):
+    result = run_command("download_models", "--pipeline", "longlive", "--synthetic", root=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "synthetic" in result.stdout.lower()
+    assert is_downloaded(tmp_path / "models", LONGLIVE) and uses_synthetic(tmp_path / "models", LONGLIVE)
+
+
+@pytest.mark.usefixtures("jp_serverapp")
+async def test_models_download_endpoint_writes_synthetic_weights(api, scope_dirs, test_pipelines):
+    before = (await api("GET", "api/v1/models/status?pipeline_id=longlive")).json
+    assert before == {"downloaded": False, "progress": None, "synthetic": False}
+    reply = await api("POST", "api/v1/models/download", {"pipeline_id": "longlive", "synthetic": True})
+    assert reply.status == 200 and "Synthetic" in reply.json["message"]
+    for _ in range(600):
+        status = (await api("GET", "api/v1/models/status?pipeline_id=longlive")).json
+        if status["downloaded"]:
+            break
+        await asyncio.sleep(0.05)
+    assert status["downloaded"] is True and status["synthetic"] is True, status
+    # A pipeline whose files have no synthetic writer is refused by name.
+    refused = await api("POST", "api/v1/models/download", {"pipeline_id": "test-download", "synthetic": True})
+    assert refused.status == 422 and refused.json["detail"][0]["loc"] == ["body", "synthetic"]
+
+
+def test_server_synthetic_flag_writes_weights_on_load_only_when_asked(tmp_path):
+    with running_scope_server(tmp_path / "plain") as server, server.client() as client:
+        client.post("/api/v1/pipeline/load", json={"pipeline_id": "longlive"})
+        status = server.wait_status(client, ("error",), timeout=60)
+        assert "missing" in status["error"]
+        assert not any((tmp_path / "plain" / "models").rglob("*.pt"))
+    with running_scope_server(tmp_path / "synthetic", "--synthetic") as server, server.client() as client:
+        body = {"pipeline_id": "longlive", "load_params": {"height": 64, "width": 96}}
+        assert client.post("/api/v1/pipeline/load", json=body).status_code == 200
+        status = server.wait_status(client, ("loaded",), timeout=120)
+        assert status["synthetic"] is True
+        assert client.get("/api/v1/models/status", params={"pipeline_id": "longlive"}).json()["synthetic"] is True
