@@ -113,13 +113,17 @@ def test_video_to_video_encodes_the_input_with_the_mode_default_noise(pipeline):
     stream = pipeline.open_stream()
     first = stream.generate(video, prompts="a painting")
     assert first.frames.shape == (13, HEIGHT, WIDTH, 3)
-    assert first.info["noise_scale"] == pytest.approx(0.7)
-    second = stream.generate(video[::-1].copy())
+    # Mode defaults: noise 0.7, smoothed by the motion controller into 0.54..0.72 + 0.07.
+    assert 0.61 <= first.info["noise_scale"] <= 0.79
+    second = stream.generate(video[::-1].copy(), noise_controller=False)
     assert second.frames.shape == (12, HEIGHT, WIDTH, 3)
+    # Without the controller and without a value, the previous chunk's scale carries on.
+    assert second.info["noise_scale"] == pytest.approx(first.info["noise_scale"])
     third = stream.generate(video, noise_scale=0.3)
     assert third.info["noise_scale"] == pytest.approx(0.3)
-    controlled = stream.generate(video, noise_controller=True)
-    assert 0.54 <= controlled.info["noise_scale"] <= 0.72 + 0.1
+    still = stream.generate(np.repeat(video[:1], 12, axis=0), noise_scale=0.7, noise_controller=True)
+    moving = stream.generate(video, noise_controller=True)
+    assert still.info["noise_scale"] > moving.info["noise_scale"], "more motion must mean less noise"
 
 
 def test_switching_mode_resets_the_stream(pipeline):

@@ -172,7 +172,7 @@ def test_strict_load_names_file_and_key(tmp_path, files, edit, key):
 
 
 def _spec_key_table():
-    """Spec section 11, written out by hand: name -> (shape, dtype in the Kijai file)."""
+    """The UMT5-XXL layout, written out by hand: name -> (shape, dtype in the Kijai file)."""
     fp8, bf16 = torch.float8_e4m3fn, torch.bfloat16
     table = {"token_embedding.weight": ((256384, 4096), bf16), "norm.weight": ((4096,), bf16)}
     for i in range(24):
@@ -210,7 +210,7 @@ def test_real_size_map_covers_every_transformers_parameter_once():
 
 
 def _bucket(rel: torch.Tensor) -> torch.Tensor:
-    """T5 bidirectional buckets as spec 11 describes them: 16 per direction, exact below 8."""
+    """T5 bidirectional buckets: 16 per direction, exact below 8."""
     offset = (rel > 0).long() * 16
     n = rel.abs()
     log_part = torch.log(n.clamp(min=1).float() / 8) / math.log(128 / 8) * 8

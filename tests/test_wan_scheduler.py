@@ -20,7 +20,7 @@ def reference_sigma(t: float, shift: float) -> tuple[float, int]:
     return best[1], best[2]
 
 
-# The spec's table (section 4.1): (t, sigma at shift 5, index, sigma at shift 8, index).
+# The reference's table: (t, sigma at shift 5, index, sigma at shift 8, index).
 TABLE = [
     (1000, 1.00000, 0, 1.00000, 0),
     (750, 0.75000, 625, 0.75026, 727),

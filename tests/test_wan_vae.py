@@ -359,7 +359,7 @@ def test_wrong_shape_is_named(tmp_path):
         sd["encoder.downsamples.4.residual.6.weight"] = torch.zeros(4, 3, 3, 3, 3)
 
     path = _broken(tmp_path, edit)
-    with pytest.raises(VAELoadError, match=r"encoder\.downsamples\.4\.residual\.6\.weight.*\(4, 3, 3, 3, 3\)"):
+    with pytest.raises(VAELoadError, match=r"encoder\.downsamples\.4\.residual\.6\.weight.*\[4, 3, 3, 3, 3\]"):
         load_wan_vae(path)
 
 

@@ -152,7 +152,7 @@ class LongLivePipeline(Pipeline):
             width=params.width,
             seed=params.seed,
             default_steps=DEFAULT_STEPS,
-            video_noise_scale=self.mode_defaults["video"]["noise_scale"],
+            video_defaults={k: self.mode_defaults["video"][k] for k in ("noise_scale", "noise_controller")},
         )
 
     def unload(self) -> None:

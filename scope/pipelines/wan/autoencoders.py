@@ -10,7 +10,6 @@ interact.
 
 from __future__ import annotations
 
-import pickle
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -18,7 +17,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-# Per-channel statistics of the Wan2.1 latent space (spec 9.1). The generator
+from scope.pipelines.wan.loading import CheckpointError, read_state_dict, require_tensors
+from scope.pipelines.wan.loading import load_strict as strict_load
+
+# Per-channel statistics of the Wan2.1 latent space (the Wan repo's constants). The generator
 # works in the normalised space ``(mu - mean) / std``.
 WAN_LATENT_MEAN: tuple[float, ...] = (
     -0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
@@ -42,8 +44,8 @@ VAE_FILES: dict[str, tuple[str, str]] = {
 }
 
 
-class VAELoadError(ValueError):
-    """A VAE checkpoint that cannot be loaded; the message names the file."""
+#: A VAE checkpoint that cannot be loaded; the message names the file (and the key).
+VAELoadError = CheckpointError
 
 
 class StreamState:
@@ -145,21 +147,7 @@ def read_checkpoint(path: Path) -> dict[str, Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"VAE checkpoint not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise VAELoadError(
-            f"{path}: refused: the file needs pickled code to load and only plain tensors are "
-            f"accepted ({exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
-        ) from None
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise VAELoadError(f"{path}: not a readable torch checkpoint: {exc}") from None
-    if not isinstance(obj, Mapping):
-        raise VAELoadError(f"{path}: expected a flat dict of tensors, got {type(obj).__name__}")
-    for key, value in obj.items():
-        if not isinstance(key, str) or not isinstance(value, Tensor):
-            raise VAELoadError(f"{path}: entry {key!r} is not a named tensor")
-    return dict(obj)
+    return require_tensors(read_state_dict(path), path, "autoencoder")
 
 
 def require(state_dict: Mapping[str, Tensor], key: str, path: Path, ndim: int) -> torch.Size:
@@ -180,32 +168,12 @@ def load_strict(
     device: torch.device | str,
     dtype: torch.dtype,
 ) -> nn.Module:
-    """Build on ``meta``, check every key and shape, then assign the tensors.
-
-    Upstream loads non-strictly, which turns a layout mistake into silent
-    garbage; here a missing, unexpected or mis-shaped key is an error naming it.
-    """
+    """Build on ``meta``, load every key strictly (errors name the file and key), then place it."""
     with torch.device("meta"):
         module = build()
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
-    if missing:
-        raise VAELoadError(f"{path}: missing key(s) {_listing(missing)}")
-    if unexpected:
-        raise VAELoadError(f"{path}: unexpected key(s) {_listing(unexpected)}")
-    for key, ref in expected.items():
-        got = state_dict[key].shape
-        if got != ref.shape:
-            raise VAELoadError(f"{path}: key {key!r} has shape {tuple(got)}, expected {tuple(ref.shape)}")
     tensors = {k: v.to(dtype=dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
-    module.load_state_dict(tensors, strict=True, assign=True)
+    strict_load(module, tensors, path)
     return module.to(device=device, dtype=dtype).eval().requires_grad_(False)
-
-
-def _listing(keys: list[str], limit: int = 8) -> str:
-    shown = ", ".join(repr(k) for k in keys[:limit])
-    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
 def load_vae(

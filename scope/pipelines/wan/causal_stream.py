@@ -55,7 +55,7 @@ class CausalStream(Stream):
         width: int,
         seed: int,
         default_steps: list[int],
-        video_noise_scale: float,
+        video_defaults: dict[str, Any],
     ):
         from scope.pipelines.wan.conditioning import PromptConditioner
         from scope.pipelines.wan.kv_cache import GeneratorCache
@@ -67,7 +67,8 @@ class CausalStream(Stream):
         self.frame_seq_len = (self.latent_h // 2) * (self.latent_w // 2)
         self.seed = seed
         self.default_steps = list(default_steps)
-        self.video_noise_scale = video_noise_scale
+        #: ``noise_scale`` / ``noise_controller`` in video mode when the caller leaves them out.
+        self.video_defaults = dict(video_defaults)
         self.schedule = FlowMatchSchedule(settings.timestep_shift)
         self.cache = GeneratorCache(
             components.generator.config,
@@ -235,8 +236,11 @@ class CausalStream(Stream):
         )
         noise_scale = params.get("noise_scale")
         if noise_scale is None:
-            noise_scale = self.noise_scale if self.noise_scale is not None else self.video_noise_scale
-        if params.get("noise_controller"):
+            noise_scale = self.noise_scale if self.noise_scale is not None else self.video_defaults["noise_scale"]
+        controller = params.get("noise_controller")
+        if controller is None:
+            controller = self.video_defaults.get("noise_controller", False)
+        if controller:
             noise_scale = self.noise_controller(pixels, noise_scale, self.settings.frames_per_block)
         self.noise_scale = float(noise_scale)
         encoded = c.vae.stream_encode(pixels, self.vae_state)

@@ -63,7 +63,7 @@ def read_state_dict(path: str | Path) -> dict[str, Any]:
     raise CheckpointError(f"{path}: unsupported checkpoint format {suffix!r} (.safetensors, .pt, .pth)")
 
 
-def _require_tensors(state: Mapping[str, Any], file: str | Path, what: str) -> dict[str, torch.Tensor]:
+def require_tensors(state: Mapping[str, Any], file: str | Path, what: str) -> dict[str, torch.Tensor]:
     if not isinstance(state, Mapping):
         raise CheckpointError(f"{file}: expected a dict of tensors for the {what}, got {type(state).__name__}")
     bad = [key for key, value in state.items() if not isinstance(value, torch.Tensor)]
@@ -76,7 +76,7 @@ def unpack_generator(state: Mapping[str, Any], file: str | Path, key: str | None
     """Take `state[key]` when present, then strip a leading `model.` if every key has it."""
     if key is not None and isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
         state = state[key]
-    tensors = _require_tensors(state, file, "generator")
+    tensors = require_tensors(state, file, "generator")
     if not tensors:
         raise CheckpointError(f"{file}: the generator state dict is empty")
     if all(name.startswith("model.") for name in tensors):
@@ -149,7 +149,7 @@ def parse_peft_lora(
     """`{module: (A [r, in], B [out, r])}` for every targeted linear, strictly checked."""
     if isinstance(state, Mapping) and isinstance(state.get("generator_lora"), Mapping):
         state = state["generator_lora"]
-    tensors = _require_tensors(state, file, "LoRA")
+    tensors = require_tensors(state, file, "LoRA")
     targets = set(lora_target_names(config))
     parts: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
