@@ -112,3 +112,16 @@ def test_server_synthetic_flag_writes_weights_on_load_only_when_asked(tmp_path):
         status = server.wait_status(client, ("loaded",), timeout=120)
         assert status["synthetic"] is True
         assert client.get("/api/v1/models/status", params={"pipeline_id": "longlive"}).json()["synthetic"] is True
+
+
+def test_prewarm_with_the_synthetic_environment_variable(tmp_path):
+    """``PIPELINE=longlive`` loads at start-up; ``DAYDREAM_SCOPE_SYNTHETIC=1`` supplies the weights."""
+    env = {"PIPELINE": "longlive", "DAYDREAM_SCOPE_SYNTHETIC": "1"}
+    with running_scope_server(tmp_path, env=env) as server, server.client() as client:
+        status = server.wait_status(client, ("loaded", "error"), timeout=120)
+        assert status["status"] == "loaded", status
+        assert status["pipeline_id"] == "longlive" and status["synthetic"] is True
+        assert status["load_params"] == {
+            "height": 320, "width": 576, "seed": 42, "quantization": None, "vae_type": "wan",
+            "vace_enabled": False, "loras": None, "lora_merge_mode": "permanent_merge",
+        }
