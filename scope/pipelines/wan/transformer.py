@@ -66,8 +66,8 @@ class WanRMSNorm(nn.Module):
         return (xf * torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + self.eps)).type_as(x) * self.weight
 
 
-class WanSelfAttention(nn.Module):
-    """Self-attention with q/k RMSNorm and RoPE; reads and writes the stream's cache when given one."""
+class WanAttentionProjections(nn.Module):
+    """The q/k/v/o projections and q/k RMSNorms both attentions share (original Wan names)."""
 
     def __init__(self, dim: int, num_heads: int, qk_norm: bool = True, eps: float = 1e-6):
         super().__init__()
@@ -79,6 +79,10 @@ class WanSelfAttention(nn.Module):
         self.o = nn.Linear(dim, dim)
         self.norm_q = WanRMSNorm(dim, eps) if qk_norm else nn.Identity()
         self.norm_k = WanRMSNorm(dim, eps) if qk_norm else nn.Identity()
+
+
+class WanSelfAttention(WanAttentionProjections):
+    """Self-attention with q/k RMSNorm and RoPE; reads and writes the stream's cache when given one."""
 
     def forward(
         self,
@@ -100,19 +104,8 @@ class WanSelfAttention(nn.Module):
         return self.o(attention(q, k, v, mask).flatten(2))
 
 
-class WanCrossAttention(nn.Module):
+class WanCrossAttention(WanAttentionProjections):
     """Text cross-attention over every context position (no padding mask, as upstream)."""
-
-    def __init__(self, dim: int, num_heads: int, qk_norm: bool = True, eps: float = 1e-6):
-        super().__init__()
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.q = nn.Linear(dim, dim)
-        self.k = nn.Linear(dim, dim)
-        self.v = nn.Linear(dim, dim)
-        self.o = nn.Linear(dim, dim)
-        self.norm_q = WanRMSNorm(dim, eps) if qk_norm else nn.Identity()
-        self.norm_k = WanRMSNorm(dim, eps) if qk_norm else nn.Identity()
 
     def context_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, n, _ = context.shape
