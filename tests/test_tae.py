@@ -12,16 +12,8 @@ import torch
 from scope.models.synthetic import vae as synthetic
 from scope.pipelines.wan.autoencoders import WAN_LATENT_MEAN, WAN_LATENT_STD, VAELoadError, load_vae, vae_path
 from scope.pipelines.wan.tae import FRAMES_TO_TRIM, TAENet, infer_tae_widths, load_tae
+from tests.latents import H, W, random_latents
 
-H, W = 8, 12
-
-
-@pytest.fixture(autouse=True)
-def _threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
@@ -37,10 +29,6 @@ def tae(request, models_dir):
     return load_vae(request.param, models_dir, device="cpu", dtype=torch.float32)
 
 
-def _latents(n: int, seed: int) -> torch.Tensor:
-    return torch.randn(1, n, 16, H, W, generator=torch.Generator().manual_seed(seed))
-
-
 def _video(t: int, seed: int) -> torch.Tensor:
     return torch.rand(1, 3, t, 8 * H, 8 * W, generator=torch.Generator().manual_seed(seed)) * 2 - 1
 
@@ -50,7 +38,7 @@ def _stats():
 
 
 def test_streamed_decode_equals_whole_sequence(tae):
-    z = _latents(9, seed=3)
+    z = random_latents(9, seed=3)
     state = tae.new_state()
     chunks = [tae.stream_decode(z[:, i : i + 3], state) for i in (0, 3, 6)]
     assert [c.shape[1] for c in chunks] == [9, 12, 12]
@@ -65,7 +53,7 @@ def test_streamed_decode_equals_whole_sequence(tae):
 
 
 def test_first_three_frames_of_a_stream_are_trimmed(tae):
-    z = _latents(2, seed=4)
+    z = random_latents(2, seed=4)
     net = tae.net
     lat = z * _stats()[1] + _stats()[0] if tae.normalized else z
     frames = lat.flatten(0, 1).contiguous(memory_format=torch.channels_last)
@@ -103,7 +91,7 @@ def test_streamed_encode_equals_whole_sequence(tae):
 
 
 def test_outputs_show_structure(tae):
-    a, b = tae.decode(_latents(2, seed=7)), tae.decode(_latents(2, seed=8))
+    a, b = tae.decode(random_latents(2, seed=7)), tae.decode(random_latents(2, seed=8))
     assert torch.isfinite(a).all() and a.abs().max() <= 1.0
     assert a.flatten(2).std(dim=-1).min() > 0.05
     assert (a - b).abs().mean() > 0.05
@@ -112,7 +100,7 @@ def test_outputs_show_structure(tae):
 
 
 def test_two_streams_do_not_interact(tae):
-    za, zb = _latents(6, seed=10), _latents(6, seed=11)
+    za, zb = random_latents(6, seed=10), random_latents(6, seed=11)
     sa, sb = tae.new_state(), tae.new_state()
     a0, b0 = tae.stream_decode(za[:, :3], sa), tae.stream_decode(zb[:, :3], sb)
     b1, a1 = tae.stream_decode(zb[:, 3:], sb), tae.stream_decode(za[:, 3:], sa)
@@ -123,7 +111,7 @@ def test_two_streams_do_not_interact(tae):
 
 
 def test_batch_items_are_independent(tae):
-    z = torch.cat([_latents(3, seed=14), _latents(3, seed=15)])
+    z = torch.cat([random_latents(3, seed=14), random_latents(3, seed=15)])
     video = torch.cat([_video(9, seed=14), _video(9, seed=15)])
     state = tae.new_state()
     lat, pix = tae.stream_encode(video, state), tae.stream_decode(z, state)
@@ -138,7 +126,7 @@ def test_normalisation_applies_to_lighttae_only(models_dir):
     plain = load_tae(path, normalized=False)
     light = load_tae(path, normalized=True)
     mean, std = _stats()
-    z = _latents(3, seed=12)
+    z = random_latents(3, seed=12)
     torch.testing.assert_close(light.decode(z), plain.decode(z * std + mean), atol=1e-6, rtol=0)
     assert (light.decode(z) - plain.decode(z)).abs().max() > 1e-2
     video = _video(8, seed=13)

@@ -19,17 +19,9 @@ from scope.pipelines.wan.autoencoders import (
     vae_path,
 )
 from scope.pipelines.wan.vae import WanVAENet, WanVAEWidths, infer_widths, load_wan_vae
+from tests.latents import H, W, random_latents
 
-H, W = 8, 12  # latent size: 64x96 pixels keeps every test fast on CPU
 ORACLE_BASE = 4  # wide enough that the RMS norms are well conditioned
-
-
-@pytest.fixture(autouse=True)
-def _threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
@@ -45,10 +37,6 @@ def vae(request, models_dir):
     return load_vae(request.param, models_dir, device="cpu", dtype=torch.float32)
 
 
-def _latents(n: int, seed: int) -> torch.Tensor:
-    return torch.randn(1, n, 16, H, W, generator=torch.Generator().manual_seed(seed))
-
-
 def _video(t: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     # smooth content plus noise, in [-1, 1]
@@ -61,7 +49,7 @@ def _video(t: int, seed: int) -> torch.Tensor:
 
 
 def test_stream_decode_chunks_equal_one_shot(vae):
-    z = _latents(9, seed=3)
+    z = random_latents(9, seed=3)
     state = vae.new_state()
     first = vae.stream_decode(z[:, :3], state)
     second = vae.stream_decode(z[:, 3:6], state)
@@ -83,8 +71,8 @@ def test_stream_decode_chunks_equal_one_shot(vae):
 
 
 def test_decoded_frames_show_structure(vae):
-    a = vae.decode(_latents(2, seed=4))
-    b = vae.decode(_latents(2, seed=5))
+    a = vae.decode(random_latents(2, seed=4))
+    b = vae.decode(random_latents(2, seed=5))
     assert torch.isfinite(a).all() and a.abs().max() <= 1.0
     per_frame_std = a.flatten(2).std(dim=-1)
     assert per_frame_std.min() > 0.05, per_frame_std
@@ -122,7 +110,7 @@ def test_first_batch_is_cleared_by_decode_only(vae):
     assert state.first_batch
     vae.stream_encode(_video(9, seed=8), state)
     assert state.first_batch, "encode must leave first_batch for the decode of the same call"
-    vae.stream_decode(_latents(3, seed=8), state)
+    vae.stream_decode(random_latents(3, seed=8), state)
     assert not state.first_batch
     with pytest.raises(ValueError, match="multiple of 4"):
         vae.stream_encode(_video(6, seed=8), state)
@@ -131,7 +119,7 @@ def test_first_batch_is_cleared_by_decode_only(vae):
 
 
 def test_two_streams_over_one_vae_do_not_interact(vae):
-    za, zb = _latents(6, seed=9), _latents(6, seed=10)
+    za, zb = random_latents(6, seed=9), random_latents(6, seed=10)
     va, vb = _video(21, seed=11), _video(21, seed=12)
 
     def alone(z, v):
@@ -160,7 +148,7 @@ def test_two_streams_over_one_vae_do_not_interact(vae):
 
 
 def test_batch_items_are_independent(vae):
-    z = torch.cat([_latents(3, seed=16), _latents(3, seed=17)])
+    z = torch.cat([random_latents(3, seed=16), random_latents(3, seed=17)])
     video = torch.cat([_video(9, seed=16), _video(9, seed=17)])
     state = vae.new_state()
     lat, pix = vae.stream_encode(video, state), vae.stream_decode(z, state)
@@ -199,7 +187,7 @@ def _stats():
 
 def test_streamed_decode_matches_diffusers(models_dir, diffusers_reference):
     vae = load_vae("wan", models_dir)
-    z = _latents(6, seed=13)
+    z = random_latents(6, seed=13)
     state = vae.new_state()
     ours = torch.cat([vae.stream_decode(z[:, :3], state), vae.stream_decode(z[:, 3:], state)], dim=1)
     mean, std = _stats()
@@ -385,5 +373,5 @@ def test_loaded_weights_equal_file_and_follow_dtype(tmp_path):
     assert loaded.keys() == raw.keys()
     assert all(v.dtype == torch.bfloat16 for v in loaded.values())
     torch.testing.assert_close(loaded["decoder.head.2.weight"].float(), raw["decoder.head.2.weight"], atol=1e-2, rtol=1e-2)
-    out = vae.stream_decode(_latents(3, seed=1), vae.new_state())
+    out = vae.stream_decode(random_latents(3, seed=1), vae.new_state())
     assert out.dtype == torch.float32 and out.shape == (1, 9, 3, 8 * H, 8 * W) and torch.isfinite(out).all()
