@@ -15,7 +15,6 @@ import pytest
 from tests._subprocess_server import running_scope_server
 from tests.test_browser import (  # noqa: F401  (fixtures)
     CHROMIUM,
-    FRAMES_DECODED,
     assert_frames_flow,
     browser,
     jp_asyncio_loop,
@@ -35,36 +34,31 @@ pytestmark = [
     pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is not installed"),
 ]
 
-#: The mean RGB of the whole picture, drawn from the <video> to a small canvas.
-MEAN_COLOUR = """
-() => {
+#: The picture scaled down to ``[width, height]``, as RGB triples.
+SCALED_PIXELS = """
+([width, height]) => {
   const video = document.querySelector("#video");
   const canvas = document.createElement("canvas");
-  canvas.width = 64; canvas.height = 36;
+  canvas.width = width; canvas.height = height;
   const ctx = canvas.getContext("2d");
-  ctx.drawImage(video, 0, 0, 64, 36);
-  const data = ctx.getImageData(0, 0, 64, 36).data;
-  const mean = [0, 0, 0];
-  for (let i = 0; i < data.length; i += 4) for (let c = 0; c < 3; c++) mean[c] += data[i + c];
-  return mean.map((v) => v / (data.length / 4));
+  ctx.drawImage(video, 0, 0, width, height);
+  const data = ctx.getImageData(0, 0, width, height).data;
+  const pixels = [];
+  for (let i = 0; i < data.length; i += 4) pixels.push([data[i], data[i + 1], data[i + 2]]);
+  return pixels;
 }
 """
 
 
-#: A 16x9 grey thumbnail of the picture.
-THUMBNAIL = """
-() => {
-  const video = document.querySelector("#video");
-  const canvas = document.createElement("canvas");
-  canvas.width = 16; canvas.height = 9;
-  const ctx = canvas.getContext("2d");
-  ctx.drawImage(video, 0, 0, 16, 9);
-  const data = ctx.getImageData(0, 0, 16, 9).data;
-  const grey = [];
-  for (let i = 0; i < data.length; i += 4) grey.push((data[i] + data[i + 1] + data[i + 2]) / 3);
-  return grey;
-}
-"""
+def picture_mean(page) -> list[float]:
+    """The mean RGB of the whole picture."""
+    pixels = page.evaluate(SCALED_PIXELS, [64, 36])
+    return [statistics.fmean(p[c] for p in pixels) for c in range(3)]
+
+
+def thumbnail(page) -> tuple[int, ...]:
+    """A 16x9 grey thumbnail of the picture."""
+    return tuple(round(sum(p) / 3) for p in page.evaluate(SCALED_PIXELS, [16, 9]))
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +94,7 @@ def mean_colour(page, samples: int = 8) -> tuple[list[float], float]:
     """The picture's mean colour over a few frames, and how much it moved between them."""
     values = []
     for _ in range(samples):
-        values.append(page.evaluate(MEAN_COLOUR))
+        values.append(picture_mean(page))
         page.wait_for_timeout(250)
     mean = [statistics.fmean(v[c] for v in values) for c in range(3)]
     wobble = max(statistics.pstdev(v[c] for v in values) for c in range(3))
@@ -134,7 +128,7 @@ def test_quickstart_page_streams_longlive_and_follows_prompts(page, server, tmp_
     # The picture changes over time.
     shots = []
     for _ in range(4):
-        shots.append(tuple(round(v) for v in page.evaluate(THUMBNAIL)))
+        shots.append(thumbnail(page))
         page.wait_for_timeout(500)
     assert len(set(shots)) > 1, "the video does not change"
 

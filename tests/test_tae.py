@@ -15,7 +15,6 @@ from scope.pipelines.wan.tae import FRAMES_TO_TRIM, TAENet, infer_tae_widths, lo
 from tests.latents import H, W, random_latents
 
 
-
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("models")
