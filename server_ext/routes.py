@@ -48,10 +48,16 @@ HANDLERS: list[type[ScopeHandler]] = [
 
 
 class PageHandler(web.StaticFileHandler):
-    """The server's own page (``/scope/``): plain files, no build step."""
+    """The server's own page (``/scope/``): plain files, no build step.
+
+    The notebook widget imports these modules from whichever server it streams from, possibly
+    another origin than the notebook's page, so they are public to every origin (they hold code
+    only, never data).
+    """
 
     def set_extra_headers(self, path: str) -> None:
         self.set_header("Cache-Control", "no-cache")
+        self.set_header("Access-Control-Allow-Origin", "*")
 
 
 def route_table() -> list[tuple]:

@@ -1,1 +1,5 @@
-"""anywidget components of Scope Workbench (the workbench widgets arrive with the notebook work)."""
+"""anywidget components of Scope Workbench: ``ScopeWidget`` streams a pipeline inline."""
+
+from scope.widgets.scope_widget import ScopeWidget
+
+__all__ = ["ScopeWidget"]

@@ -41,33 +41,38 @@ function describeDetail(status, detail) {
   return typeof detail === "string" ? detail : `HTTP ${status}`;
 }
 
-const base = serverBase();
-const token = new URLSearchParams(location.search).get("token");
-
-/** `fetch` a path below the server base; answers parsed JSON (or null), throws ApiError. */
-export async function api(method, path, body) {
-  const headers = {};
-  if (body !== undefined) headers["Content-Type"] = "application/json";
-  if (token) headers["Authorization"] = `token ${token}`;
-  if (method !== "GET") {
-    const xsrf = cookie("_xsrf");
-    if (xsrf) headers["X-XSRFToken"] = xsrf;
-  }
-  const response = await fetch(base + path, {
-    method,
-    headers,
-    credentials: "same-origin",
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  const text = await response.text();
-  let data = null;
-  try {
-    data = text ? JSON.parse(text) : null;
-  } catch {
-    data = text;
-  }
-  if (!response.ok) throw new ApiError(response.status, data && data.detail !== undefined ? data.detail : data);
-  return data;
+/**
+ * A function `api(method, path, body)` calling the Scope API below `base` (a URL ending in "/").
+ * Answers parsed JSON (or null) and throws ApiError. `sameOrigin` pages send Jupyter's cookie and
+ * XSRF header; a page calling another origin sends neither (that API is open, with CORS).
+ */
+export function createApi({ base, token = null, sameOrigin = true }) {
+  return async function api(method, path, body) {
+    const headers = {};
+    if (body !== undefined) headers["Content-Type"] = "application/json";
+    if (token) headers["Authorization"] = `token ${token}`;
+    if (sameOrigin && method !== "GET") {
+      const xsrf = cookie("_xsrf");
+      if (xsrf) headers["X-XSRFToken"] = xsrf;
+    }
+    const response = await fetch(base + path, {
+      method,
+      headers,
+      credentials: sameOrigin ? "same-origin" : "omit",
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    const text = await response.text();
+    let data = null;
+    try {
+      data = text ? JSON.parse(text) : null;
+    } catch {
+      data = text;
+    }
+    if (!response.ok) throw new ApiError(response.status, data && data.detail !== undefined ? data.detail : data);
+    return data;
+  };
 }
 
-export const apiBase = base;
+/** The page's own server: the base URL it was served below, and a `?token=` in its URL. */
+export const apiBase = serverBase();
+export const api = createApi({ base: apiBase, token: new URLSearchParams(location.search).get("token") });

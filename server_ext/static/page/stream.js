@@ -2,7 +2,7 @@
 // ICE servers, a "parameters" data channel, an offer carrying `initialParameters`, and the
 // browser's ICE candidates trickled to the session with PATCH.
 
-import { api } from "./api.js";
+import { api as pageApi } from "./api.js";
 
 function candidateInit(candidate) {
   return { candidate: candidate.candidate, sdpMid: candidate.sdpMid, sdpMLineIndex: candidate.sdpMLineIndex };
@@ -17,9 +17,11 @@ export class ScopeStream {
   /**
    * @param {object} handlers
    *   onVideo(MediaStream), onMessage(object), onState(string) -- all optional.
+   * @param {Function} api  how to call the server (see `createApi`); the page's own by default.
    */
-  constructor(handlers = {}) {
+  constructor(handlers = {}, api = pageApi) {
     this.handlers = handlers;
+    this.api = api;
     this.pc = null;
     this.channel = null;
     this.sessionId = null;
@@ -28,7 +30,7 @@ export class ScopeStream {
 
   /** Connect; `source` is a MediaStream to send (video-to-video) or null (text-to-video). */
   async start(source, initialParameters) {
-    const { iceServers } = await api("GET", "api/v1/webrtc/ice-servers");
+    const { iceServers } = await this.api("GET", "api/v1/webrtc/ice-servers");
     const pc = new RTCPeerConnection({ iceServers: iceServers.map(withoutNulls) });
     this.pc = pc;
 
@@ -53,14 +55,14 @@ export class ScopeStream {
     };
 
     await pc.setLocalDescription(await pc.createOffer());
-    const answer = await api("POST", "api/v1/webrtc/offer", {
+    const answer = await this.api("POST", "api/v1/webrtc/offer", {
       sdp: pc.localDescription.sdp,
       type: pc.localDescription.type,
       initialParameters,
     });
     if (this.pc !== pc) {
       // Stopped while the offer was in flight: end the session the server just opened.
-      api("DELETE", `api/v1/webrtc/sessions/${answer.sessionId}`).catch(() => {});
+      this.api("DELETE", `api/v1/webrtc/sessions/${answer.sessionId}`).catch(() => {});
       return;
     }
     this.sessionId = answer.sessionId;
@@ -84,7 +86,7 @@ export class ScopeStream {
     this.sessionId = null;
     if (sessionId) {
       try {
-        await api("DELETE", `api/v1/webrtc/sessions/${sessionId}`);
+        await this.api("DELETE", `api/v1/webrtc/sessions/${sessionId}`);
       } catch {
         // already gone on the server: nothing to free
       }
@@ -105,7 +107,7 @@ export class ScopeStream {
 
   async _sendCandidates(sessionId, candidates) {
     try {
-      await api("PATCH", `api/v1/webrtc/offer/${sessionId}`, { candidates: candidates.map(candidateInit) });
+      await this.api("PATCH", `api/v1/webrtc/offer/${sessionId}`, { candidates: candidates.map(candidateInit) });
     } catch (error) {
       if (this.sessionId !== sessionId) return; // the session ended meanwhile
       this.handlers.onMessage?.({ type: "client_error", message: `ICE candidate refused: ${error.message}` });

@@ -1,0 +1,694 @@
+// The notebook widget's view (`scope.widgets.ScopeWidget`), imported by its anywidget module
+// from the server it streams from, so the widget always speaks that server's API.
+//
+// The model's traitlets are the one state: the controls set them, Python sets them, and a
+// change of a stream parameter goes out on the data channel, taking effect on the next chunk.
+// Each view opens its own streaming session.
+
+import { createApi } from "./api.js";
+import { ScopeStream } from "./stream.js";
+import { startTestPattern } from "./test-pattern.js";
+import { schemaControl } from "./schema-form.js";
+
+const POLL_MS = 500;
+const STATS_MS = 1000;
+const MAX_MESSAGES = 30;
+
+/** Traitlets that are stream parameters (kept in step with `scope_widget.py`). */
+const STREAM_TRAITS = [
+  "prompts",
+  "prompt_interpolation_method",
+  "denoising_step_list",
+  "noise_scale",
+  "noise_controller",
+  "manage_cache",
+  "paused",
+];
+
+/** Stream parameters with their own controls, or none: the rest are generated from the schema. */
+const HAND_MADE = new Set([
+  "input_mode", "prompts", "prompt_interpolation_method", "transition", "reset_cache", "paused",
+  "lora_scales", "vace_ref_images", "spout_sender", "spout_receiver", "prompt_embeds",
+]);
+
+/** Which schema flag a generated stream control depends on. */
+const NEEDS_SUPPORT = {
+  kv_cache_attention_bias: "supports_kv_cache_bias",
+  manage_cache: "supports_cache_management",
+  vace_context_scale: "supports_vace",
+  vace_use_input_video: "supports_vace",
+};
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+function element(tag, props = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(props)) {
+    if (key === "dataset") Object.assign(node.dataset, value);
+    else if (key in node) node[key] = value;
+    else node.setAttribute(key, value);
+  }
+  node.append(...children);
+  return node;
+}
+
+function describeErrors(errors) {
+  return errors.map((e) => `${(e.loc ?? []).join(".") || "message"}: ${e.msg}`).join("; ");
+}
+
+export function render({ model, el, base, sameOrigin }) {
+  const view = new WidgetView(model, el, base, createApi({ base, sameOrigin }));
+  view.init();
+  return () => view.dispose();
+}
+
+class WidgetView {
+  constructor(model, el, base, api) {
+    this.model = model;
+    this.el = el;
+    this.base = base;
+    this.api = api;
+    this.schemas = {};
+    this.stream = null;
+    this.source = null;
+    this.transitionTarget = null;
+    this.extraParameters = {};
+    this.controls = {};
+    this.polls = { models: 0, pipeline: 0 };
+    this.timers = [];
+    this.disposed = false;
+    this.lastFrames = null;
+    this.build();
+  }
+
+  // Layout --------------------------------------------------------------------------------
+
+  build() {
+    const b = (text, onClick, props = {}) => element("button", { type: "button", textContent: text, onclick: onClick, ...props });
+    this.ui = {
+      server: element("span", { className: "scope-server" }),
+      synthetic: element("span", {
+        className: "scope-badge", hidden: true,
+        textContent: "Synthetic weights: random, tiny models. The picture is noise-like by design.",
+      }),
+      pipeline: element("select", { className: "scope-pipeline" }),
+      description: element("div", { className: "scope-muted" }),
+      models: element("span", { className: "scope-models" }),
+      download: b("Download models", () => this.download(false), { hidden: true }),
+      writeSynthetic: b("Use synthetic weights", () => this.download(true), { hidden: true }),
+      progress: element("progress", { className: "scope-progress", max: 100, hidden: true }),
+      loadForm: element("div", { className: "scope-form" }),
+      load: b("Load", () => this.load(), { className: "scope-load-pipeline" }),
+      pipelineStatus: element("span", { className: "scope-pipeline-status" }),
+      input: element("select", { className: "scope-input" }),
+      start: b("Start", () => this.start(), { className: "scope-start" }),
+      pause: b("Pause", () => this.setTrait("paused", !this.model.get("paused")), { className: "scope-pause" }),
+      reset: b("Reset", () => this.send({ reset_cache: true })),
+      stop: b("Stop", () => this.stop(), { className: "scope-stop" }),
+      video: element("video", { autoplay: true, muted: true, playsInline: true, className: "scope-video" }),
+      placeholder: element("div", { className: "scope-placeholder", textContent: "No stream yet." }),
+      stats: element("div", { className: "scope-stats" }),
+      prompts: element("div", { className: "scope-prompts" }),
+      blend: element("select", { className: "scope-blend" }),
+      transitionText: element("input", { type: "text", placeholder: "Prompt to move to", className: "scope-transition-text" }),
+      transitionSteps: element("input", { type: "number", min: 0, max: 1000, value: 8, className: "scope-transition-steps" }),
+      transitionMethod: element("select"),
+      parameters: element("div", { className: "scope-form" }),
+      messages: element("ul", { className: "scope-messages" }),
+    };
+    const ui = this.ui;
+    ui.video.muted = true;
+    for (const method of ["linear", "slerp"]) {
+      ui.blend.append(new Option(method, method));
+      ui.transitionMethod.append(new Option(method, method));
+    }
+    ui.blend.addEventListener("change", () => this.setTrait("prompt_interpolation_method", ui.blend.value));
+    ui.input.addEventListener("change", () => this.setTrait("input_source", ui.input.value));
+    ui.pipeline.addEventListener("change", () => {
+      this.setTrait("pipeline_id", ui.pipeline.value);
+      this.setTrait("load_params", {});
+    });
+
+    this.el.classList.add("scope-widget");
+    this.el.replaceChildren(
+      element("header", {}, element("strong", { textContent: "Scope" }), ui.server, ui.synthetic),
+      element("section", { className: "scope-row" },
+        ui.pipeline, ui.models, ui.download, ui.writeSynthetic, ui.progress),
+      ui.description,
+      element("details", { className: "scope-load" }, element("summary", { textContent: "Load parameters" }), ui.loadForm),
+      element("section", { className: "scope-row" }, ui.load, ui.pipelineStatus),
+      element("section", { className: "scope-row" }, element("span", { textContent: "Input" }), ui.input, ui.start, ui.pause, ui.reset, ui.stop),
+      element("div", { className: "scope-screen" }, ui.video, ui.placeholder),
+      ui.stats,
+      element("section", { className: "scope-prompt-editor" },
+        ui.prompts,
+        element("div", { className: "scope-row" },
+          b("+ prompt", () => this.setTrait("prompts", [...this.readPrompts(), { text: "", weight: 1 }])),
+          element("span", { textContent: "blend" }), ui.blend,
+          b("Send prompts", () => this.setTrait("prompts", this.readPrompts().filter((p) => p.text.trim())), { className: "scope-send-prompts" })),
+        element("div", { className: "scope-row" },
+          ui.transitionText, element("span", { textContent: "over" }), ui.transitionSteps,
+          element("span", { textContent: "chunks" }), ui.transitionMethod,
+          b("Transition", () => this.transitionFromControls()))),
+      element("details", { className: "scope-parameters", open: true }, element("summary", { textContent: "Stream parameters" }), ui.parameters),
+      ui.messages,
+    );
+    this.updateButtons();
+  }
+
+  // Start-up and model events ------------------------------------------------------------------
+
+  async init() {
+    const model = this.model;
+    this.ui.server.textContent = this.base;
+    for (const name of STREAM_TRAITS) model.on(`change:${name}`, () => this.traitChanged(name));
+    model.on("change:_transition", () => this.sendTransition());
+    model.on("change:_command", () => this.command(model.get("_command")));
+    model.on("change:pipeline_id", () => this.showPipeline());
+    model.on("change:load_params", () => this.showLoadParams());
+    model.on("change:input_source", () => (this.ui.input.value = model.get("input_source")));
+    this.showPrompts();
+    this.ui.blend.value = model.get("prompt_interpolation_method");
+
+    if (typeof RTCPeerConnection === "undefined") {
+      return this.fail("unavailable", "This browser offers no WebRTC, so the stream cannot be shown here.");
+    }
+    try {
+      this.schemas = (await this.api("GET", "api/v1/pipelines/schemas")).pipelines;
+    } catch (error) {
+      return this.fail("unavailable", `The Scope API did not answer at ${this.base}: ${error.message}`);
+    }
+    for (const schema of Object.values(this.schemas)) {
+      this.ui.pipeline.append(new Option(schema.name ? `${schema.name} (${schema.id})` : schema.id, schema.id));
+    }
+    await this.fillInputs();
+    await this.showPipeline();
+    const status = await this.followPipeline();
+    if (model.get("autostart") && !this.disposed) await this.autostart(status);
+  }
+
+  dispose() {
+    this.disposed = true;
+    this.polls.models += 1;
+    this.polls.pipeline += 1;
+    this.timers.forEach(clearInterval);
+    this.stream?.stop();
+    this.teardown("closed", false);
+  }
+
+  setTrait(name, value) {
+    this.model.set(name, value);
+    this.model.save_changes();
+  }
+
+  setTraits(values) {
+    if (this.disposed) return;
+    for (const [name, value] of Object.entries(values)) this.model.set(name, value);
+    this.model.save_changes();
+  }
+
+  setStatus(status) {
+    this.el.dataset.status = status;
+    this.setTraits({ status });
+  }
+
+  fail(status, text) {
+    this.setStatus(status);
+    this.setTraits({ error: text });
+    this.log(text, "error");
+    this.ui.placeholder.textContent = text;
+    this.ui.placeholder.classList.add("scope-error");
+    this.updateButtons();
+  }
+
+  log(text, kind = "info") {
+    const item = element("li", { className: kind, textContent: `${new Date().toLocaleTimeString()}  ${text}` });
+    this.ui.messages.prepend(item);
+    while (this.ui.messages.children.length > MAX_MESSAGES) this.ui.messages.lastChild.remove();
+    this.setTraits({ messages: [...this.model.get("messages"), text].slice(-MAX_MESSAGES) });
+  }
+
+  // Pipelines, models and loading --------------------------------------------------------------
+
+  selected() {
+    return this.schemas[this.model.get("pipeline_id")];
+  }
+
+  async showPipeline() {
+    const schema = this.selected();
+    const ui = this.ui;
+    if (!schema) {
+      ui.description.textContent = `Unknown pipeline "${this.model.get("pipeline_id")}".`;
+      return;
+    }
+    ui.pipeline.value = schema.id;
+    ui.description.textContent = schema.description ?? "";
+    this.buildLoadForm(schema);
+    this.buildParameterControls(schema);
+    this.fillInputModes(schema);
+    await this.showModels(schema);
+  }
+
+  buildLoadForm(schema) {
+    const loadSchema = schema.load_params_schema ?? { properties: {} };
+    this.loadControls = {};
+    const fields = [];
+    for (const [name, property] of Object.entries(loadSchema.properties ?? {})) {
+      const control = schemaControl(name, property, loadSchema.$defs ?? {}, (value) => {
+        const params = { ...this.model.get("load_params") };
+        if (value === undefined) delete params[name];
+        else params[name] = value;
+        this.setTrait("load_params", params);
+      });
+      if (!control) continue;
+      this.loadControls[name] = control;
+      fields.push(control.element);
+    }
+    this.ui.loadForm.replaceChildren(...fields);
+    this.showLoadParams();
+  }
+
+  showLoadParams() {
+    const params = this.model.get("load_params");
+    for (const [name, control] of Object.entries(this.loadControls ?? {})) control.set(params[name]);
+  }
+
+  buildParameterControls(schema) {
+    const parameters = schema.parameters_schema ?? { properties: {} };
+    this.controls = {};
+    const fields = [];
+    for (const [name, property] of Object.entries(parameters.properties ?? {})) {
+      if (HAND_MADE.has(name) || (NEEDS_SUPPORT[name] && !schema[NEEDS_SUPPORT[name]])) continue;
+      const control = schemaControl(name, property, parameters.$defs ?? {}, (value) => {
+        if (STREAM_TRAITS.includes(name)) return this.setTrait(name, value ?? null);
+        if (value === undefined) delete this.extraParameters[name];
+        else this.extraParameters[name] = value;
+        if (value !== undefined) this.send({ [name]: value });
+      });
+      if (!control) continue;
+      this.controls[name] = control;
+      if (STREAM_TRAITS.includes(name)) control.set(this.model.get(name));
+      fields.push(control.element);
+    }
+    this.ui.parameters.replaceChildren(...fields);
+  }
+
+  async showModels(schema) {
+    const poll = ++this.polls.models;
+    const ui = this.ui;
+    ui.download.hidden = ui.writeSynthetic.hidden = ui.progress.hidden = true;
+    if (!schema.requires_models) {
+      ui.models.textContent = "No model files needed.";
+      return this.setTraits({ models: "downloaded" });
+    }
+    while (poll === this.polls.models) {
+      let status;
+      try {
+        status = await this.api("GET", `api/v1/models/status?pipeline_id=${encodeURIComponent(schema.id)}`);
+      } catch (error) {
+        ui.models.textContent = `Model status unavailable: ${error.message}`;
+        return;
+      }
+      if (poll !== this.polls.models) return;
+      const progress = status.progress;
+      if (progress?.is_downloading) {
+        ui.progress.hidden = false;
+        ui.progress.value = progress.percentage;
+        const file = progress.current_artifact ? ` (${progress.current_artifact})` : "";
+        ui.models.textContent = `Downloading ${progress.percentage.toFixed(1)}%${file}`;
+        this.setTraits({ models: "downloading" });
+        await sleep(POLL_MS);
+        continue;
+      }
+      ui.progress.hidden = true;
+      ui.download.hidden = ui.writeSynthetic.hidden = status.downloaded;
+      if (status.downloaded) {
+        ui.models.textContent = status.synthetic ? "Synthetic weights in place." : "Model files downloaded.";
+        this.setTraits({ models: status.synthetic ? "synthetic" : "downloaded" });
+      } else {
+        ui.models.textContent = progress?.error ? `Download failed: ${progress.error}` : "Model files not downloaded.";
+        this.setTraits({ models: "missing" });
+      }
+      return;
+    }
+  }
+
+  async download(synthetic) {
+    const schema = this.selected();
+    if (!schema) return;
+    try {
+      await this.api("POST", "api/v1/models/download", { pipeline_id: schema.id, synthetic });
+    } catch (error) {
+      this.log(`Download refused: ${error.message}`, "error");
+    }
+    await this.showModels(schema);
+  }
+
+  async load() {
+    const schema = this.selected();
+    if (!schema) return null;
+    this.setStatus("loading");
+    try {
+      await this.api("POST", "api/v1/pipeline/load", { pipeline_id: schema.id, load_params: this.model.get("load_params") });
+    } catch (error) {
+      this.fail("error", `Load refused: ${error.message}`);
+      return null;
+    }
+    return this.followPipeline();
+  }
+
+  /** Poll the pipeline status until it settles; answers the last status. */
+  async followPipeline() {
+    const poll = ++this.polls.pipeline;
+    while (poll === this.polls.pipeline) {
+      let status;
+      try {
+        status = await this.api("GET", "api/v1/pipeline/status");
+      } catch (error) {
+        this.ui.pipelineStatus.textContent = `Status unavailable: ${error.message}`;
+        return null;
+      }
+      if (poll !== this.polls.pipeline) return null;
+      this.showPipelineStatus(status);
+      if (status.status !== "loading") return status;
+      await sleep(POLL_MS);
+    }
+    return null;
+  }
+
+  showPipelineStatus(status) {
+    this.loaded = status.status === "loaded" ? status : null;
+    const name = status.pipeline_id ?? "";
+    const text = {
+      not_loaded: "No pipeline loaded.",
+      loading: `Loading ${name}...`,
+      loaded: `Loaded ${name}.`,
+      error: `Loading ${name} failed: ${status.error || "unknown error"}`,
+    }[status.status] ?? status.status;
+    this.ui.pipelineStatus.textContent = text;
+    this.ui.pipelineStatus.classList.toggle("scope-error", status.status === "error");
+    this.ui.synthetic.hidden = !(this.loaded && status.synthetic);
+    const values = { pipeline_status: status.status, synthetic: Boolean(this.loaded && status.synthetic) };
+    if (status.status === "error") values.error = text;
+    this.setTraits(values);
+    if (!this.stream) {
+      if (status.status === "error") this.fail("error", text);
+      else this.setStatus(status.status === "loading" ? "loading" : this.loaded ? "ready" : "idle");
+    }
+    this.updateButtons();
+  }
+
+  /** Whether the loaded pipeline is the wanted one, with every load parameter asked for. */
+  loadedAsWanted() {
+    if (!this.loaded || this.loaded.pipeline_id !== this.model.get("pipeline_id")) return false;
+    const have = this.loaded.load_params ?? {};
+    return Object.entries(this.model.get("load_params")).every(([k, v]) => JSON.stringify(have[k]) === JSON.stringify(v));
+  }
+
+  async autostart(status) {
+    if (status?.status === "loading") status = await this.followPipeline();
+    if (!this.loadedAsWanted()) status = await this.load();
+    if (status?.status === "loaded" && !this.stream && !this.disposed) await this.start();
+  }
+
+  // Streaming ------------------------------------------------------------------------------------
+
+  async fillInputs() {
+    const ui = this.ui;
+    ui.input.append(new Option("text only", "none"), new Option("webcam", "webcam"), new Option("test pattern", "pattern"));
+    try {
+      const { assets } = await this.api("GET", "api/v1/assets?type=video");
+      for (const asset of assets) {
+        const file = asset.path.split(/[\\/]/).pop();
+        const relative = asset.folder ? `${asset.folder}/${file}` : file;
+        ui.input.append(new Option(`video: ${relative}`, `asset:${relative}`));
+      }
+    } catch (error) {
+      this.log(`Video assets unavailable: ${error.message}`, "warning");
+    }
+    const wanted = this.model.get("input_source");
+    if (![...ui.input.options].some((o) => o.value === wanted)) ui.input.append(new Option(wanted, wanted));
+    ui.input.value = wanted;
+  }
+
+  fillInputModes(schema) {
+    const takesText = schema.supported_modes.includes("text");
+    for (const option of this.ui.input.options) option.disabled = option.value === "none" && !takesText;
+  }
+
+  async openSource(schema) {
+    const choice = this.model.get("input_source");
+    const takesText = schema.supported_modes.includes("text");
+    if (choice === "none") {
+      if (takesText) return null;
+      this.log(`${schema.id} transforms video: sending a test pattern.`, "warning");
+      return startTestPattern();
+    }
+    if (choice === "webcam") {
+      try {
+        const camera = await navigator.mediaDevices.getUserMedia({ video: true, audio: false });
+        return { stream: camera, stop: () => camera.getTracks().forEach((t) => t.stop()) };
+      } catch (error) {
+        this.log(`No webcam (${error.message}): sending a test pattern instead.`, "warning");
+        return startTestPattern();
+      }
+    }
+    if (choice.startsWith("asset:")) return this.playAsset(choice.slice("asset:".length));
+    return startTestPattern();
+  }
+
+  /** A video asset played in a hidden, looping element; its captured track is the input. */
+  async playAsset(relative) {
+    const player = element("video", { muted: true, loop: true, playsInline: true, crossOrigin: "anonymous" });
+    player.muted = true;
+    player.src = this.base + "api/v1/assets/" + relative.split("/").map(encodeURIComponent).join("/");
+    await player.play();
+    const stream = player.captureStream();
+    return { stream, stop: () => { player.pause(); player.removeAttribute("src"); } };
+  }
+
+  initialParameters(video) {
+    const parameters = { input_mode: video ? "video" : "text", ...this.extraParameters };
+    for (const name of STREAM_TRAITS) {
+      const value = this.model.get(name);
+      if (value === null || (name === "prompts" && !value.length)) continue;
+      parameters[name] = value;
+    }
+    if (!this.selected()?.supports_prompts) delete parameters.prompts;
+    return parameters;
+  }
+
+  async start() {
+    if (this.stream) return;
+    const schema = this.schemas[this.loaded?.pipeline_id];
+    if (!schema) return this.fail("error", "Load a pipeline before starting the stream.");
+    this.setStatus("connecting");
+    this.lastFrames = null;
+    const stream = new ScopeStream(
+      {
+        onVideo: (media) => this.showVideo(media),
+        onMessage: (message) => this.onMessage(message),
+        onState: (state) => this.onConnectionState(state),
+      },
+      this.api,
+    );
+    this.stream = stream;
+    this.updateButtons();
+    try {
+      this.source = await this.openSource(schema);
+      await stream.start(this.source?.stream ?? null, this.initialParameters(Boolean(this.source)));
+      if (this.stream !== stream) return;
+      this.setTraits({ session_id: stream.sessionId ?? "", error: "" });
+      this.timers.push(setInterval(() => this.measure(), STATS_MS));
+    } catch (error) {
+      if (this.stream !== stream) return;
+      await stream.stop();
+      this.teardown("error");
+      this.fail("error", `Could not start: ${error.message}`);
+    }
+  }
+
+  async stop() {
+    const stream = this.stream;
+    if (!stream) return;
+    this.stream = null;
+    await stream.stop();
+    this.teardown("stopped");
+  }
+
+  /** Release what the stream used; the server side is ended by `stop()` or notices the close. */
+  teardown(status, report = true) {
+    const stream = this.stream;
+    this.stream = null;
+    stream?.close();
+    this.source?.stop();
+    this.source = null;
+    this.timers.forEach(clearInterval);
+    this.timers = [];
+    this.ui.video.srcObject = null;
+    this.ui.placeholder.hidden = false;
+    if (report) {
+      this.setStatus(status);
+      this.setTraits({ session_id: "", fps: 0 });
+    }
+    this.updateButtons();
+  }
+
+  showVideo(media) {
+    this.ui.video.srcObject = media;
+    this.ui.placeholder.hidden = true;
+    this.ui.video.play().catch(() => {});
+  }
+
+  onConnectionState(state) {
+    if (!this.stream) return;
+    if (state === "connected") this.setStatus(this.model.get("paused") ? "paused" : "streaming");
+    if (state === "failed" || state === "disconnected") {
+      this.teardown("error");
+      this.fail("error", `The WebRTC connection ${state}: the media path to ${this.base} is blocked (a TURN server may be needed).`);
+    }
+  }
+
+  onMessage(message) {
+    switch (message.type) {
+      case "stats":
+        this.ui.synthetic.hidden = !message.synthetic;
+        return this.setTraits({ chunk: message.chunk, chunk_ms: message.chunk_ms, synthetic: Boolean(message.synthetic) });
+      case "parameters_rejected": {
+        const text = `Parameters refused: ${describeErrors(message.errors)}`;
+        this.setTraits({ error: text });
+        return this.log(text, "error");
+      }
+      case "parameters_warning":
+        return this.log(`Unknown parameters ignored: ${message.unknown_keys.join(", ")}`, "warning");
+      case "pipeline_event":
+        return this.log(`Pipeline ${message.event}: ${message.message}`, message.event.endsWith("failed") ? "error" : "info");
+      case "stream_stopped": {
+        const text = `Stream stopped${message.error_message ? `: ${message.error_message}` : "."}`;
+        this.log(text, message.error_message ? "error" : "info");
+        this.teardown("stopped");
+        if (message.error_message) this.setTraits({ error: text });
+        return;
+      }
+      default:
+        return this.log(message.message ?? JSON.stringify(message), message.type === "client_error" ? "error" : "info");
+    }
+  }
+
+  /** Browser-side figures: decoded frames per second and the delay from the wire to the screen. */
+  async measure() {
+    const pc = this.stream?.pc;
+    if (!pc) return;
+    const report = await pc.getStats();
+    let inbound = null;
+    let rtt = null;
+    report.forEach((entry) => {
+      if (entry.type === "inbound-rtp" && entry.kind === "video") inbound = entry;
+      if (entry.type === "candidate-pair" && entry.nominated && entry.currentRoundTripTime !== undefined) rtt = entry.currentRoundTripTime;
+    });
+    if (!inbound) return;
+    const now = { frames: inbound.framesDecoded ?? 0, at: inbound.timestamp };
+    const values = {};
+    if (this.lastFrames && now.at > this.lastFrames.at) {
+      values.fps = Math.round(((now.frames - this.lastFrames.frames) * 1000 * 10) / (now.at - this.lastFrames.at)) / 10;
+    }
+    this.lastFrames = now;
+    if (inbound.jitterBufferEmittedCount) {
+      const buffer = (inbound.jitterBufferDelay / inbound.jitterBufferEmittedCount) * 1000;
+      values.latency_ms = Math.round(buffer + (rtt ?? 0) * 500);
+    }
+    this.setTraits(values);
+    const m = this.model;
+    const latency = m.get("latency_ms") === null ? "" : ` · ${m.get("latency_ms")} ms latency`;
+    this.ui.stats.textContent = `${m.get("fps").toFixed(1)} fps${latency} · chunk ${m.get("chunk")} · ${m.get("chunk_ms").toFixed(0)} ms/chunk`;
+  }
+
+  // Parameters -----------------------------------------------------------------------------------
+
+  /** Send a parameters message; says so plainly when there is no open stream to take it. */
+  send(parameters) {
+    if (!this.stream) return false;
+    if (this.stream.send(parameters)) return true;
+    this.log(`Not sent (${Object.keys(parameters).join(", ")}): the data channel is not open yet.`, "warning");
+    return false;
+  }
+
+  traitChanged(name) {
+    const value = this.model.get(name);
+    if (name === "prompts") this.showPrompts();
+    if (name === "prompt_interpolation_method") this.ui.blend.value = value;
+    if (name === "paused") {
+      this.ui.pause.textContent = value ? "Resume" : "Pause";
+      if (this.stream) this.setStatus(value ? "paused" : "streaming");
+    }
+    this.controls[name]?.set(value);
+    if (value === null || (name === "prompts" && !value.length)) return;
+    if (name === "prompts" && this.transitionTarget === JSON.stringify(value)) return; // reached by the transition
+    this.transitionTarget = null;
+    this.send({ [name]: value });
+  }
+
+  sendTransition() {
+    const { id, ...transition } = this.model.get("_transition");
+    if (!transition.target_prompts) return;
+    this.transitionTarget = JSON.stringify(transition.target_prompts);
+    if (this.send({ transition })) {
+      this.log(`Transition to "${transition.target_prompts.map((p) => p.text).join(" + ")}" over ${transition.num_steps} chunks.`);
+    }
+  }
+
+  transitionFromControls() {
+    const text = this.ui.transitionText.value.trim();
+    if (!text) return;
+    const transition = {
+      target_prompts: [{ text, weight: 1 }],
+      num_steps: Number(this.ui.transitionSteps.value) || 0,
+      temporal_interpolation_method: this.ui.transitionMethod.value,
+    };
+    this.setTraits({ _transition: { id: Date.now(), ...transition }, prompts: transition.target_prompts });
+  }
+
+  command(request) {
+    const actions = {
+      load: () => this.load(),
+      start: () => this.start(),
+      stop: () => this.stop(),
+      reset_cache: () => this.send({ reset_cache: true }),
+    };
+    actions[request?.name]?.();
+  }
+
+  // Prompt editor ----------------------------------------------------------------------------------
+
+  showPrompts() {
+    const prompts = this.model.get("prompts");
+    const rows = (prompts.length ? prompts : [{ text: "", weight: 1 }]).map((prompt, index) => {
+      const text = element("input", { type: "text", value: prompt.text, placeholder: "Describe the video", className: "scope-prompt-text" });
+      const weight = element("input", { type: "number", min: 0, step: "any", value: prompt.weight ?? 1, className: "scope-prompt-weight" });
+      text.addEventListener("keydown", (event) => {
+        if (event.key === "Enter") this.setTrait("prompts", this.readPrompts().filter((p) => p.text.trim()));
+      });
+      const remove = element("button", {
+        type: "button", textContent: "×", title: "Remove this prompt",
+        onclick: () => this.setTrait("prompts", this.readPrompts().filter((_, i) => i !== index)),
+      });
+      return element("div", { className: "scope-prompt" }, text, weight, remove);
+    });
+    this.ui.prompts.replaceChildren(...rows);
+  }
+
+  readPrompts() {
+    return [...this.ui.prompts.querySelectorAll(".scope-prompt")].map((row) => ({
+      text: row.querySelector(".scope-prompt-text").value,
+      weight: Number(row.querySelector(".scope-prompt-weight").value) || 0,
+    }));
+  }
+
+  updateButtons() {
+    const ui = this.ui;
+    const streaming = this.stream !== null;
+    ui.start.disabled = streaming || !this.loaded;
+    ui.pause.disabled = ui.reset.disabled = ui.stop.disabled = !streaming;
+    ui.load.disabled = ui.pipeline.disabled = ui.input.disabled = streaming;
+  }
+}

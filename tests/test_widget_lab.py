@@ -1,0 +1,226 @@
+"""``ScopeWidget`` inside a real JupyterLab, in headless Chromium, with Jupyter's auth on.
+
+A notebook's cells create the widget and steer it from Python; the widget's front end loads
+``longlive`` (synthetic weights) and streams it into its ``<video>`` over WebRTC, calling the
+Lab server's Scope endpoints with the login cookie and the XSRF header.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import httpx
+import nbformat
+import pytest
+
+from tests._subprocess_server import free_port, running_scope_server
+from tests.servers import running_lab_server
+from tests.test_browser import (  # noqa: F401  (fixtures)
+    CHROMIUM,
+    browser,
+    jp_asyncio_loop,
+    jp_server_cleanup,
+    page,
+    wait_for,
+    wait_until,
+)
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(240)]
+
+WIDGET = '[data-status]'
+NEW_PROMPT = "a blue whale in the deep sea"
+
+#: Mean colour of the widget's video, drawn onto a canvas (null before the first frame).
+VIDEO_MEAN = """() => {
+  const video = document.querySelector('.scope-widget video');
+  if (!video || !video.videoWidth) return null;
+  const canvas = document.createElement('canvas');
+  canvas.width = 32; canvas.height = 32;
+  const ctx = canvas.getContext('2d');
+  ctx.drawImage(video, 0, 0, 32, 32);
+  const data = ctx.getImageData(0, 0, 32, 32).data;
+  const out = [];
+  for (let i = 0; i < data.length; i += 4) out.push(data[i], data[i + 1], data[i + 2]);
+  return out;
+}"""
+
+
+def notebook(*sources: str) -> str:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(source) for source in sources]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    return nbformat.writes(nb)
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory, synthetic_models):
+    """``jupyter lab`` (token auth, a non-root base URL) whose models are synthetic weights."""
+    root = tmp_path_factory.mktemp("widget-lab")
+    env = {"DAYDREAM_SCOPE_MODELS_DIR": str(synthetic_models)}
+    with running_lab_server(root, "--LabApp.expose_app_in_browser=True", base_url="/lab-base/", env=env) as server:
+        yield server
+
+
+def api(lab):
+    return httpx.Client(base_url=lab.url, headers={"Authorization": f"token {lab.token}"}, trust_env=False, timeout=15)
+
+
+def open_notebook(page, lab, name: str, text: str) -> None:
+    """Log in with the token (sets the cookies), then open ``name`` in a fresh workspace."""
+    (lab.root / name).write_text(text)
+    page.goto(lab.url + f"lab?token={lab.token}", wait_until="commit")
+    page.goto(lab.url + f"lab/workspaces/{uuid.uuid4().hex}/tree/{name}")
+    wait_for(page, "window.jupyterapp && document.querySelector('.jp-Notebook .jp-Cell') !== null")
+    # The status bar names the kernel once it is ready: "Python 3 (ipykernel) | Idle".
+    wait_for(page, "document.querySelector('.jp-StatusBar-Widget')?.parentElement?.innerText.includes('| Idle')")
+
+
+def run_cell(page, index: int) -> None:
+    """Run cell ``index`` of the open notebook (not awaited: that settles only when it has run)."""
+    page.evaluate(
+        """(index) => {
+          window.jupyterapp.shell.currentWidget.content.activeCellIndex = index;
+          window.jupyterapp.commands.execute('notebook:run-cell');
+        }""",
+        index,
+    )
+
+
+def session_prompt(client: httpx.Client, session_id: str) -> str:
+    [session] = [s for s in client.get("api/v1/webrtc/sessions").json()["sessions"] if s["id"] == session_id]
+    return session["parameters"]["prompts"][0]["text"]
+
+
+def cell_output(page, index: int) -> str:
+    return page.evaluate(
+        "(i) => document.querySelectorAll('.jp-Notebook .jp-Cell')[i].querySelector('.jp-OutputArea')?.innerText ?? ''",
+        index,
+    )
+
+
+def test_widget_streams_in_lab_and_python_steers_it(page, lab):
+    open_notebook(page, lab, "widget.ipynb", notebook(
+        "from scope.widgets import ScopeWidget\n"
+        "w = ScopeWidget(pipeline_id='longlive', load_params={'height': 64, 'width': 64},\n"
+        "                prompts='a red fox in the snow', autostart=True)\n"
+        "w",
+        f"w.prompts = [{{'text': {NEW_PROMPT!r}, 'weight': 1.0}}]",
+        "import json; print(json.dumps({'status': w.status, 'chunk': w.chunk, 'synthetic': w.synthetic,"
+        " 'fps': w.fps, 'session': w.session_id}))",
+    ))
+    run_cell(page, 0)
+    wait_for(page, "document.querySelector('.scope-widget')?.dataset.status === 'streaming'")
+    assert page.is_visible(".scope-widget .scope-badge"), "synthetic weights must be said visibly"
+
+    # The inline video plays frames that change.
+    wait_until(page, lambda: page.evaluate(VIDEO_MEAN), "a first video frame")
+    first = page.evaluate(VIDEO_MEAN)
+    wait_until(page, lambda: page.evaluate(VIDEO_MEAN) != first, "the video to change")
+
+    with api(lab) as client:
+        [session] = client.get("api/v1/webrtc/sessions").json()["sessions"]
+        assert session["parameters"]["prompts"][0]["text"] == "a red fox in the snow"
+        assert client.get("api/v1/pipeline/status").json()["load_params"]["height"] == 64
+
+        # A prompt set from Python reaches the server's session, through the browser's data channel.
+        run_cell(page, 1)
+        wait_until(
+            page,
+            lambda: session_prompt(client, session["id"]) == NEW_PROMPT,
+            "the new prompt in the session's parameters",
+        )
+    # What the front end measured is readable from Python (the cell is re-run until it has chunks).
+    def readback():
+        run_cell(page, 2)
+        page.wait_for_timeout(500)
+        lines = cell_output(page, 2).strip().splitlines()
+        values = json.loads(lines[-1]) if lines else {}
+        return values if values.get("chunk", 0) > 0 and values.get("fps", 0) > 0 else None
+
+    values = wait_until(page, readback, "the kernel to read the widget's figures", interval_ms=500)
+    assert values["status"] == "streaming" and values["synthetic"] is True
+    assert values["session"] == session["id"]
+
+
+def widget_status(page) -> str | None:
+    return page.evaluate("document.querySelector('.scope-widget')?.dataset.status ?? null")
+
+
+def test_widget_streams_from_an_explicit_standalone_server(page, lab, tmp_path, synthetic_models):
+    """``server=`` names a ``daydream-scope`` on another origin: its open API, with CORS."""
+    env = {"DAYDREAM_SCOPE_MODELS_DIR": str(synthetic_models)}
+    with running_scope_server(tmp_path, env=env) as scope:
+        open_notebook(page, lab, "standalone.ipynb", notebook(
+            "from scope.widgets import ScopeWidget\n"
+            f"w = ScopeWidget(server={scope.url!r}, pipeline_id='longlive',\n"
+            "                load_params={'height': 32, 'width': 32}, prompts='a lighthouse', autostart=True)\n"
+            "w",
+            "w.transition_to('a harbour at night', steps=3)\nw.paused = True",
+        ))
+        run_cell(page, 0)
+        wait_for(page, "document.querySelector('.scope-widget')?.dataset.status === 'streaming'")
+        assert page.inner_text(".scope-widget .scope-server") == scope.url + "/"
+        wait_until(page, lambda: page.evaluate(VIDEO_MEAN), "a first video frame")
+
+        run_cell(page, 1)
+        wait_for(page, "document.querySelector('.scope-widget')?.dataset.status === 'paused'")
+        with scope.client() as client:
+            def paused_session():
+                [session] = client.get("/api/v1/webrtc/sessions").json()["sessions"]
+                return session if session["stats"]["state"] == "paused" else None
+
+            session = wait_until(page, paused_session, "the server to pause the session")
+        parameters = session["parameters"]
+        assert parameters["transition"]["target_prompts"][0]["text"] == "a harbour at night"
+        assert parameters["transition"]["num_steps"] == 3
+
+
+def test_widget_says_plainly_when_no_server_answers(page, lab):
+    open_notebook(page, lab, "unreachable.ipynb", notebook(
+        "from scope.widgets import ScopeWidget\n"
+        f"w = ScopeWidget(server='http://127.0.0.1:{free_port()}')\n"
+        "w",
+        "print(repr(w.status), repr(w.error))",
+    ))
+    run_cell(page, 0)
+    wait_for(page, "document.querySelector('.scope-widget')?.dataset.status === 'unavailable'")
+    assert "Scope is not reachable at http://127.0.0.1:" in page.inner_text(".scope-widget")
+    run_cell(page, 1)
+    wait_until(page, lambda: "'unavailable'" in cell_output(page, 1), "the kernel to read the status")
+    assert "daydream-scope" in cell_output(page, 1)
+
+
+def test_widget_shows_refusals_by_field_and_the_end_of_the_stream(page, lab):
+    open_notebook(page, lab, "refusals.ipynb", notebook(
+        "from scope.widgets import ScopeWidget\n"
+        "w = ScopeWidget(pipeline_id='longlive', load_params={'height': 17})\n"
+        "w",
+        "w.load_params = {'height': 64, 'width': 64}\nw.load()",
+        "w.start()",
+    ))
+    run_cell(page, 0)
+    wait_for(page, "document.querySelector('.scope-widget')?.dataset.status === 'idle'"
+                   " || document.querySelector('.scope-widget')?.dataset.status === 'ready'")
+    # Loading with a bad load parameter: the server's refusal names the field.
+    page.click(".scope-widget .scope-load-pipeline")
+    wait_for(page, "document.querySelector('.scope-widget')?.dataset.status === 'error'")
+    assert "height" in page.inner_text(".scope-widget .scope-messages")
+
+    run_cell(page, 1)
+    wait_for(page, "document.querySelector('.scope-widget .scope-pipeline-status')?.textContent === 'Loaded longlive.'")
+    run_cell(page, 2)
+    wait_for(page, "document.querySelector('.scope-widget')?.dataset.status === 'streaming'")
+
+    # A value the server refuses, typed into a generated control: shown with its field.
+    field = page.locator(".scope-widget .scope-parameters label", has_text="Denoising Step List").locator("input")
+    field.fill("1000, 2000")
+    field.dispatch_event("change")
+    wait_for(page, "document.querySelector('.scope-widget .scope-messages').innerText.includes('Parameters refused: denoising_step_list.1')")
+
+    # The server ends the stream: the widget says so, and Python reads it.
+    with api(lab) as client:
+        [session] = client.get("api/v1/webrtc/sessions").json()["sessions"]
+        assert client.delete(f"api/v1/webrtc/sessions/{session['id']}").status_code == 204
+    wait_for(page, "document.querySelector('.scope-widget')?.dataset.status === 'stopped'")
+    assert "Stream stopped" in page.inner_text(".scope-widget .scope-messages")

@@ -1,0 +1,175 @@
+"""``ScopeWidget``: load a pipeline and watch, steer and measure its live stream inline.
+
+The widget's front end does all the talking: it calls the Scope REST API and opens the WebRTC
+connection from the browser, to the Jupyter server hosting the page (``server=""``) or to a
+standalone ``daydream-scope`` (``server="http://localhost:8000"``). The kernel only holds
+traitlets, so Python and the controls drive the same stream::
+
+    w = ScopeWidget(pipeline_id="longlive", prompts="a red fox in the snow", autostart=True)
+    w                                    # shows the controls and the video
+    w.prompts = [{"text": "a city at night", "weight": 1.0}]
+    w.transition_to("a forest at dawn", steps=8)
+    w.paused = True
+    w.status, w.fps, w.chunk             # read back from the browser
+
+Stream parameters are validated here with the same model that validates the data channel,
+so a bad value fails in the cell that sets it, naming the field.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any
+
+import anywidget
+import traitlets
+from pydantic import ValidationError
+
+from scope.params import StreamParameters, validation_errors
+
+HERE = Path(__file__).parent
+
+#: Traitlets that are stream parameters: a change goes to the live stream on the data channel.
+STREAM_TRAITS = (
+    "prompts",
+    "prompt_interpolation_method",
+    "denoising_step_list",
+    "noise_scale",
+    "noise_controller",
+    "manage_cache",
+    "paused",
+)
+
+#: Where the video comes from: text only, the browser's webcam, a generated pattern, or an asset.
+INPUT_SOURCES = ("none", "webcam", "pattern")
+
+
+def _parameter_value(name: str, value: Any) -> Any:
+    """``value`` as the data channel would accept it for ``name``, or a TraitError naming it."""
+    if value is None:
+        return None
+    try:
+        parsed = StreamParameters.model_validate({name: value})
+    except ValidationError as exc:
+        detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in validation_errors(exc))
+        raise traitlets.TraitError(detail) from None
+    return parsed.model_dump(mode="json")[name]
+
+
+def _server_url(value: str) -> str:
+    """"" for the page's own Jupyter server (also when ``value`` names the kernel's own server)."""
+    value = (value or "").strip()
+    if not value:
+        return ""
+    from scope.serving import parent_jupyter_server
+
+    parent = parent_jupyter_server()
+    if parent and _same_server(value, parent["url"]):
+        return ""
+    return value if value.endswith("/") else value + "/"
+
+
+def _same_server(a: str, b: str) -> bool:
+    from urllib.parse import urlsplit
+
+    def key(url: str) -> tuple:
+        parts = urlsplit(url)
+        host = "127.0.0.1" if parts.hostname in ("localhost", "127.0.0.1", "::1") else parts.hostname
+        return host, parts.port, parts.path.rstrip("/") or "/"
+
+    return key(a) == key(b)
+
+
+class ScopeWidget(anywidget.AnyWidget):
+    """A Scope stream in a notebook: pick, download and load a pipeline, then stream it inline."""
+
+    _esm = HERE / "scope_widget.js"
+    _css = HERE / "scope_widget.css"
+
+    # Where and what -------------------------------------------------------------------
+    server = traitlets.Unicode("", help="Scope server URL; '' is the Jupyter server hosting the page.").tag(sync=True)
+    pipeline_id = traitlets.Unicode("longlive", help="Pipeline to load and stream.").tag(sync=True)
+    load_params = traitlets.Dict(help="Load parameters (the pipeline's load schema).").tag(sync=True)
+    autostart = traitlets.Bool(False, help="Load the pipeline (if needed) and stream as soon as shown.").tag(sync=True)
+    input_source = traitlets.Unicode(
+        "none", help="'none' (text to video), 'webcam', 'pattern', or 'asset:<path>' (a video asset)."
+    ).tag(sync=True)
+
+    # Stream parameters (None: the server's default) -----------------------------------
+    prompts = traitlets.Union(
+        [traitlets.List(), traitlets.Unicode()],
+        default_value=[],
+        help="Weighted prompts, [{'text': ..., 'weight': ...}]; a string or list of strings is accepted too.",
+    ).tag(sync=True)
+    prompt_interpolation_method = traitlets.Unicode("linear", help="Blend of several prompts: 'linear' or 'slerp'.").tag(sync=True)
+    denoising_step_list = traitlets.List(allow_none=True, default_value=None, help="Timesteps, e.g. [1000, 750].").tag(sync=True)
+    noise_scale = traitlets.Float(None, allow_none=True, help="Video mode: noise added to the input.").tag(sync=True)
+    noise_controller = traitlets.Bool(None, allow_none=True, help="Video mode: noise follows motion.").tag(sync=True)
+    manage_cache = traitlets.Bool(None, allow_none=True, help="Reset the cache when conditioning changes.").tag(sync=True)
+    paused = traitlets.Bool(False, help="Freeze the output and stop generating.").tag(sync=True)
+
+    # One-shot requests to the front end: a fresh id makes a repeat count ---------------
+    _transition = traitlets.Dict().tag(sync=True)
+    _command = traitlets.Dict().tag(sync=True)
+
+    # Read back from the front end ------------------------------------------------------
+    status = traitlets.Unicode("not shown", help="Widget state: e.g. loading, streaming, stopped, error.").tag(sync=True)
+    pipeline_status = traitlets.Unicode("", help="The server's pipeline status.").tag(sync=True)
+    models = traitlets.Unicode("", help="'downloaded', 'synthetic', 'missing' or 'downloading'.").tag(sync=True)
+    synthetic = traitlets.Bool(False, help="The stream comes from synthetic (random) weights.").tag(sync=True)
+    session_id = traitlets.Unicode("").tag(sync=True)
+    fps = traitlets.Float(0.0, help="Frames per second decoded by the browser.").tag(sync=True)
+    latency_ms = traitlets.Float(None, allow_none=True, help="Network plus jitter-buffer delay.").tag(sync=True)
+    chunk = traitlets.Int(0, help="Chunks generated in this stream.").tag(sync=True)
+    chunk_ms = traitlets.Float(0.0, help="Generation time of the last chunk.").tag(sync=True)
+    error = traitlets.Unicode("", help="The last error, in words; '' when none.").tag(sync=True)
+    messages = traitlets.List(traitlets.Unicode(), help="Recent messages, newest last.").tag(sync=True)
+
+    _ids = itertools.count(1)
+
+    # Validation: the data channel's own model -------------------------------------------
+    @traitlets.validate(*STREAM_TRAITS)
+    def _validate_parameter(self, proposal: dict) -> Any:
+        return _parameter_value(proposal["trait"].name, proposal["value"])
+
+    @traitlets.validate("server")
+    def _validate_server(self, proposal: dict) -> str:
+        return _server_url(proposal["value"])
+
+    @traitlets.validate("input_source")
+    def _validate_input_source(self, proposal: dict) -> str:
+        value = proposal["value"]
+        if value not in INPUT_SOURCES and not value.startswith("asset:"):
+            raise traitlets.TraitError(f"input_source: expected one of {INPUT_SOURCES} or 'asset:<path>', got {value!r}")
+        return value
+
+    # Actions -------------------------------------------------------------------------
+    def transition_to(self, prompts: Any, steps: int = 8, method: str = "linear") -> None:
+        """Move the live stream to ``prompts`` over ``steps`` chunks (0 switches at once)."""
+        transition = _parameter_value(
+            "transition",
+            {"target_prompts": prompts, "num_steps": steps, "temporal_interpolation_method": method},
+        )
+        self._transition = {"id": next(self._ids), **transition}
+        # The stream ends on the target; the front end does not resend it as a jump.
+        self.prompts = transition["target_prompts"]
+
+    def reset_cache(self) -> None:
+        """Flush queued frames and restart the stream's caches on the next chunk."""
+        self._send_command("reset_cache")
+
+    def load(self) -> None:
+        """Load ``pipeline_id`` with ``load_params`` on the server (downloads are the user's call)."""
+        self._send_command("load")
+
+    def start(self) -> None:
+        """Start streaming (the pipeline must be loaded)."""
+        self._send_command("start")
+
+    def stop(self) -> None:
+        """End the stream; the server frees its state at once."""
+        self._send_command("stop")
+
+    def _send_command(self, name: str) -> None:
+        self._command = {"id": next(self._ids), "name": name}
