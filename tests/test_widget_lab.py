@@ -224,3 +224,48 @@ def test_widget_shows_refusals_by_field_and_the_end_of_the_stream(page, lab):
         assert client.delete(f"api/v1/webrtc/sessions/{session['id']}").status_code == 204
     wait_for(page, "document.querySelector('.scope-widget')?.dataset.status === 'stopped'")
     assert "Stream stopped" in page.inner_text(".scope-widget .scope-messages")
+
+
+def write_webm(path, colour: tuple[int, int, int], seconds: float = 2.0, fps: int = 15) -> None:
+    """A VP8 clip: a solid colour with a white bar sweeping across it."""
+    import av
+    import numpy as np
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libvpx", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = 128, 128, "yuv420p"
+        for index in range(int(seconds * fps)):
+            frame = np.empty((128, 128, 3), np.uint8)
+            frame[:] = colour
+            x = (index * 8) % 112
+            frame[:, x:x + 16] = 255
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def test_widget_sends_a_video_asset_through_passthrough(page, lab):
+    """Video-to-video from a chosen asset: the clip plays in the page and comes back."""
+    write_webm(lab.root / "assets" / "magenta.webm", (200, 30, 200))
+    open_notebook(page, lab, "asset.ipynb", notebook(
+        "from scope.widgets import ScopeWidget\n"
+        "w = ScopeWidget(pipeline_id='passthrough', input_source='asset:magenta.webm', autostart=True)\n"
+        "w",
+    ))
+    run_cell(page, 0)
+    wait_for(page, "document.querySelector('.scope-widget')?.dataset.status === 'streaming'")
+    with api(lab) as client:
+        [session] = client.get("api/v1/webrtc/sessions").json()["sessions"]
+    assert session["input_mode"] == "video"
+
+    def mostly_magenta():
+        pixels = page.evaluate(VIDEO_MEAN)
+        if not pixels:
+            return False
+        r, g, b = (sum(pixels[i::3]) / (len(pixels) / 3) for i in range(3))
+        return r > 120 and b > 120 and g < 110
+
+    wait_until(page, mostly_magenta, "the asset's colour in the returned video")
+    first = page.evaluate(VIDEO_MEAN)
+    wait_until(page, lambda: page.evaluate(VIDEO_MEAN) != first, "the returned video to move")

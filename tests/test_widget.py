@@ -1,0 +1,89 @@
+"""``ScopeWidget``'s Python side: the traitlets a notebook sets, and the view modules it imports.
+
+What the front end does with them runs in a real JupyterLab (``test_widget_lab.py``).
+"""
+
+from __future__ import annotations
+
+import pytest
+import traitlets
+
+from scope.widgets import ScopeWidget
+from scope.widgets import scope_widget
+
+
+def test_prompts_accept_the_data_channels_forms():
+    w = ScopeWidget(prompts="a red fox")
+    assert w.prompts == [{"text": "a red fox", "weight": 1.0}]
+    w.prompts = ["a", {"text": "b", "weight": 3}]
+    assert w.prompts == [{"text": "a", "weight": 1.0}, {"text": "b", "weight": 3.0}]
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "field"),
+    [
+        ("prompts", [{"text": "x", "weight": -1}], "prompts.0.weight"),
+        ("noise_scale", 1.5, "noise_scale"),
+        ("denoising_step_list", [1000, 1001], "denoising_step_list.1"),
+        ("prompt_interpolation_method", "cubic", "prompt_interpolation_method"),
+        ("input_source", "camera", "input_source"),
+    ],
+)
+def test_a_bad_value_fails_in_the_cell_naming_the_field(name, value, field):
+    w = ScopeWidget()
+    before = getattr(w, name)
+    with pytest.raises(traitlets.TraitError, match=field.replace(".", r"\.")):
+        setattr(w, name, value)
+    assert getattr(w, name) == before, "a refused value must not reach the front end"
+
+
+def test_transition_to_sends_one_request_and_ends_on_the_target():
+    w = ScopeWidget(prompts="a harbour")
+    w.transition_to("a harbour at night", steps=6, method="slerp")
+    first = w._transition
+    assert first["target_prompts"] == [{"text": "a harbour at night", "weight": 1.0}]
+    assert (first["num_steps"], first["temporal_interpolation_method"]) == (6, "slerp")
+    assert w.prompts == first["target_prompts"]
+    w.transition_to("a harbour at night", steps=6, method="slerp")
+    assert w._transition["id"] != first["id"], "a repeated transition must reach the front end again"
+    with pytest.raises(traitlets.TraitError, match="transition.num_steps"):
+        w.transition_to("x", steps=-1)
+
+
+def test_actions_are_one_shot_commands():
+    w = ScopeWidget()
+    seen = []
+    w.observe(lambda change: seen.append(change["new"]["name"]), names=["_command"])
+    w.load()
+    w.start()
+    w.reset_cache()
+    w.reset_cache()
+    w.stop()
+    assert seen == ["load", "start", "reset_cache", "reset_cache", "stop"]
+
+
+def test_server_urls_end_with_a_slash_and_the_kernels_own_server_is_same_origin(monkeypatch):
+    monkeypatch.setattr("scope.serving.parent_jupyter_server", lambda: {"url": "http://localhost:8888/lab/"})
+    assert ScopeWidget(server="http://127.0.0.1:8000").server == "http://127.0.0.1:8000/"
+    assert ScopeWidget(server="http://127.0.0.1:8888/lab").server == ""
+    assert ScopeWidget().server == ""
+
+
+def test_the_front_end_is_plain_files_shipped_with_the_package():
+    w = ScopeWidget()
+    assert str(w._esm).endswith("export default { render };\n")
+    assert ".scope-widget" in str(w._css)
+    assert set(scope_widget.STREAM_TRAITS) <= set(ScopeWidget.class_trait_names(sync=True))
+
+
+@pytest.mark.usefixtures("jp_serverapp")
+async def test_the_view_modules_are_served_to_any_origin(api):
+    """The widget imports its view from the server it streams from, possibly another origin."""
+    for module in ("widget.js", "api.js", "stream.js", "schema-form.js", "test-pattern.js"):
+        reply = await api("GET", f"scope/{module}", headers={"Origin": "http://127.0.0.1:8888"})
+        assert reply.status == 200, module
+        assert reply.headers["Access-Control-Allow-Origin"] == "*"
+        assert "javascript" in reply.headers["Content-Type"]
+    view = (await api("GET", "scope/widget.js")).body.decode()
+    for name in scope_widget.STREAM_TRAITS:
+        assert f'"{name}"' in view, f"the view does not send {name}"
