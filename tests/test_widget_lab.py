@@ -15,6 +15,7 @@ import nbformat
 import pytest
 
 from tests._subprocess_server import free_port, running_scope_server
+from tests.fakehub import FakeHub
 from tests.servers import running_lab_server
 from tests.test_browser import (  # noqa: F401  (fixtures)
     CHROMIUM,
@@ -87,9 +88,11 @@ def run_cell(page, index: int) -> None:
     )
 
 
-def session_prompt(client: httpx.Client, session_id: str) -> str:
+def widget_session(page, client: httpx.Client) -> dict:
+    """The server's record of the session the page's widget streams."""
+    session_id = page.evaluate("document.querySelector('.scope-widget').dataset.session")
     [session] = [s for s in client.get("api/v1/webrtc/sessions").json()["sessions"] if s["id"] == session_id]
-    return session["parameters"]["prompts"][0]["text"]
+    return session
 
 
 def cell_output(page, index: int) -> str:
@@ -119,7 +122,7 @@ def test_widget_streams_in_lab_and_python_steers_it(page, lab):
     wait_until(page, lambda: page.evaluate(VIDEO_MEAN) != first, "the video to change")
 
     with api(lab) as client:
-        [session] = client.get("api/v1/webrtc/sessions").json()["sessions"]
+        session = widget_session(page, client)
         assert session["parameters"]["prompts"][0]["text"] == "a red fox in the snow"
         assert client.get("api/v1/pipeline/status").json()["load_params"]["height"] == 64
 
@@ -127,7 +130,7 @@ def test_widget_streams_in_lab_and_python_steers_it(page, lab):
         run_cell(page, 1)
         wait_until(
             page,
-            lambda: session_prompt(client, session["id"]) == NEW_PROMPT,
+            lambda: widget_session(page, client)["parameters"]["prompts"][0]["text"] == NEW_PROMPT,
             "the new prompt in the session's parameters",
         )
     # What the front end measured is readable from Python (the cell is re-run until it has chunks).
@@ -194,7 +197,7 @@ def test_widget_says_plainly_when_no_server_answers(page, lab):
 def test_widget_shows_refusals_by_field_and_the_end_of_the_stream(page, lab):
     open_notebook(page, lab, "refusals.ipynb", notebook(
         "from scope.widgets import ScopeWidget\n"
-        "w = ScopeWidget(pipeline_id='longlive', load_params={'height': 17})\n"
+        "w = ScopeWidget(pipeline_id='longlive', load_params={'height': 17}, prompts='a red fox')\n"
         "w",
         "w.load_params = {'height': 64, 'width': 64}\nw.load()",
         "w.start()",
@@ -220,7 +223,7 @@ def test_widget_shows_refusals_by_field_and_the_end_of_the_stream(page, lab):
 
     # The server ends the stream: the widget says so, and Python reads it.
     with api(lab) as client:
-        [session] = client.get("api/v1/webrtc/sessions").json()["sessions"]
+        session = widget_session(page, client)
         assert client.delete(f"api/v1/webrtc/sessions/{session['id']}").status_code == 204
     wait_for(page, "document.querySelector('.scope-widget')?.dataset.status === 'stopped'")
     assert "Stream stopped" in page.inner_text(".scope-widget .scope-messages")
@@ -256,8 +259,7 @@ def test_widget_sends_a_video_asset_through_passthrough(page, lab):
     run_cell(page, 0)
     wait_for(page, "document.querySelector('.scope-widget')?.dataset.status === 'streaming'")
     with api(lab) as client:
-        [session] = client.get("api/v1/webrtc/sessions").json()["sessions"]
-    assert session["input_mode"] == "video"
+        assert widget_session(page, client)["input_mode"] == "video"
 
     def mostly_magenta():
         pixels = page.evaluate(VIDEO_MEAN)
@@ -269,3 +271,67 @@ def test_widget_sends_a_video_asset_through_passthrough(page, lab):
     wait_until(page, mostly_magenta, "the asset's colour in the returned video")
     first = page.evaluate(VIDEO_MEAN)
     wait_until(page, lambda: page.evaluate(VIDEO_MEAN) != first, "the returned video to move")
+
+
+def hub_repos(models_dir) -> dict[str, dict[str, bytes]]:
+    """The files of ``longlive`` as the hub would serve them, taken from a models directory."""
+    from scope.models.artifacts import PIPELINE_ARTIFACTS
+
+    repos: dict[str, dict[str, bytes]] = {}
+    for artifact in PIPELINE_ARTIFACTS["longlive"]:
+        local = models_dir / artifact.local_dir
+        for entry in artifact.files:
+            found = [local / entry] if (local / entry).is_file() else sorted((local / entry).rglob("*"))
+            for path in found:
+                if path.is_file() and not path.name.endswith(".synthetic.json"):
+                    repos.setdefault(artifact.repo_id, {})[str(path.relative_to(local))] = path.read_bytes()
+    return repos
+
+
+def test_widget_downloads_models_with_a_progress_bar_then_streams(page, lab, tmp_path, synthetic_models, fake_hub: FakeHub):
+    """A real download from a hub: the bar moves, the files land, the pipeline loads and streams."""
+    for repo_id, files in hub_repos(synthetic_models).items():
+        fake_hub.add_repo(repo_id, files)
+    fake_hub.chunk_size, fake_hub.chunk_delay = 64 * 1024, 0.01
+    with running_scope_server(tmp_path, env={"HF_ENDPOINT": fake_hub.endpoint}) as scope:
+        open_notebook(page, lab, "download.ipynb", notebook(
+            "from scope.widgets import ScopeWidget\n"
+            f"w = ScopeWidget(server={scope.url!r}, pipeline_id='longlive', load_params={{'height': 32, 'width': 32}})\n"
+            "w",
+            "w.start()",
+            "w.prompts = 'a lighthouse'\nw.start()",
+        ))
+        run_cell(page, 0)
+        wait_for(page, "document.querySelector('.scope-widget .scope-models')?.textContent === 'Model files not downloaded.'")
+        page.click(".scope-widget button:text-is('Download models')")
+        wait_for(page, "document.querySelector('.scope-widget .scope-progress')?.value > 0"
+                       " && !document.querySelector('.scope-widget .scope-progress').hidden")
+        assert "Downloading" in page.inner_text(".scope-widget .scope-models")
+        wait_for(page, "document.querySelector('.scope-widget .scope-models')?.textContent === 'Model files downloaded.'")
+        assert page.is_hidden(".scope-widget .scope-progress")
+
+        page.click(".scope-widget .scope-load-pipeline")
+        wait_for(page, "document.querySelector('.scope-widget .scope-pipeline-status')?.textContent === 'Loaded longlive.'")
+        # Without a prompt there is nothing to generate from: the widget says so instead of starting.
+        run_cell(page, 1)
+        wait_for(page, "document.querySelector('.scope-widget .scope-messages').innerText.includes('generates from prompts')")
+        run_cell(page, 2)
+        wait_for(page, "document.querySelector('.scope-widget')?.dataset.status === 'streaming'")
+        wait_until(page, lambda: page.evaluate(VIDEO_MEAN), "a first video frame")
+
+
+def test_widget_sends_the_webcam_through_passthrough(page, lab):
+    """Chromium's fake camera stands in for a webcam; its moving picture comes back."""
+    open_notebook(page, lab, "webcam.ipynb", notebook(
+        "from scope.widgets import ScopeWidget\n"
+        "w = ScopeWidget(pipeline_id='passthrough', input_source='webcam', autostart=True)\n"
+        "w",
+    ))
+    run_cell(page, 0)
+    wait_for(page, "document.querySelector('.scope-widget')?.dataset.status === 'streaming'")
+    with api(lab) as client:
+        assert widget_session(page, client)["input_mode"] == "video"
+    wait_until(page, lambda: page.evaluate(VIDEO_MEAN), "a first video frame")
+    first = page.evaluate(VIDEO_MEAN)
+    wait_until(page, lambda: page.evaluate(VIDEO_MEAN) != first, "the returned video to move")
+    assert "webcam" not in page.inner_text(".scope-widget .scope-messages"), "the camera must have been used"

@@ -221,8 +221,16 @@ class WidgetView {
     this.updateButtons();
   }
 
+  /** Add a message; a repeat of the newest one only counts up, so a failing loop stays readable. */
   log(text, kind = "info") {
-    const item = element("li", { className: kind, textContent: `${new Date().toLocaleTimeString()}  ${text}` });
+    const newest = this.ui.messages.firstChild;
+    const stamp = new Date().toLocaleTimeString();
+    if (newest && newest.dataset.text === text) {
+      newest.dataset.count = Number(newest.dataset.count) + 1;
+      newest.textContent = `${stamp}  ${text} (×${newest.dataset.count})`;
+      return;
+    }
+    const item = element("li", { className: kind, textContent: `${stamp}  ${text}`, dataset: { text, count: 1 } });
     this.ui.messages.prepend(item);
     while (this.ui.messages.children.length > MAX_MESSAGES) this.ui.messages.lastChild.remove();
     this.setTraits({ messages: [...this.model.get("messages"), text].slice(-MAX_MESSAGES) });
@@ -482,6 +490,9 @@ class WidgetView {
     if (this.stream) return;
     const schema = this.schemas[this.loaded?.pipeline_id];
     if (!schema) return this.fail("error", "Load a pipeline before starting the stream.");
+    if (schema.supports_prompts && !this.model.get("prompts").some((p) => p.text.trim())) {
+      return this.fail("error", `${schema.id} generates from prompts: type one above (or set w.prompts) before starting.`);
+    }
     this.setStatus("connecting");
     this.lastFrames = null;
     const stream = new ScopeStream(
@@ -498,6 +509,7 @@ class WidgetView {
       this.source = await this.openSource(schema);
       await stream.start(this.source?.stream ?? null, this.initialParameters(Boolean(this.source)));
       if (this.stream !== stream) return;
+      this.el.dataset.session = stream.sessionId ?? "";
       this.setTraits({ session_id: stream.sessionId ?? "", error: "" });
       this.timers.push(setInterval(() => this.measure(), STATS_MS));
     } catch (error) {
@@ -527,6 +539,7 @@ class WidgetView {
     this.timers = [];
     this.ui.video.srcObject = null;
     this.ui.placeholder.hidden = false;
+    delete this.el.dataset.session;
     if (report) {
       this.setStatus(status);
       this.setTraits({ session_id: "", fps: 0 });
