@@ -335,3 +335,21 @@ def test_widget_sends_the_webcam_through_passthrough(page, lab):
     first = page.evaluate(VIDEO_MEAN)
     wait_until(page, lambda: page.evaluate(VIDEO_MEAN) != first, "the returned video to move")
     assert "webcam" not in page.inner_text(".scope-widget .scope-messages"), "the camera must have been used"
+
+
+def test_widget_without_webrtc_says_so(browser, lab):
+    """A browser with no RTCPeerConnection (some locked-down or embedded ones): a message, not a blank box."""
+    context = browser.new_context()
+    context.set_default_timeout(30_000)
+    context.add_init_script("delete window.RTCPeerConnection;")
+    page = context.new_page()
+    page.console_lines = []
+    try:
+        open_notebook(page, lab, "no-webrtc.ipynb", notebook(
+            "from scope.widgets import ScopeWidget\nw = ScopeWidget(autostart=True)\nw",
+        ))
+        run_cell(page, 0)
+        wait_for(page, "document.querySelector('.scope-widget')?.dataset.status === 'unavailable'")
+        assert "offers no WebRTC" in page.inner_text(".scope-widget")
+    finally:
+        context.close()
