@@ -7,7 +7,7 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
-__all__ = ["__version__", "load_pipeline"]
+__all__ = ["__version__", "load_pipeline", "serve"]
 
 
 def __getattr__(name: str):
@@ -16,4 +16,8 @@ def __getattr__(name: str):
         from scope.api import load_pipeline
 
         return load_pipeline
+    if name == "serve":
+        from scope.serving import serve
+
+        return serve
     raise AttributeError(f"module 'scope' has no attribute {name!r}")

@@ -6,14 +6,13 @@ index survives lossy coding because each bit is a large black or white block.
 
 from __future__ import annotations
 
-import asyncio
-import fractions
 import functools
 import time
 
 import numpy as np
-from aiortc import MediaStreamTrack
 from av import VideoFrame
+
+from scope.streaming.paced import PacedVideoTrack
 
 BITS = 16
 BLOCK = 16  # pixels per bit block; the stamp occupies the top BLOCK rows
@@ -54,28 +53,15 @@ def read_index(frame: np.ndarray) -> int:
     return index
 
 
-class PatternTrack(MediaStreamTrack):
+class PatternTrack(PacedVideoTrack):
     """Sends :func:`pattern_frame` at a fixed rate; remembers when each index was sent."""
 
-    kind = "video"
-
     def __init__(self, fps: float = 30.0, width: int = 320, height: int = 240):
-        super().__init__()
-        self.fps, self.width, self.height = fps, width, height
-        self.index = 0
+        super().__init__(fps)
+        self.width, self.height = width, height
         self.sent_at: dict[int, float] = {}
-        self._start: float | None = None
 
-    async def recv(self) -> VideoFrame:
-        if self._start is None:
-            self._start = time.monotonic()
-        due = self._start + self.index / self.fps
-        delay = due - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
+    async def next_frame(self) -> VideoFrame:
         frame = VideoFrame.from_ndarray(pattern_frame(self.index, self.width, self.height), format="rgb24")
-        frame.pts = int(self.index * 90000 / self.fps)
-        frame.time_base = fractions.Fraction(1, 90000)
         self.sent_at[self.index] = time.monotonic()
-        self.index += 1
         return frame

@@ -1,0 +1,61 @@
+"""What the client raises: an API answer that is an error, and the waits that end badly."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+def describe_detail(detail: Any) -> str:
+    """One line from an error ``detail``: the text, or each validation error as ``loc: msg``."""
+    if isinstance(detail, str):
+        return detail
+    if isinstance(detail, list) and all(isinstance(item, dict) and "msg" in item for item in detail):
+        return "; ".join(f"{'.'.join(map(str, item.get('loc', [])))}: {item['msg']}" for item in detail)
+    return json.dumps(detail)
+
+
+class ScopeApiError(Exception):
+    """The server answered 4xx or 5xx.
+
+    ``status`` is the HTTP status and ``detail`` the answer's JSON ``detail``: a string, or for
+    validation errors a list of ``{"loc", "msg", "type"}`` whose ``loc`` names the field.
+    """
+
+    def __init__(self, status: int, detail: Any, *, method: str = "", url: str = ""):
+        self.status = status
+        self.detail = detail
+        self.method = method
+        self.url = url
+        where = f" from {method} {url}" if method else ""
+        super().__init__(f"{status}{where}: {describe_detail(detail)}")
+
+    @property
+    def fields(self) -> list[str]:
+        """Dotted locations of the fields a validation error names (``body.load_params.height``)."""
+        if not isinstance(self.detail, list):
+            return []
+        return [".".join(map(str, item["loc"])) for item in self.detail if isinstance(item, dict) and "loc" in item]
+
+
+class PipelineLoadError(RuntimeError):
+    """A pipeline load ended in ``error``; ``error`` is the server's text."""
+
+    def __init__(self, pipeline_id: str | None, error: str | None):
+        self.pipeline_id = pipeline_id
+        self.error = error
+        # The server's text names the pipeline and the cause already.
+        super().__init__(error or f"Loading pipeline {pipeline_id!r} failed (no reason given).")
+
+
+class ModelDownloadError(RuntimeError):
+    """A model download (or synthetic weight writing) failed; ``error`` is the server's text."""
+
+    def __init__(self, pipeline_id: str, error: str | None):
+        self.pipeline_id = pipeline_id
+        self.error = error
+        super().__init__(f"Downloading the files of {pipeline_id!r} failed: {error or 'no reason given'}")
+
+
+class StreamClosed(ConnectionError):
+    """The stream ended (closed here, or stopped by the server) while frames were awaited."""

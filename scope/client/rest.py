@@ -1,0 +1,292 @@
+"""``ScopeClient``: the Scope REST API from Python, one method per call, typed answers.
+
+Synchronous (httpx), so it works the same in a script and in a notebook cell, where the
+kernel's event loop is already running.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import quote
+
+import httpx
+from pydantic import BaseModel
+
+from scope.client.auth import is_loopback, jupyter_token, normalise_base_url
+from scope.client.errors import ModelDownloadError, PipelineLoadError, ScopeApiError
+from scope.client.parameters import PromptsLike, merge_parameters
+from scope.server_ext.api_models import (
+    Asset,
+    AssetsResponse,
+    HardwareInfo,
+    HealthResponse,
+    IceServer,
+    IceServersResponse,
+    LoraFile,
+    LoraListResponse,
+    MessageResponse,
+    ModelsStatusResponse,
+    OfferResponse,
+    PipelineSchemasResponse,
+    PipelineStatusResponse,
+    SessionInfo,
+    SessionsResponse,
+)
+
+if TYPE_CHECKING:
+    from scope.client.stream import ScopeStream, StreamInput
+
+Model = TypeVar("Model", bound=BaseModel)
+
+POLL_SECONDS = 0.25
+JSON = {"Content-Type": "application/json"}
+
+
+class ScopeClient:
+    """REST client of one Scope server.
+
+    ``url`` is the server's base URL: ``http://127.0.0.1:8000/`` for ``daydream-scope``, or a
+    Jupyter server's URL with its base URL (``http://127.0.0.1:8888/lab-base/``). Without a
+    ``token``, the token of a Jupyter server running on this machine at that URL is used;
+    ``daydream-scope`` needs none. Errors (4xx, 5xx) raise :class:`ScopeApiError`.
+    """
+
+    def __init__(self, url: str, *, token: str | None = None, timeout: float = 30.0):
+        self.url = normalise_base_url(url)
+        self.token = token if token is not None else jupyter_token(self.url)
+        headers = {"Authorization": f"token {self.token}"} if self.token else {}
+        # Proxies from the environment must not intercept calls to this machine.
+        self._http = httpx.Client(
+            base_url=self.url, headers=headers, timeout=timeout, trust_env=not is_loopback(self.url)
+        )
+
+    def __repr__(self) -> str:
+        return f"ScopeClient({self.url!r})"
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> ScopeClient:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    # Plumbing ---------------------------------------------------------------------------
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One call below the base URL; raises :class:`ScopeApiError` on 4xx/5xx."""
+        if method in ("POST", "PATCH", "PUT") and "json" not in kwargs and "content" not in kwargs:
+            kwargs.update(content=b"", headers={**JSON, **kwargs.get("headers", {})})
+        response = self._http.request(method, path.lstrip("/"), **kwargs)
+        if response.status_code >= 400:
+            try:
+                detail = response.json().get("detail", response.text)
+            except (ValueError, AttributeError):
+                detail = response.text.strip()[:500] or response.reason_phrase
+            raise ScopeApiError(response.status_code, detail, method=method, url=str(response.url))
+        return response
+
+    def _get(self, path: str, model: type[Model], **params: Any) -> Model:
+        return model.model_validate(self.request("GET", path, params=params or None).json())
+
+    def _post(self, path: str, model: type[Model], body: Mapping[str, Any]) -> Model:
+        return model.model_validate(self.request("POST", path, json=dict(body)).json())
+
+    # Health -----------------------------------------------------------------------------
+
+    def health(self) -> HealthResponse:
+        return self._get("health", HealthResponse)
+
+    def hardware_info(self) -> HardwareInfo:
+        return self._get("api/v1/hardware/info", HardwareInfo)
+
+    def current_log(self) -> str:
+        """The newest server log, as text."""
+        return self.request("GET", "api/v1/logs/current").text
+
+    def openapi(self) -> dict[str, Any]:
+        return self.request("GET", "openapi.json").json()
+
+    # Pipelines --------------------------------------------------------------------------
+
+    def load_pipeline(self, pipeline_id: str, load_params: Mapping[str, Any] | None = None) -> MessageResponse:
+        """Start loading; the status is ``loading`` (or already ``loaded``) when this returns."""
+        body: dict[str, Any] = {"pipeline_id": pipeline_id}
+        if load_params is not None:
+            body["load_params"] = dict(load_params)
+        return self._post("api/v1/pipeline/load", MessageResponse, body)
+
+    def unload_pipeline(self) -> MessageResponse:
+        return self._post("api/v1/pipeline/unload", MessageResponse, {})
+
+    def pipeline_status(self) -> PipelineStatusResponse:
+        return self._get("api/v1/pipeline/status", PipelineStatusResponse)
+
+    def pipeline_schemas(self) -> dict[str, dict[str, Any]]:
+        """Per pipeline id: metadata, ``config_schema``, ``load_params_schema``, ``parameters_schema``..."""
+        return self._get("api/v1/pipelines/schemas", PipelineSchemasResponse).pipelines
+
+    def wait_for_pipeline(self, status: str = "loaded", timeout: float = 300.0) -> PipelineStatusResponse:
+        """Poll the status until it is ``status``; a load ending in ``error`` raises :class:`PipelineLoadError`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            current = self.pipeline_status()
+            if current.status == status:
+                return current
+            if current.status == "error":
+                raise PipelineLoadError(current.pipeline_id, current.error)
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"The pipeline status stayed {current.status!r} ({current.pipeline_id}) for {timeout} s; "
+                    f"waited for {status!r}."
+                )
+            time.sleep(POLL_SECONDS)
+
+    def ensure_pipeline(
+        self,
+        pipeline_id: str,
+        load_params: Mapping[str, Any] | None = None,
+        *,
+        synthetic: bool = False,
+        timeout: float = 600.0,
+    ) -> PipelineStatusResponse:
+        """Make ``pipeline_id`` loaded with ``load_params`` (``None``: its defaults), whatever it takes.
+
+        Missing files are downloaded first (or, with ``synthetic=True``, synthetic weights are
+        written); a pipeline already loaded with the same parameters is left alone; a different
+        load in progress is waited out before this one starts.
+        """
+        deadline = time.monotonic() + timeout
+        models = self.models_status(pipeline_id)
+        if not models.downloaded:
+            if not (models.progress and models.progress.is_downloading):
+                try:
+                    self.download_models(pipeline_id, synthetic=synthetic)
+                except ScopeApiError as exc:
+                    if exc.status != 409:  # 409: someone else started it; wait for theirs
+                        raise
+            self.wait_for_models(pipeline_id, timeout=deadline - time.monotonic())
+        while True:
+            try:
+                self.load_pipeline(pipeline_id, load_params)
+                break
+            except ScopeApiError as exc:
+                if exc.status != 409 or time.monotonic() > deadline:
+                    raise
+            self._wait_while_loading(deadline)
+        return self.wait_for_pipeline("loaded", timeout=max(0.0, deadline - time.monotonic()))
+
+    def _wait_while_loading(self, deadline: float) -> None:
+        while self.pipeline_status().status == "loading" and time.monotonic() < deadline:
+            time.sleep(POLL_SECONDS)
+
+    # Models -----------------------------------------------------------------------------
+
+    def models_status(self, pipeline_id: str) -> ModelsStatusResponse:
+        return self._get("api/v1/models/status", ModelsStatusResponse, pipeline_id=pipeline_id)
+
+    def download_models(self, pipeline_id: str, synthetic: bool = False) -> MessageResponse:
+        """Start downloading a pipeline's files (``synthetic=True``: write synthetic weights)."""
+        return self._post("api/v1/models/download", MessageResponse, {"pipeline_id": pipeline_id, "synthetic": synthetic})
+
+    def wait_for_models(self, pipeline_id: str, timeout: float = 3600.0) -> ModelsStatusResponse:
+        """Poll until the files are on disk; a failed download raises :class:`ModelDownloadError`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.models_status(pipeline_id)
+            if status.downloaded:
+                return status
+            progress = status.progress
+            if progress is not None and progress.error and not progress.is_downloading:
+                raise ModelDownloadError(pipeline_id, progress.error)
+            if time.monotonic() > deadline:
+                shown = f"{progress.percentage:.0f}%" if progress else "not started"
+                raise TimeoutError(f"The files of {pipeline_id!r} were not on disk after {timeout} s ({shown}).")
+            time.sleep(POLL_SECONDS)
+
+    # WebRTC -----------------------------------------------------------------------------
+
+    def ice_servers(self) -> list[IceServer]:
+        return self._get("api/v1/webrtc/ice-servers", IceServersResponse).iceServers
+
+    def offer(self, sdp: str, initial_parameters: Mapping[str, Any] | None = None) -> OfferResponse:
+        """Send an SDP offer; the answer starts a session (see :meth:`stream` for the whole flow)."""
+        body: dict[str, Any] = {"sdp": sdp, "type": "offer"}
+        if initial_parameters is not None:
+            body["initialParameters"] = dict(initial_parameters)
+        return self._post("api/v1/webrtc/offer", OfferResponse, body)
+
+    def add_ice_candidates(self, session_id: str, candidates: list[Mapping[str, Any]]) -> None:
+        """Trickle candidates (``{"candidate", "sdpMid", "sdpMLineIndex"}``); an empty one ends them."""
+        self.request("PATCH", f"api/v1/webrtc/offer/{session_id}", json={"candidates": [dict(c) for c in candidates]})
+
+    def sessions(self) -> list[SessionInfo]:
+        return self._get("api/v1/webrtc/sessions", SessionsResponse).sessions
+
+    def session(self, session_id: str) -> SessionInfo:
+        """One session from the list; an unknown id raises :class:`ScopeApiError` 404 like ``DELETE``."""
+        for info in self.sessions():
+            if info.id == session_id:
+                return info
+        raise ScopeApiError(404, f"Unknown session {session_id}", method="GET", url=f"{self.url}api/v1/webrtc/sessions")
+
+    def delete_session(self, session_id: str) -> None:
+        self.request("DELETE", f"api/v1/webrtc/sessions/{session_id}")
+
+    def stream(
+        self,
+        prompts: PromptsLike | None = None,
+        *,
+        input: StreamInput = None,
+        parameters: Mapping[str, Any] | None = None,
+        **more_parameters: Any,
+    ) -> ScopeStream:
+        """A WebRTC session of the loaded pipeline: ``async with client.stream("a red fox") as s``.
+
+        ``prompts`` (a string, a list of strings or of ``{"text", "weight"}``), ``parameters``
+        and keyword parameters form the offer's ``initialParameters``. ``input`` is what is
+        sent: ``None`` (text to video), a video file path, RGB uint8 frames (looped), an aiortc
+        track, or ``"pattern"``; with an input, ``input_mode`` defaults to ``"video"``.
+        """
+        from scope.client.stream import ScopeStream
+
+        initial = merge_parameters(prompts, parameters, more_parameters)
+        if input is not None:
+            initial.setdefault("input_mode", "video")
+        return ScopeStream(self, initial, input)
+
+    # Assets and LoRA --------------------------------------------------------------------
+
+    def assets(self, type: str | None = None) -> list[Asset]:
+        """Images and videos in the assets directory (``type``: ``"image"`` or ``"video"``)."""
+        params = {"type": type} if type else {}
+        return self._get("api/v1/assets", AssetsResponse, **params).assets
+
+    def upload_asset(self, path_or_bytes: str | Path | bytes, filename: str | None = None) -> Asset:
+        """Upload a file (or bytes, then ``filename`` is required) into the assets directory."""
+        if isinstance(path_or_bytes, bytes):
+            if not filename:
+                raise ValueError("upload_asset needs a filename when given bytes")
+            data = path_or_bytes
+        else:
+            source = Path(path_or_bytes)
+            filename = filename or source.name
+            data = source.read_bytes()
+        response = self.request(
+            "POST", "api/v1/assets", params={"filename": filename}, content=data,
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        return Asset.model_validate(response.json())
+
+    def asset_bytes(self, path: str | Asset) -> bytes:
+        """The content of an asset: its ``Asset``, its path on the server, or a path below the assets directory."""
+        path = path.path if isinstance(path, Asset) else str(path)
+        quoted = quote(path, safe="") if path.startswith("/") else quote(path, safe="/")
+        return self.request("GET", f"api/v1/assets/{quoted}").content
+
+    def lora_files(self) -> list[LoraFile]:
+        return self._get("api/v1/lora/list", LoraListResponse).lora_files
