@@ -1,0 +1,380 @@
+"""The research notebooks, executed top to bottom in a fresh kernel, their outputs checked.
+
+Each notebook runs in an isolated environment (its own models, assets, LoRA and logs
+directories; the models directory a copy of the synthetic ``longlive`` weights) with
+``DAYDREAM_SCOPE_URL`` pointing at a free loopback port, so ``scope.serve()`` in the notebook
+has to start its own ``daydream-scope`` there. Key cells print one-line JSON summaries of what
+they measured (``{"check": name, ...}``); the tests read those rather than trusting the exit
+status alone. After the kernel is gone, the server it started must be gone too.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import psutil
+import pytest
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
+
+from tests._subprocess_server import free_port, isolated_env
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+ALL = sorted(path.name for path in NOTEBOOKS.glob("*.ipynb"))
+
+#: Per-cell limit: generous, the longest cells stream for a few seconds.
+CELL_TIMEOUT = 300
+
+
+@dataclass
+class Executed:
+    """An executed notebook and what its cells reported."""
+
+    notebook: Any
+    summaries: dict[str, dict[str, Any]]
+    port: int
+    root: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    def summary(self, check: str) -> dict[str, Any]:
+        assert check in self.summaries, f"no {check!r} summary printed; got {sorted(self.summaries)}"
+        return self.summaries[check]
+
+    def code_cells(self) -> list[Any]:
+        return [cell for cell in self.notebook.cells if cell.cell_type == "code"]
+
+    def cell_with(self, text: str) -> Any:
+        """The first code cell whose source contains ``text``."""
+        for cell in self.code_cells():
+            if text in cell.source:
+                return cell
+        raise AssertionError(f"no code cell contains {text!r}")
+
+    def stdout(self, cell: Any) -> str:
+        return "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream" and o.name == "stdout")
+
+    def outputs_of(self, cell: Any, mime: str) -> list[Any]:
+        return [
+            o.data[mime]
+            for o in cell.outputs
+            if o.output_type in ("display_data", "execute_result") and mime in o.get("data", {})
+        ]
+
+    def widget_states(self) -> list[dict[str, Any]]:
+        """Synced states of the ScopeWidgets, as the kernel sent them over the widget comm."""
+        stored = self.notebook.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {})
+        return [model["state"] for model in stored.get("state", {}).values() if "prompts" in model["state"]]
+
+    def images(self, cell: Any | None = None) -> int:
+        """PNG images displayed by ``cell`` (or by the whole notebook)."""
+        cells = [cell] if cell is not None else self.code_cells()
+        return sum(
+            1
+            for c in cells
+            for o in c.outputs
+            if o.output_type in ("display_data", "execute_result") and "image/png" in o.get("data", {})
+        )
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _listeners(port: int) -> list[psutil.Process]:
+    found = []
+    try:
+        connections = psutil.net_connections(kind="tcp")
+    except psutil.AccessDenied:
+        return found
+    for conn in connections:
+        if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN and conn.pid:
+            try:
+                found.append(psutil.Process(conn.pid))
+            except psutil.NoSuchProcess:
+                pass
+    return found
+
+
+def _server_gone(port: int, timeout: float = 30.0) -> None:
+    """Wait for the port to close; kill whatever still listens there and fail if it stays open."""
+    deadline = time.monotonic() + timeout
+    while _port_open(port) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if not _port_open(port):
+        return
+    leftovers = _listeners(port)
+    for process in leftovers:
+        process.kill()
+    psutil.wait_procs(leftovers, timeout=10)
+    raise AssertionError(
+        f"the server on port {port} outlived the notebook's kernel: "
+        + ", ".join(f"pid {p.pid}" for p in leftovers)
+    )
+
+
+def execute(name: str, root: Path, models: Path) -> Executed:
+    """Run ``notebooks/<name>`` in a fresh kernel below ``root``; returns it with its summaries."""
+    work = root / "work"
+    work.mkdir(parents=True)
+    shutil.copytree(models, root / "models")
+    port = free_port()
+    env = isolated_env(
+        root,
+        {
+            "DAYDREAM_SCOPE_URL": f"http://127.0.0.1:{port}/",
+            "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+            "MPLCONFIGDIR": str(root / "matplotlib"),
+            "IPYTHONDIR": str(root / "ipython"),
+        },
+    )
+    notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
+    client = NotebookClient(
+        notebook,
+        timeout=CELL_TIMEOUT,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(work)}},
+    )
+    try:
+        client.execute(env=env)
+    except CellExecutionError as exc:
+        log = root / "logs" / f"daydream-scope-{port}.out"
+        tail = log.read_text(errors="replace")[-4000:] if log.exists() else "(no server log)"
+        raise AssertionError(f"{name} failed:\n{exc}\n--- the server's log, last lines ---\n{tail}") from None
+    finally:
+        _server_gone(port)
+    summaries: dict[str, dict[str, Any]] = {}
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            if output.output_type != "stream" or output.name != "stdout":
+                continue
+            for line in output.text.splitlines():
+                if line.startswith('{"check"'):
+                    record = json.loads(line)
+                    summaries[record["check"]] = record
+    return Executed(notebook, summaries, port, root)
+
+
+def started_its_own_server(run: Executed) -> None:
+    """``scope.serve()`` found nothing at the URL and started ``daydream-scope`` there (its log)."""
+    log = run.root / "logs" / f"daydream-scope-{run.port}.out"
+    assert log.exists(), f"no server log at {log}: scope.serve() did not start a server"
+    assert f"{run.port}" in log.read_text(errors="replace")
+
+
+# Stored form ------------------------------------------------------------------------------
+
+
+def test_notebooks_are_stored_clean():
+    """Five notebooks, valid nbformat v4, no outputs or execution counts, the python3 kernel."""
+    assert ALL == [
+        "01_quick_start.ipynb",
+        "02_parameters_and_transitions.ipynb",
+        "03_video_to_video.ipynb",
+        "04_recording_and_measuring.ipynb",
+        "05_in_kernel_api.ipynb",
+    ]
+    for name in ALL:
+        notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
+        nbformat.validate(notebook)
+        assert notebook.nbformat == 4
+        assert notebook.metadata["kernelspec"]["name"] == "python3"
+        assert notebook.cells[0].cell_type == "markdown" and notebook.cells[0].source.startswith("# ")
+        for cell in notebook.cells:
+            if cell.cell_type == "code":
+                assert cell.outputs == [] and cell.execution_count is None, f"{name}: stored outputs"
+
+
+# 05: the in-kernel API ------------------------------------------------------------------
+
+
+def test_in_kernel_api(tmp_path, synthetic_models):
+    run = execute("05_in_kernel_api.ipynb", tmp_path, synthetic_models)
+    assert not list((tmp_path / "logs").glob("daydream-scope-*.out")), "the in-kernel API needs no server"
+
+    chunks = run.summary("chunks")
+    assert chunks["first"] == [9, 96, 160, 3] and chunks["second"] == [12, 96, 160, 3]
+    assert chunks["dtype"] == "uint8"
+    assert chunks["min_step"] > 1, "consecutive frames should differ"
+
+    determinism = run.summary("determinism")
+    assert determinism["identical"] is True and determinism["interleaved"] is True
+    assert determinism["max_diff"] == 0
+
+    changes = run.summary("parameter_change")["changes"]
+    assert changes["nothing changed"]["diff"] == 0
+    assert changes["new prompt"]["diff"] > 1
+    assert changes["steps [1000, 500]"] == {**changes["steps [1000, 500]"], "frames": 9, "cache_reset": True}
+    assert changes["steps [1000, 500]"]["diff"] > 1
+    assert changes["steps, manage_cache=False"]["frames"] == 12
+    assert changes["steps, manage_cache=False"]["cache_reset"] is False
+    assert changes["steps, manage_cache=False"]["diff"] > 1
+
+    transition = run.summary("transition")
+    active, to_a, to_b = transition["active"], transition["to_a"], transition["to_b"]
+    assert active[:3] == [False] * 3 and active[3] is True and active[-1] is False
+    assert to_a[:3] == [0, 0, 0], "before the transition the stream is the A-only stream"
+    assert to_a[-1] > 5 * max(to_a[3], 1), "the stream moves away from A"
+    assert to_b[-1] < to_b[2] / 4, "and ends close to the stream that had B all along"
+    assert run.images(run.cell_with("axvspan")) == 1
+
+    timing = run.summary("timing")
+    assert timing["chunks"] == 6
+    assert {"text_ms", "dit_ms", "vae_ms", "total_ms"} <= set(timing["keys"])
+
+    refused = run.summary("refused")
+    assert refused["fields"] == ["noise_scale", "denoising_step_list", "promt"]
+    assert refused["next_frames"][0] == 12
+
+    assert "embedding == its text: True" in run.stdout(run.cell_with("prompt_embeds"))
+    assert "unloaded" in run.stdout(run.cell_with("pipeline.unload()"))
+    assert run.images() >= 2
+
+
+# 01: quick start ------------------------------------------------------------------------
+
+
+def test_quick_start(tmp_path, synthetic_models):
+    run = execute("01_quick_start.ipynb", tmp_path, synthetic_models)
+    started_its_own_server(run)
+
+    assert run.outputs_of(run.cell_with("scope.serve()"), "text/plain") == [repr(run.url)]
+    assert run.outputs_of(run.cell_with("ScopeWidget("), "application/vnd.jupyter.widget-view+json")
+
+    blend = [{"text": "a red fox in the snow", "weight": 0.6}, {"text": "a neon city at night", "weight": 0.4}]
+    widget = run.summary("widget")
+    assert widget["prompts"] == blend
+    assert widget["server"] == run.url and widget["pipeline_id"] == "longlive"
+    # The assignment reached the widget's synced state (what a browser view would receive).
+    states = run.widget_states()
+    assert len(states) == 1 and states[0]["prompts"] == blend
+    assert states[0]["load_params"] == {"height": 160, "width": 288} and states[0]["autostart"] is True
+
+    frames = run.summary("frames")
+    assert frames["shape"] == [24, 160, 288, 3] and frames["dtype"] == "uint8"
+    assert frames["min_step"] > 1, "the stream's frames should change over time"
+    assert all(20 < value < 235 for value in frames["mean_colour"])
+    assert frames["synthetic"] is True
+    assert run.images(run.cell_with("imshow")) == 1
+
+
+# 02: parameters and transitions ---------------------------------------------------------
+
+
+def test_parameters_and_transitions(tmp_path, synthetic_models):
+    run = execute("02_parameters_and_transitions.ipynb", tmp_path, synthetic_models)
+    started_its_own_server(run)
+
+    floor = run.summary("floor")
+    assert floor["shape"] == [9, 96, 160, 3]
+    a_to_b = floor["a_to_b"]
+    assert a_to_b > 4 and a_to_b > 3 * floor["floor"], "prompts A and B should differ beyond the codec noise"
+
+    rows = {row["weight_b"]: row for row in run.summary("blend")["rows"]}
+    assert rows[0.25]["linear_to_a"] < rows[0.5]["linear_to_a"] < rows[0.75]["linear_to_a"]
+    assert rows[0.25]["linear_to_b"] > rows[0.75]["linear_to_b"]
+    assert rows[0.5]["linear_to_a"] > 2 and rows[0.5]["linear_to_b"] > 2, "a blend is neither prompt"
+    assert run.images(run.cell_with("weight of B (linear blend)")) == 1
+
+    effects = run.summary("settings")["effects"]
+    assert effects["denoising_step_list=[1000, 500]"] > a_to_b / 2
+    assert effects["denoising_step_list=[1000]"] > a_to_b / 2
+    assert effects["noise_scale=0.3 (text mode)"] < a_to_b / 3, "noise_scale acts in video mode only"
+    assert effects["noise_controller=False (text mode)"] < a_to_b / 3
+
+    cache = run.summary("cache")
+    assert cache["after_reset"] < a_to_b / 3, "reset_cache restarts the stream: it replays its opening"
+    assert cache["before_reset"] > a_to_b / 2
+    assert cache["steps_managed"] < a_to_b / 3, "with manage_cache a new step list restarts the stream"
+    assert cache["steps_unmanaged"] > a_to_b / 2, "without manage_cache it carries on"
+
+    pause = run.summary("pause")
+    assert max(pause["held_tail"]) < 1.5, "paused: the last frame repeats"
+    assert pause["resumed_median"] > 3, "resumed: frames change again"
+
+    refused = run.summary("refused")
+    assert refused["rejected"]["type"] == "parameters_rejected"
+    assert refused["rejected"]["errors"][0]["loc"] == ["noise_scale"]
+    assert refused["warning"] == {"type": "parameters_warning", "unknown_keys": ["promt"]}
+    assert refused["held_noise_scale"] is None, "a refused message changes nothing"
+
+    transition = run.summary("transition")
+    assert transition["chunks"] >= 3, "a 4-step transition spans about four chunks"
+    assert transition["prompts"] == [{"text": "a neon city at night", "weight": 1.0}]
+    assert transition["colour_after"][0] - transition["colour_before"][0] > 5
+
+    widget = run.summary("widget")
+    assert widget["prompts"] == [{"text": "a neon city at night", "weight": 1.0}]
+    assert widget["paused"] is True and widget["steps"] == [1000, 500]
+    assert widget["error"].startswith("TraitError") and "noise_scale" in widget["error"]
+    states = run.widget_states()
+    assert len(states) == 1
+    assert states[0]["paused"] is True and states[0]["prompts"] == widget["prompts"]
+    assert states[0]["_transition"]["num_steps"] == 8
+    assert states[0]["_transition"]["target_prompts"] == widget["prompts"]
+
+
+# 03: video to video ---------------------------------------------------------------------
+
+
+def test_video_to_video(tmp_path, synthetic_models):
+    run = execute("03_video_to_video.ipynb", tmp_path, synthetic_models)
+    started_its_own_server(run)
+
+    video = run.summary("longlive_video")
+    assert video == {**video, "mode": "video", "shape": [24, 96, 160, 3], "noise_scale": 0.2}
+
+    noise = run.summary("noise")
+    dependence = {float(k): v for k, v in noise["dependence"].items()}
+    assert dependence[0.2] > 8, "at little noise the output depends on the input"
+    assert dependence[0.2] > dependence[0.5] > dependence[0.8]
+    assert dependence[1.0] < dependence[0.2] / 4, "at noise_scale 1 the input is gone"
+    assert noise["controlled"] < dependence[0.2] / 2, "the controller overrides a low noise_scale"
+
+    passthrough = run.summary("passthrough")
+    assert passthrough["shape"] == [24, 96, 160, 3]
+    assert passthrough["max_error"] < 12, "passthrough returns its input (plus codec noise)"
+    assert all(1 <= step <= 2 for step in passthrough["steps"]), "in order"
+
+    pattern = run.summary("pattern")
+    assert pattern["shape"] == [20, 240, 320, 3]
+    indices = pattern["indices"]
+    assert all(b > a for a, b in zip(indices, indices[1:])), indices
+    assert run.images() >= 4
+
+
+# 04: recording and measuring ------------------------------------------------------------
+
+
+def test_recording_and_measuring(tmp_path, synthetic_models):
+    run = execute("04_recording_and_measuring.ipynb", tmp_path, synthetic_models)
+    started_its_own_server(run)
+
+    recording = run.summary("recording")
+    assert recording["frames"] == 216 and (recording["width"], recording["height"]) == (160, 96)
+    assert recording["fps"] > 0
+    assert recording["events"]["transition"] >= 24 and recording["events"]["pause"] >= 156
+
+    written = tmp_path / "work" / "stream.mp4"
+    assert written.exists()
+    file = run.summary("file")
+    assert file["frames"] == 216 and (file["width"], file["height"]) == (160, 96)
+    assert file["bytes"] == written.stat().st_size
+
+    measure = run.summary("measure")
+    assert measure["red_after"] - measure["red_before"] > 5, "the transition moves the colour balance"
+    assert measure["moving_median"] > 5 and measure["frozen_median"] < 1, "the pause freezes the picture"
+    assert run.images(run.cell_with("plt.subplots(2, 1")) == 1
