@@ -8,7 +8,9 @@ Lab server's Scope endpoints with the login cookie and the XSRF header.
 from __future__ import annotations
 
 import json
+import shutil
 import uuid
+from pathlib import Path
 
 import httpx
 import nbformat
@@ -353,3 +355,41 @@ def test_widget_without_webrtc_says_so(browser, lab):
         assert "offers no WebRTC" in page.inner_text(".scope-widget")
     finally:
         context.close()
+
+
+#: The outputs of every cell of the open notebook, as JSON text.
+NOTEBOOK_OUTPUTS = """() => {
+  const cells = window.jupyterapp.shell.currentWidget.content.model.cells;
+  const out = [];
+  for (let i = 0; i < cells.length; i++) {
+    const cell = cells.get(i);
+    if (cell.type === 'code') out.push(cell.outputs.toJSON());
+  }
+  return JSON.stringify(out);
+}"""
+
+QUICK_START = Path(__file__).resolve().parent.parent / "notebooks" / "01_quick_start.ipynb"
+
+
+def test_quick_start_notebook_runs_in_lab_with_its_widget_streaming(page, lab):
+    """The real quick-start notebook, run top to bottom: ``scope.serve()`` answers the Lab server
+    itself, the widget streams from it same-origin, and the client cells read frames from it."""
+    shutil.copy(QUICK_START, lab.root / QUICK_START.name)
+    page.goto(lab.url + f"lab?token={lab.token}", wait_until="commit")
+    page.goto(lab.url + f"lab/workspaces/{uuid.uuid4().hex}/tree/{QUICK_START.name}")
+    wait_for(page, "document.querySelector('.jp-StatusBar-Widget')?.parentElement?.innerText.includes('| Idle')")
+    page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
+
+    wait_for(page, "document.querySelector('.scope-widget')?.dataset.status === 'streaming'")
+    assert page.inner_text(".scope-widget .scope-server") == lab.url, "the widget must use the page's own server"
+    wait_until(page, lambda: page.evaluate(VIDEO_MEAN), "a first video frame")
+
+    def outputs() -> str:
+        """Every cell's outputs, from the notebook model (Lab renders only the cells in view)."""
+        return page.evaluate(NOTEBOOK_OUTPUTS)
+
+    wait_until(page, lambda: '"image/png"' in outputs() or '"output_type":"error"' in outputs(),
+               "the last cell's plot", timeout=120, interval_ms=500)
+    assert '"output_type":"error"' not in outputs(), outputs()[-3000:]
+    assert repr(lab.url) in outputs(), "scope.serve() must answer the Lab server"
+    assert "frames: (24, 160, 288, 3) uint8" in outputs(), "the client reads frames from the same server"
