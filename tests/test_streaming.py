@@ -167,3 +167,24 @@ async def test_stats_say_streaming_while_video_flows(api):
             message = await client.wait_message(lambda m: m.get("type") == "stats" and m not in states)
             states.append(message)
         assert [m["state"] for m in states].count("streaming") >= 3, states
+
+
+@pytest.mark.asyncio
+async def test_a_paused_track_freezes_the_frame_on_screen_and_keeps_the_rest():
+    """Pause freezes what the viewer sees at once; frames already generated wait for the resume."""
+    from scope.streaming.tracks import OutputTrack
+
+    track = OutputTrack(lambda: 60.0)
+    track.push(np.stack([np.full((16, 16, 3), 40 * i, np.uint8) for i in range(5)]))
+
+    def level(frame) -> int:
+        return int(frame.to_ndarray(format="rgb24").mean())
+
+    assert abs(level(await track.recv()) - 0) < 8
+    track.hold = track.frozen = True
+    frozen = [level(await track.recv()) for _ in range(3)]
+    assert all(abs(value - 0) < 8 for value in frozen), frozen
+    assert track.queued == 4, "nothing generated is lost while paused"
+    track.hold = track.frozen = False
+    assert abs(level(await track.recv()) - 40) < 8
+    track.stop()

@@ -185,6 +185,7 @@ class StreamSession:
         if "paused" in update:
             self.paused = bool(update.pop("paused"))
             self.track.hold = self.paused or self.manager.status != LOADED
+            self.track.frozen = self.paused
             self.track.wake()
         if update.get("reset_cache"):
             self.track.flush()

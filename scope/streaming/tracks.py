@@ -145,7 +145,9 @@ class OutputTrack(MediaStreamTrack):
 
     Frames pushed by the generation loop wait in a short queue. When the queue is empty and the
     track is holding (paused, loading), the last frame is repeated; otherwise ``recv`` waits for
-    the next frame. Timestamps follow the wall clock on a 90 kHz clock.
+    the next frame. A ``frozen`` track (paused) repeats the last frame at once and keeps the
+    queue for when it thaws, so a pause freezes the picture the viewer sees, not a chunk later.
+    Timestamps follow the wall clock on a 90 kHz clock.
     """
 
     kind = "video"
@@ -162,6 +164,7 @@ class OutputTrack(MediaStreamTrack):
         self._chunk_frames = capacity
         self._start: float | None = None
         self.hold = False
+        self.frozen = False
         self.sent = RateMeter(min_samples=2)
         self.frames_sent = 0
         self.frames_dropped = 0
@@ -218,6 +221,9 @@ class OutputTrack(MediaStreamTrack):
         while True:
             if self.readyState != "live":
                 raise MediaStreamError
+            if self.frozen and self._last is not None:
+                array = self._last
+                break
             if self._queue:
                 array = self._queue.popleft()
                 self._taken.set()
