@@ -29,7 +29,12 @@ from tests.test_browser import (  # noqa: F401  (fixtures)
     wait_until,
 )
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(240)]
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.timeout(240),
+    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is not installed (apt-get install chromium)"),
+]
 
 WIDGET = '[data-status]'
 NEW_PROMPT = "a blue whale in the deep sea"
@@ -250,18 +255,23 @@ def write_webm(path, colour: tuple[int, int, int], seconds: float = 2.0, fps: in
             container.mux(packet)
 
 
-def test_widget_sends_a_video_asset_through_passthrough(page, lab):
-    """Video-to-video from a chosen asset: the clip plays in the page and comes back."""
-    write_webm(lab.root / "assets" / "magenta.webm", (200, 30, 200))
-    open_notebook(page, lab, "asset.ipynb", notebook(
+def stream_passthrough(page, lab, input_source: str) -> None:
+    """Show a widget streaming ``input_source`` through ``passthrough``; its session is in video mode."""
+    open_notebook(page, lab, f"passthrough-{input_source.replace(':', '-')}.ipynb", notebook(
         "from scope.widgets import ScopeWidget\n"
-        "w = ScopeWidget(pipeline_id='passthrough', input_source='asset:magenta.webm', autostart=True)\n"
+        f"w = ScopeWidget(pipeline_id='passthrough', input_source={input_source!r}, autostart=True)\n"
         "w",
     ))
     run_cell(page, 0)
     wait_for(page, "document.querySelector('.scope-widget')?.dataset.status === 'streaming'")
     with api(lab) as client:
         assert widget_session(page, client)["input_mode"] == "video"
+
+
+def test_widget_sends_a_video_asset_through_passthrough(page, lab):
+    """Video-to-video from a chosen asset: the clip plays in the page and comes back."""
+    write_webm(lab.root / "assets" / "magenta.webm", (200, 30, 200))
+    stream_passthrough(page, lab, "asset:magenta.webm")
 
     def mostly_magenta():
         pixels = page.evaluate(VIDEO_MEAN)
@@ -324,15 +334,7 @@ def test_widget_downloads_models_with_a_progress_bar_then_streams(page, lab, tmp
 
 def test_widget_sends_the_webcam_through_passthrough(page, lab):
     """Chromium's fake camera stands in for a webcam; its moving picture comes back."""
-    open_notebook(page, lab, "webcam.ipynb", notebook(
-        "from scope.widgets import ScopeWidget\n"
-        "w = ScopeWidget(pipeline_id='passthrough', input_source='webcam', autostart=True)\n"
-        "w",
-    ))
-    run_cell(page, 0)
-    wait_for(page, "document.querySelector('.scope-widget')?.dataset.status === 'streaming'")
-    with api(lab) as client:
-        assert widget_session(page, client)["input_mode"] == "video"
+    stream_passthrough(page, lab, "webcam")
     wait_until(page, lambda: page.evaluate(VIDEO_MEAN), "a first video frame")
     first = page.evaluate(VIDEO_MEAN)
     wait_until(page, lambda: page.evaluate(VIDEO_MEAN) != first, "the returned video to move")

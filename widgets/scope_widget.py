@@ -109,6 +109,9 @@ class ScopeWidget(anywidget.AnyWidget):
     manage_cache = traitlets.Bool(None, allow_none=True, help="Reset the cache when conditioning changes.").tag(sync=True)
     paused = traitlets.Bool(False, help="Freeze the output and stop generating.").tag(sync=True)
 
+    #: Which traitlets the front end sends on the data channel when they change.
+    _stream_traits = traitlets.List(list(STREAM_TRAITS), read_only=True).tag(sync=True)
+
     # One-shot requests to the front end: a fresh id makes a repeat count ---------------
     _transition = traitlets.Dict().tag(sync=True)
     _command = traitlets.Dict().tag(sync=True)

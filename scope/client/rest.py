@@ -45,6 +45,10 @@ POLL_SECONDS = 0.25
 JSON = {"Content-Type": "application/json"}
 
 
+#: Methods whose repetition cannot change anything on the server a second time.
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
+
+
 class ScopeClient:
     """REST client of one Scope server.
 
@@ -81,7 +85,14 @@ class ScopeClient:
         """One call below the base URL; raises :class:`ScopeApiError` on 4xx/5xx."""
         if method in ("POST", "PATCH", "PUT") and "json" not in kwargs and "content" not in kwargs:
             kwargs.update(content=b"", headers={**JSON, **kwargs.get("headers", {})})
-        response = self._http.request(method, path.lstrip("/"), **kwargs)
+        try:
+            response = self._http.request(method, path.lstrip("/"), **kwargs)
+        except (httpx.ReadError, httpx.RemoteProtocolError):
+            # A kept-alive connection the server has since closed (it does so after refusing an
+            # upload part-way): a call that changes nothing is safe to send once more.
+            if method not in IDEMPOTENT:
+                raise
+            response = self._http.request(method, path.lstrip("/"), **kwargs)
         if response.status_code >= 400:
             try:
                 detail = response.json().get("detail", response.text)

@@ -73,6 +73,18 @@ export function createApi({ base, token = null, sameOrigin = true }) {
   };
 }
 
+/** One line saying what `GET api/v1/pipeline/status` answered. */
+export function pipelineStatusText(status) {
+  const name = status.pipeline_id ?? "";
+  const text = {
+    not_loaded: "No pipeline loaded.",
+    loading: `Loading ${name}...`,
+    loaded: `Loaded ${name}.`,
+    error: `Loading ${name} failed: ${status.error || "unknown error"}`,
+  }[status.status];
+  return text ?? status.status;
+}
+
 /** The page's own server: the base URL it was served below, and a `?token=` in its URL. */
 export const apiBase = serverBase();
 export const api = createApi({ base: apiBase, token: new URLSearchParams(location.search).get("token") });

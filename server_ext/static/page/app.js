@@ -1,6 +1,6 @@
 // The Scope server's own page: pick and load a pipeline, then stream it over WebRTC.
 
-import { api, apiBase } from "./api.js";
+import { api, apiBase, pipelineStatusText } from "./api.js";
 import { ScopeStream } from "./stream.js";
 import { startTestPattern } from "./test-pattern.js";
 
@@ -172,14 +172,7 @@ async function followPipeline() {
 
 function showPipelineStatus(status) {
   state.loaded = status.status === "loaded" ? status.pipeline_id : null;
-  const name = status.pipeline_id ?? "";
-  const text = {
-    not_loaded: "No pipeline loaded.",
-    loading: `Loading ${name}...`,
-    loaded: `Loaded ${name}.`,
-    error: `Loading ${name} failed: ${status.error || "unknown error"}`,
-  }[status.status];
-  ui.pipelineStatus.textContent = text ?? status.status;
+  ui.pipelineStatus.textContent = pipelineStatusText(status);
   ui.pipelineStatus.className = status.status === "error" ? "error" : "";
   ui.synthetic.hidden = !(status.status === "loaded" && status.synthetic);
   updateButtons();

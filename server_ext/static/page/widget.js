@@ -5,7 +5,7 @@
 // change of a stream parameter goes out on the data channel, taking effect on the next chunk.
 // Each view opens its own streaming session.
 
-import { createApi } from "./api.js";
+import { createApi, pipelineStatusText } from "./api.js";
 import { ScopeStream } from "./stream.js";
 import { startTestPattern } from "./test-pattern.js";
 import { schemaControl } from "./schema-form.js";
@@ -13,17 +13,6 @@ import { schemaControl } from "./schema-form.js";
 const POLL_MS = 500;
 const STATS_MS = 1000;
 const MAX_MESSAGES = 30;
-
-/** Traitlets that are stream parameters (kept in step with `scope_widget.py`). */
-const STREAM_TRAITS = [
-  "prompts",
-  "prompt_interpolation_method",
-  "denoising_step_list",
-  "noise_scale",
-  "noise_controller",
-  "manage_cache",
-  "paused",
-];
 
 /** Stream parameters with their own controls, or none: the rest are generated from the schema. */
 const HAND_MADE = new Set([
@@ -65,6 +54,8 @@ export function render({ model, el, base, sameOrigin }) {
 class WidgetView {
   constructor(model, el, base, api) {
     this.model = model;
+    /** Traitlets that are stream parameters: Python names them (`ScopeWidget._stream_traits`). */
+    this.streamTraits = model.get("_stream_traits");
     this.el = el;
     this.base = base;
     this.api = api;
@@ -161,7 +152,7 @@ class WidgetView {
   async init() {
     const model = this.model;
     this.ui.server.textContent = this.base;
-    for (const name of STREAM_TRAITS) model.on(`change:${name}`, () => this.traitChanged(name));
+    for (const name of this.streamTraits) model.on(`change:${name}`, () => this.traitChanged(name));
     model.on("change:_transition", () => this.sendTransition());
     model.on("change:_command", () => this.command(model.get("_command")));
     model.on("change:pipeline_id", () => this.showPipeline());
@@ -288,14 +279,14 @@ class WidgetView {
     for (const [name, property] of Object.entries(parameters.properties ?? {})) {
       if (HAND_MADE.has(name) || (NEEDS_SUPPORT[name] && !schema[NEEDS_SUPPORT[name]])) continue;
       const control = schemaControl(name, property, parameters.$defs ?? {}, (value) => {
-        if (STREAM_TRAITS.includes(name)) return this.setTrait(name, value ?? null);
+        if (this.streamTraits.includes(name)) return this.setTrait(name, value ?? null);
         if (value === undefined) delete this.extraParameters[name];
         else this.extraParameters[name] = value;
         if (value !== undefined) this.send({ [name]: value });
       });
       if (!control) continue;
       this.controls[name] = control;
-      if (STREAM_TRAITS.includes(name)) control.set(this.model.get(name));
+      if (this.streamTraits.includes(name)) control.set(this.model.get(name));
       fields.push(control.element);
     }
     this.ui.parameters.replaceChildren(...fields);
@@ -386,13 +377,7 @@ class WidgetView {
 
   showPipelineStatus(status) {
     this.loaded = status.status === "loaded" ? status : null;
-    const name = status.pipeline_id ?? "";
-    const text = {
-      not_loaded: "No pipeline loaded.",
-      loading: `Loading ${name}...`,
-      loaded: `Loaded ${name}.`,
-      error: `Loading ${name} failed: ${status.error || "unknown error"}`,
-    }[status.status] ?? status.status;
+    const text = pipelineStatusText(status);
     this.ui.pipelineStatus.textContent = text;
     this.ui.pipelineStatus.classList.toggle("scope-error", status.status === "error");
     this.ui.synthetic.hidden = !(this.loaded && status.synthetic);
@@ -477,7 +462,7 @@ class WidgetView {
 
   initialParameters(video) {
     const parameters = { input_mode: video ? "video" : "text", ...this.extraParameters };
-    for (const name of STREAM_TRAITS) {
+    for (const name of this.streamTraits) {
       const value = this.model.get(name);
       if (value === null || (name === "prompts" && !value.length)) continue;
       parameters[name] = value;
