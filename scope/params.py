@@ -103,11 +103,16 @@ class StreamParameters(BaseModel):
 ONE_SHOT_KEYS = frozenset({"reset_cache", "lora_scales", "vace_ref_images", "paused"})
 
 
+def describe_errors(errors: list[dict[str, Any]]) -> str:
+    """Validation errors as one line, each as ``dotted.loc: msg``."""
+    return "; ".join(f"{'.'.join(map(str, e.get('loc', [])))}: {e['msg']}" for e in errors)
+
+
 class ParameterErrors(Exception):
     """A parameters message was refused; ``errors`` lists ``{"loc", "msg"}`` items."""
 
     def __init__(self, errors: list[dict[str, Any]]):
-        super().__init__("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors))
+        super().__init__(describe_errors(errors))
         self.errors = errors
 
 

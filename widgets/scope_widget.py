@@ -26,7 +26,8 @@ import anywidget
 import traitlets
 from pydantic import ValidationError
 
-from scope.params import StreamParameters, validation_errors
+from scope.client.auth import normalise_base_url, serves_url
+from scope.params import StreamParameters, describe_errors, validation_errors
 
 HERE = Path(__file__).parent
 
@@ -52,8 +53,7 @@ def _parameter_value(name: str, value: Any) -> Any:
     try:
         parsed = StreamParameters.model_validate({name: value})
     except ValidationError as exc:
-        detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in validation_errors(exc))
-        raise traitlets.TraitError(detail) from None
+        raise traitlets.TraitError(describe_errors(validation_errors(exc))) from None
     return parsed.model_dump(mode="json")[name]
 
 
@@ -65,20 +65,9 @@ def _server_url(value: str) -> str:
     from scope.serving import parent_jupyter_server
 
     parent = parent_jupyter_server()
-    if parent and _same_server(value, parent["url"]):
+    if parent and serves_url(parent, value):
         return ""
-    return value if value.endswith("/") else value + "/"
-
-
-def _same_server(a: str, b: str) -> bool:
-    from urllib.parse import urlsplit
-
-    def key(url: str) -> tuple:
-        parts = urlsplit(url)
-        host = "127.0.0.1" if parts.hostname in ("localhost", "127.0.0.1", "::1") else parts.hostname
-        return host, parts.port, parts.path.rstrip("/") or "/"
-
-    return key(a) == key(b)
+    return normalise_base_url(value)
 
 
 class ScopeWidget(anywidget.AnyWidget):

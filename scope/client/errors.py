@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from scope.params import describe_errors
+
 
 def describe_detail(detail: Any) -> str:
     """One line from an error ``detail``: the text, or each validation error as ``loc: msg``."""
     if isinstance(detail, str):
         return detail
     if isinstance(detail, list) and all(isinstance(item, dict) and "msg" in item for item in detail):
-        return "; ".join(f"{'.'.join(map(str, item.get('loc', [])))}: {item['msg']}" for item in detail)
+        return describe_errors(detail)
     return json.dumps(detail)
 
 

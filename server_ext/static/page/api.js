@@ -31,12 +31,17 @@ export class ApiError extends Error {
   }
 }
 
+/** Validation errors (`[{loc, msg}]`, as the API and the data channel send them) as one line. */
+export function describeErrors(errors) {
+  return errors.map((e) => `${(e.loc ?? []).join(".") || "message"}: ${e.msg ?? JSON.stringify(e)}`).join("; ");
+}
+
 function describeDetail(status, detail) {
   if (status === 403) {
     return "Not authorised (403): log in to Jupyter, or open this page with ?token=<your token>.";
   }
   if (Array.isArray(detail)) {
-    return detail.map((e) => (e.loc ? `${e.loc.join(".")}: ${e.msg}` : e.msg || JSON.stringify(e))).join("; ");
+    return describeErrors(detail);
   }
   return typeof detail === "string" ? detail : `HTTP ${status}`;
 }

@@ -1,6 +1,6 @@
 // The Scope server's own page: pick and load a pipeline, then stream it over WebRTC.
 
-import { api, apiBase, pipelineStatusText } from "./api.js";
+import { api, apiBase, describeErrors, pipelineStatusText } from "./api.js";
 import { ScopeStream } from "./stream.js";
 import { startTestPattern } from "./test-pattern.js";
 
@@ -275,7 +275,7 @@ function onMessage(message) {
     case "pipeline_event":
       return log(`Pipeline ${message.event}: ${message.message}`, message.event.endsWith("failed") ? "error" : "info");
     case "parameters_rejected":
-      return log(`Parameters rejected: ${message.errors.map((e) => `${e.loc.join(".") || "message"}: ${e.msg}`).join("; ")}`, "error");
+      return log(`Parameters rejected: ${describeErrors(message.errors)}`, "error");
     case "parameters_warning":
       return log(`Unknown parameters ignored: ${message.unknown_keys.join(", ")}`, "warning");
     case "stream_stopped":

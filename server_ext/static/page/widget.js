@@ -5,7 +5,7 @@
 // change of a stream parameter goes out on the data channel, taking effect on the next chunk.
 // Each view opens its own streaming session.
 
-import { createApi, pipelineStatusText } from "./api.js";
+import { createApi, describeErrors, pipelineStatusText } from "./api.js";
 import { ScopeStream } from "./stream.js";
 import { startTestPattern } from "./test-pattern.js";
 import { schemaControl } from "./schema-form.js";
@@ -39,10 +39,6 @@ function element(tag, props = {}, ...children) {
   }
   node.append(...children);
   return node;
-}
-
-function describeErrors(errors) {
-  return errors.map((e) => `${(e.loc ?? []).join(".") || "message"}: ${e.msg}`).join("; ");
 }
 
 export function render({ model, el, base, sameOrigin }) {
