@@ -17,6 +17,8 @@ Commands:
 Scope options (also settable as ScopeApp.<name>, see docs/configuration.md):
   --host HOST       Host to bind to (default: 0.0.0.0)
   --port PORT       Port to bind to (default: 8000)
+  --allow-origin ORIGIN
+                    A web page origin that may call the API besides local ones (repeatable)
   --reload          Restart when Python files change
   --synthetic       Write synthetic weights for pipelines whose files are missing, on load
   -N, --no-browser  Don't open a browser

@@ -39,6 +39,13 @@ class ScopeSettings(Configurable):
         "Default: the 'assets' folder beside the models directory.",
     ).tag(config=True, env="DAYDREAM_SCOPE_ASSETS_DIR")
 
+    assets_quota_bytes = Integer(
+        2 * 1024**3,
+        min=0,
+        help="Most bytes the assets directory may hold, counting uploads in progress. An upload "
+        "that would exceed it gets 507 and leaves nothing behind. Default: 2 GiB.",
+    ).tag(config=True, env="DAYDREAM_SCOPE_ASSETS_QUOTA_BYTES")
+
     lora_dir = Unicode(
         "", help="LoRA weight files. Default: the 'lora' folder inside the models directory."
     ).tag(config=True, env="DAYDREAM_SCOPE_LORA_DIR")
@@ -53,21 +60,52 @@ class ScopeSettings(Configurable):
 
     open_api = Bool(
         False,
-        help="Serve the Scope endpoints without Jupyter auth and with permissive CORS, as the "
-        "standalone daydream-scope command does. Jupyter's own endpoints keep their auth.",
+        help="Serve the Scope endpoints without Jupyter auth, to local pages and the origins in "
+        "allowed_origins, as the standalone daydream-scope command does. Jupyter's own endpoints "
+        "keep their auth.",
     ).tag(config=True, env="DAYDREAM_SCOPE_OPEN_API")
 
+    allowed_origins = List(
+        Unicode(),
+        default_value=[],
+        help="Web origins (e.g. https://notebooks.example:8443) that may call the open Scope API "
+        "besides the default ones (the server's own, loopback, VS Code webviews, and 'null' where "
+        "allowed). '*' admits every origin and prints a warning. daydream-scope: --allow-origin.",
+    ).tag(config=True, env="DAYDREAM_SCOPE_ALLOWED_ORIGINS")
+
+    allow_null_origin = Bool(
+        True,
+        help="Admit the 'null' origin (pages opened from a file, but also sandboxed iframes of any "
+        "site) on the endpoints a file page needs. False refuses it everywhere.",
+    ).tag(config=True, env="DAYDREAM_SCOPE_ALLOW_NULL_ORIGIN")
+
     max_sessions = Integer(
-        4, help="How many WebRTC sessions may stream at once; further offers get 503."
+        4,
+        help="How many WebRTC sessions may stream (have a connected peer) at once; further offers "
+        "get 503, and a peer that connects while this many stream is closed.",
     ).tag(config=True, env="DAYDREAM_SCOPE_MAX_SESSIONS")
+
+    max_pending_sessions = Integer(
+        4,
+        help="How many answered offers may wait for their peer to connect at once; further offers "
+        "get 503. They do not count against max_sessions, and connect_timeout reaps them.",
+    ).tag(config=True, env="DAYDREAM_SCOPE_MAX_PENDING_SESSIONS")
+
+    max_repeated_chunk_failures = Integer(
+        3,
+        help="Consecutive chunk failures with the same error after which a session's stream ends "
+        "(stream_stopped with the error); 0 never ends it.",
+    ).tag(config=True, env="DAYDREAM_SCOPE_MAX_REPEATED_CHUNK_FAILURES")
 
     disconnect_timeout = Float(
         10.0,
-        help="Seconds a session's peer may stay 'disconnected' before the session is closed.",
+        help="Seconds without any packet from a session's peer (RTCP, data channel, media) or in "
+        "the 'disconnected' state before the session is closed: a killed client's slot is free "
+        "after about this long.",
     ).tag(config=True, env="DAYDREAM_SCOPE_DISCONNECT_TIMEOUT")
 
     connect_timeout = Float(
-        30.0,
+        10.0,
         help="Seconds a new session's peer has to connect; a peer that never does is closed.",
     ).tag(config=True, env="DAYDREAM_SCOPE_CONNECT_TIMEOUT")
 
@@ -78,6 +116,14 @@ class ScopeSettings(Configurable):
         "none, so host candidates only and an unreachable STUN host never delays an answer. "
         "TURN credentials configured through HF_TOKEN or Twilio are added automatically.",
     ).tag(config=True, env="DAYDREAM_SCOPE_SERVER_ICE_SERVERS")
+
+    ice_host_addresses = List(
+        Unicode(),
+        default_value=[],
+        help="Local IP addresses the server's peer connections gather host candidates on "
+        "(loopback allowed). Default: every interface except loopback. When every address is "
+        "loopback, remote candidates that are not loopback are ignored, so ICE stays on the machine.",
+    ).tag(config=True, env="DAYDREAM_SCOPE_ICE_HOST_ADDRESSES")
 
     cloudflare_turn_url = Unicode(
         "https://turn.fastrtc.org/credentials?ttl=600",
@@ -168,7 +214,7 @@ def settings_table() -> str:
     rows = ["| Setting | Environment variable | Default | Description |", "|---|---|---|---|"]
     for name, trait in sorted(ScopeSettings.class_traits(config=True).items()):
         env = trait.metadata.get("env", "")
-        default_value = trait.default_value
+        default_value = trait.default()  # containers' declared default_value is Undefined
         shown = "(empty)" if default_value in ("", []) else f"`{default_value!r}`"
         rows.append(f"| `ScopeApp.{name}` | `{env}` | {shown} | {trait.help} |")
     return "\n".join(rows)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import logging
 import logging.handlers
+import os
 import time
 from pathlib import Path
 
@@ -16,17 +17,22 @@ FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 class ServerLog:
-    """Writes this server's log file and finds the newest one."""
+    """Writes this server's own log file, the only one it serves.
+
+    Servers may share a logs directory (a standalone server beside a Lab server), so the file
+    is named after the start time and the process id, and the server remembers which is its own.
+    """
 
     def __init__(self, logs_dir: Path):
         self.logs_dir = logs_dir
-        self.handler: logging.Handler | None = None
+        self.handler: logging.handlers.RotatingFileHandler | None = None
+        self.path: Path | None = None
 
     def start(self, verbose: bool = False) -> Path:
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         self._prune()
         stamp = datetime.datetime.now().strftime("%Y-%m-%d-%H-%M-%S")
-        path = self.logs_dir / f"{LOG_PREFIX}{stamp}.log"
+        path = self.logs_dir / f"{LOG_PREFIX}{stamp}-{os.getpid()}.log"
         handler = logging.handlers.RotatingFileHandler(path, maxBytes=MAX_BYTES, backupCount=BACKUPS, encoding="utf-8")
         handler.setFormatter(logging.Formatter(FORMAT))
         handler.setLevel(logging.DEBUG if verbose else logging.INFO)
@@ -39,6 +45,7 @@ class ServerLog:
         for name in ("aiortc", "aioice"):
             logging.getLogger(name).setLevel(level)
         self.handler = handler
+        self.path = path
         return path
 
     def stop(self) -> None:
@@ -49,11 +56,11 @@ class ServerLog:
             self.handler = None
 
     def current_file(self) -> Path | None:
-        """The newest log file (names sort by their time stamp)."""
-        if not self.logs_dir.is_dir():
+        """This server's log file (after a rotation: the file being written, not a backup);
+        None before the log started or once the file is gone."""
+        if self.path is None or not self.path.is_file():
             return None
-        files = sorted(self.logs_dir.glob(f"{LOG_PREFIX}*.log"))
-        return files[-1] if files else None
+        return self.path
 
     def _prune(self) -> None:
         cutoff = time.time() - KEEP_SECONDS

@@ -7,12 +7,53 @@ controls.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+
+from scope.paths import PathOutside, resolve_inside
 
 InputMode = Literal["text", "video"]
 InterpolationMethod = Literal["linear", "slerp"]
+
+#: The largest seed a client may choose (a signed 64-bit integer); chunk seeds wrap mod 2**64.
+MAX_SEED = 2**63 - 1
+
+#: Validation-context keys naming the directories client paths must stay inside.
+ASSETS_DIR, LORA_DIR = "assets_dir", "lora_dir"
+
+
+def path_context(assets_dir: str | Path, lora_dir: str | Path) -> dict[str, Path]:
+    """The validation context the server passes, so every client-named path is contained.
+
+    Without it (the in-kernel API), paths are the user's own and any local path is allowed.
+    """
+    return {ASSETS_DIR: Path(assets_dir), LORA_DIR: Path(lora_dir)}
+
+
+def _inside(context_key: str, label: str):
+    """A validator keeping a path inside the context's ``context_key`` directory, when given."""
+
+    def check(value: str, info: ValidationInfo) -> str:
+        base = (info.context or {}).get(context_key)
+        if base is None:
+            return value
+        try:
+            resolve_inside(Path(base), value)
+        except PathOutside:
+            raise ValueError(f"'{value}' is outside the {label} directory: name a file inside it") from None
+        except (OSError, ValueError):  # NUL bytes, over-long names
+            raise ValueError(f"'{value[:120]}' is not a valid path") from None
+        return value
+
+    return AfterValidator(check)
+
+
+#: A path to an image or video: inside the assets directory when validated by the server.
+AssetPath = Annotated[str, _inside(ASSETS_DIR, "assets")]
+#: A path to a LoRA file: inside the LoRA directory when validated by the server.
+LoraPath = Annotated[str, _inside(LORA_DIR, "LoRA")]
 
 
 class PromptItem(BaseModel):
@@ -53,7 +94,7 @@ class Transition(BaseModel):
 class LoraScale(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    path: str = Field(description="Path of a loaded LoRA file (absolute, or relative to the LoRA directory).")
+    path: LoraPath = Field(description="Path of a loaded LoRA file (absolute, or relative to the LoRA directory).")
     scale: float = Field(ge=-10, le=10, description="New adapter scale.")
 
 
@@ -89,7 +130,7 @@ class StreamParameters(BaseModel):
     reset_cache: bool | None = Field(None, description="One-shot: flush queued frames and reset caches on the next chunk.")
     kv_cache_attention_bias: float | None = Field(None, ge=0.01, le=1.0, description="Log-scale reliance on past frames.")
     lora_scales: list[LoraScale] | None = Field(None, description="One-shot runtime LoRA scale update.")
-    vace_ref_images: list[str] | None = Field(None, description="One-shot: reference images (paths in the assets directory).")
+    vace_ref_images: list[AssetPath] | None = Field(None, description="One-shot: reference images (paths in the assets directory).")
     vace_context_scale: float | None = Field(None, ge=0, le=2, description="Strength of VACE conditioning.")
     vace_use_input_video: bool | None = Field(None, description="Video mode with VACE: use input frames as VACE conditioning.")
     paused: bool | None = Field(None, description="Freeze the output (repeat the last frame) and stop pipeline calls.")
@@ -125,11 +166,14 @@ def validation_errors(exc: ValidationError, prefix: tuple[str, ...] = ()) -> lis
 
 
 def parse_parameters(
-    message: dict[str, Any], model: type[BaseModel] = StreamParameters
+    message: dict[str, Any],
+    model: type[BaseModel] = StreamParameters,
+    *,
+    context: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
     """Validate one parameters message.
 
-    Returns the validated update (only the keys the message carried, prompts normalised to
+    ``context`` is the validation context (:func:`path_context` on the server). Returns the validated update (only the keys the message carried, prompts normalised to
     objects) and the unknown keys, which are ignored. Raises :class:`ParameterErrors` when any
     known key has an invalid value: the message is then refused as a whole.
     """
@@ -138,7 +182,7 @@ def parse_parameters(
     known = set(model.model_fields)
     unknown = sorted(key for key in message if key not in known)
     try:
-        parsed = model.model_validate({k: v for k, v in message.items() if k in known})
+        parsed = model.model_validate({k: v for k, v in message.items() if k in known}, context=context)
     except ValidationError as exc:
         raise ParameterErrors(validation_errors(exc)) from None
     full = parsed.model_dump(mode="json")

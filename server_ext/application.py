@@ -40,7 +40,14 @@ class ScopeServerApp(ServerApp):
             "Write synthetic (tiny, random) weights for a pipeline whose files are missing when it loads.",
         ),
     }
-    aliases = {**server_aliases, "host": "ServerApp.ip"}
+    aliases = {
+        **server_aliases,
+        "host": "ServerApp.ip",
+        "allow-origin": (
+            "ScopeApp.allowed_origins",
+            "A web origin (scheme://host:port) that may call the API; repeat for more, '*' for all.",
+        ),
+    }
 
     @default("port")
     def _default_port(self) -> int:
@@ -97,6 +104,7 @@ class ScopeApp(ScopeSettings, ExtensionApp):
     async def _start_jupyter_server_extension(self, serverapp) -> None:
         await self.services.start()
         self._warn_if_exposed(serverapp)
+        self._warn_if_any_origin()
 
     def _warn_if_exposed(self, serverapp) -> None:
         if not self.open_api:
@@ -110,6 +118,15 @@ class ScopeApp(ScopeSettings, ExtensionApp):
             message = (
                 f"The Scope API is open (no token) and bound to {ip}: anyone who can reach port "
                 f"{serverapp.port} can load pipelines and stream. Use --host 127.0.0.1 to keep it local."
+            )
+            self.log.warning(message)
+            print(f"WARNING: {message}", flush=True)
+
+    def _warn_if_any_origin(self) -> None:
+        if self.open_api and "*" in self.allowed_origins:
+            message = (
+                "The Scope API admits every web origin ('*' in allowed_origins): any web page this "
+                "machine's browsers visit can load pipelines, upload files, read and stop sessions."
             )
             self.log.warning(message)
             print(f"WARNING: {message}", flush=True)

@@ -9,7 +9,7 @@ from pydantic.json_schema import models_json_schema
 
 from scope import __version__
 from scope.server_ext.api_models import ErrorResponse
-from scope.server_ext.handlers.base import ScopeHandler
+from scope.server_ext.handlers.base import Operation, ScopeHandler
 
 REF = "#/components/schemas/{model}"
 
@@ -17,6 +17,17 @@ REF = "#/components/schemas/{model}"
 def _path_parameters(path: str) -> list[dict[str, Any]]:
     names = [part[1:-1] for part in path.split("/") if part.startswith("{") and part.endswith("}")]
     return [{"name": n, "in": "path", "required": True, "schema": {"type": "string"}} for n in names]
+
+
+def common_errors(method: str, op: Operation) -> dict[int, str]:
+    """Statuses the shared base handler can answer for any operation of this kind."""
+    errors = {403: "Origin not allowed (open API), or not authenticated (Jupyter's auth)"}
+    if method == "post":
+        errors[415] = "Content-Type is a form type or missing (open API): send application/json"
+    if op.request is not None:
+        errors[400] = "Malformed JSON, or JSON nested too deeply"
+        errors[422] = "Missing or invalid body"
+    return errors
 
 
 def build_openapi(handlers: list[type[ScopeHandler]]) -> dict[str, Any]:
@@ -30,7 +41,8 @@ def build_openapi(handlers: list[type[ScopeHandler]]) -> dict[str, Any]:
 
     def content(model: type[BaseModel] | None, media: str) -> dict[str, Any]:
         if model is None:
-            body = {"type": "string", "format": "binary"} if "octet" in media else {"type": "string"}
+            binary = not media.startswith("text/") and "json" not in media
+            body = {"type": "string", "format": "binary"} if binary else {"type": "string"}
             return {media: {"schema": body}}
         return {media: {"schema": refs[model]}}
 
@@ -43,6 +55,8 @@ def build_openapi(handlers: list[type[ScopeHandler]]) -> dict[str, Any]:
                 "operationId": f"{method}_{handler.__name__.removesuffix('Handler')}",
                 "tags": list(op.tags),
                 "responses": {},
+                # Whether a page opened from a file (Origin: null) may call it on the open API.
+                "x-scope-null-origin": op.null_origin,
             }
             params = _path_parameters(handler.openapi_path) + [
                 {"name": name, "in": "query", "required": required, "description": doc, "schema": {"type": typ}}
@@ -56,12 +70,12 @@ def build_openapi(handlers: list[type[ScopeHandler]]) -> dict[str, Any]:
                 operation["requestBody"] = {"required": True, "content": content(None, op.request_content)}
             ok: dict[str, Any] = {"description": "Success"}
             if op.status != 204:
-                ok["content"] = content(op.response, op.content)
+                media_types = (op.content,) if isinstance(op.content, str) else op.content
+                ok["content"] = {k: v for media in media_types for k, v in content(op.response, media).items()}
             operation["responses"][str(op.status)] = ok
-            for code, why in sorted(op.errors.items()):
+            errors = {**common_errors(method, op), **op.errors}
+            for code, why in sorted(errors.items()):
                 operation["responses"][str(code)] = {"description": why, "content": content(ErrorResponse, "application/json")}
-            if op.request is not None and 400 not in op.errors:
-                operation["responses"]["400"] = {"description": "Malformed JSON", "content": content(ErrorResponse, "application/json")}
             item[method] = operation
     return {
         "openapi": "3.1.0",

@@ -14,11 +14,17 @@ from scope.config import ScopeSettings
 from scope.logs import ServerLog
 from scope.models.download import DownloadManager
 from scope.pipelines.base import LoadContext
+from scope.server_ext.assets_quota import AssetsQuota, remove_abandoned_uploads
+from scope.server_ext.handlers.files import UPLOAD_PREFIX
+from scope.streaming.host_addresses import restrict_host_addresses
 from scope.streaming.ice import IceServerProvider, to_rtc_ice_servers
 from scope.streaming.manager import PipelineManager
 from scope.streaming.webrtc import SessionService
 
 logger = logging.getLogger(__name__)
+
+#: An upload temp file untouched this long belongs to no live upload (uploads drain within 2 min).
+ABANDONED_UPLOAD_AGE_S = 3600.0
 
 
 @dataclass
@@ -30,10 +36,13 @@ class ScopeServices:
     ice: IceServerProvider
     logs: ServerLog
     executor: ThreadPoolExecutor
+    assets_quota: AssetsQuota
 
     @classmethod
     def create(cls, settings: ScopeSettings) -> "ScopeServices":
         settings.ensure_dirs()
+        if settings.ice_host_addresses:
+            restrict_host_addresses(settings.ice_host_addresses)
         # Model calls are serialised on one thread per device; sessions queue fairly on it.
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scope-device")
         context = LoadContext(models_dir=settings.models_path, lora_dir=settings.lora_path, assets_dir=settings.assets_path)
@@ -53,11 +62,16 @@ class ScopeServices:
             executor,
             server_ice_servers,
             max_sessions=settings.max_sessions,
+            max_pending=settings.max_pending_sessions,
             disconnect_timeout=settings.disconnect_timeout,
             connect_timeout=settings.connect_timeout,
+            max_repeated_failures=settings.max_repeated_chunk_failures,
         )
         downloads = DownloadManager(settings.models_path, token=os.environ.get("HF_TOKEN") or None)
-        return cls(settings, manager, sessions, downloads, ice, ServerLog(settings.logs_path), executor)
+        for path in remove_abandoned_uploads(settings.assets_path, UPLOAD_PREFIX, ABANDONED_UPLOAD_AGE_S):
+            logger.info("removed an abandoned upload: %s", path.name)
+        assets_quota = AssetsQuota(settings.assets_path, settings.assets_quota_bytes)
+        return cls(settings, manager, sessions, downloads, ice, ServerLog(settings.logs_path), executor, assets_quota)
 
     def open_log(self) -> None:
         path = self.logs.start(verbose=self.settings.verbose_logging)

@@ -69,6 +69,10 @@ def isolated_env(root: Path, extra: dict[str, str] | None = None) -> dict[str, s
         env[key] = str(path)
     env["PYTHONUNBUFFERED"] = "1"
     env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+    # Its WebRTC peers (and those of the kernels and servers it starts) stay on loopback.
+    env["DAYDREAM_SCOPE_ICE_HOST_ADDRESSES"] = "127.0.0.1"
+    # Pages use the advertised STUN server: keep even that on loopback (nothing answers there).
+    env["DAYDREAM_SCOPE_STUN_FALLBACK"] = "stun:127.0.0.1:3478"
     env.update(extra or {})
     return env
 

@@ -3,16 +3,30 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+import tornado.testing
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 from scope.pipelines import registry
+from scope.streaming import host_addresses
 from tests.pipelines import TEST_PIPELINES, PatternPipeline
 
 pytest_plugins = ["pytest_jupyter.jupyter_server", "tests.fakehub", "tests.servers"]
+
+#: Every peer of the test run (in-process servers, aiortc clients, and through the environment,
+#: subprocess servers and notebook kernels) gathers loopback candidates only.
+os.environ[host_addresses.ENV_VAR] = "127.0.0.1"
+host_addresses.install_from_env()
+
+
+@pytest.fixture
+def http_server_port():
+    """The in-process Jupyter server's socket: on loopback, whatever pytest-jupyter defaults to."""
+    return tornado.testing.bind_unused_port(address="127.0.0.1")
 
 
 @pytest.fixture

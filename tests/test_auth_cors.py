@@ -1,7 +1,8 @@
 """Auth and CORS: the open Scope API of ``daydream-scope`` never opens Jupyter's own endpoints.
 
 Two modes share the Scope handlers. *Open* (``daydream-scope``, or ``ScopeApp.open_api=True``):
-no token, ``Access-Control-Allow-Origin: *``, and form-style bodies refused as the CSRF guard.
+no token, CORS for admitted origins (``tests/test_origins.py`` covers which), and form-style
+bodies refused as the CSRF guard.
 *Closed* (the default inside ``jupyter lab``): Jupyter's token or login cookie, XSRF on writes.
 Kernels, contents and terminals keep Jupyter's auth in both modes.
 """
@@ -20,12 +21,14 @@ from tests._subprocess_server import ScopeServer, free_port, running_scope_serve
 
 JSON = {"Content-Type": "application/json"}
 FORM_TYPES = ("application/x-www-form-urlencoded", "text/plain", "multipart/form-data")
+#: An admitted page (a local dev server): the origin policy lets it through, the 415 still applies.
+LOCAL_PAGE = "http://localhost:5173"
 
 
 def form_request(client: httpx.Client, path: str, content_type: str) -> httpx.Request:
     """The request a cross-site HTML form (or a no-cors fetch) would send: no preflight."""
     fields = {"pipeline_id": "passthrough"}
-    headers = {"Origin": "https://evil.example"}
+    headers = {"Origin": LOCAL_PAGE}
     if content_type == "multipart/form-data":
         return client.build_request("POST", path, data=fields, files={"f": ("a.txt", b"x")}, headers=headers)
     if content_type == "text/plain":
@@ -56,13 +59,13 @@ def client(open_server):
         yield http
 
 
-@pytest.mark.parametrize("origin", [None, "null", "https://page.example"])
+@pytest.mark.parametrize("origin", [None, "null", LOCAL_PAGE])
 def test_scope_reads_answer_without_token_with_cors(client, origin):
     headers = {"Origin": origin} if origin else {}
     for path in ("/health", "/api/v1/pipeline/status"):
         response = client.get(path, headers=headers)
         assert response.status_code == 200, (path, response.text)
-        assert response.headers["Access-Control-Allow-Origin"] == "*"
+        assert response.headers.get("Access-Control-Allow-Origin") == origin
         assert "Access-Control-Allow-Credentials" not in response.headers
     assert client.get("/health", headers=headers).json()["status"] == "healthy"
 
@@ -72,7 +75,7 @@ def test_json_post_without_token_loads_passthrough(client):
         "/api/v1/pipeline/load", json={"pipeline_id": "passthrough"}, headers={"Origin": "null"}
     )
     assert response.status_code == 200, response.text
-    assert response.headers["Access-Control-Allow-Origin"] == "*"
+    assert response.headers["Access-Control-Allow-Origin"] == "null"
     assert "message" in response.json()
 
 
@@ -86,10 +89,10 @@ def test_preflight_for_json_post(client):
         },
     )
     assert response.status_code == 204
-    assert response.headers["Access-Control-Allow-Origin"] == "*"
+    assert response.headers["Access-Control-Allow-Origin"] == "null"
     methods = {m.strip() for m in response.headers["Access-Control-Allow-Methods"].split(",")}
-    assert {"GET", "POST", "PATCH", "DELETE"} <= methods
-    assert "content-type" in response.headers["Access-Control-Allow-Headers"].lower()
+    assert methods == {"POST", "OPTIONS"}
+    assert response.headers["Access-Control-Allow-Headers"].lower() == "content-type"
     assert int(response.headers["Access-Control-Max-Age"]) > 0
     assert "Access-Control-Allow-Credentials" not in response.headers
 
@@ -109,28 +112,29 @@ def test_form_style_posts_are_refused(client, open_server, content_type, path):
         response = fresh.send(request)
     assert response.status_code == 415, response.text
     assert_detail(response)
-    assert response.headers["Access-Control-Allow-Origin"] == "*"
+    assert response.headers["Access-Control-Allow-Origin"] == LOCAL_PAGE
     assert client.get("/api/v1/pipeline/status").json()["status"] == before["status"]
     assert client.get("/api/v1/assets").json()["assets"] == []
 
 
 def test_body_without_content_type_is_refused(client):
     request = client.build_request("POST", "/api/v1/pipeline/load", content=b'{"pipeline_id": "passthrough"}',
-                                   headers={"Origin": "https://evil.example"})
+                                   headers={"Origin": LOCAL_PAGE})
     request.headers.pop("Content-Type", None)
     assert client.send(request).status_code == 415
 
 
 def test_errors_are_detail_json(client):
+    page = {"Origin": LOCAL_PAGE}
     cases = [
-        client.post("/api/v1/pipeline/load", content=b"{not json", headers=JSON),
-        client.post("/api/v1/pipeline/load", json={"pipeline_id": "no-such-pipeline"}),
-        client.get("/api/v1/assets/missing.png"),
+        client.post("/api/v1/pipeline/load", content=b"{not json", headers={**JSON, **page}),
+        client.post("/api/v1/pipeline/load", json={"pipeline_id": "no-such-pipeline"}, headers=page),
+        client.get("/api/v1/assets/missing.png", headers=page),
     ]
     for response in cases:
         assert 400 <= response.status_code < 500, response.text
         assert_detail(response)
-        assert response.headers["Access-Control-Allow-Origin"] == "*"
+        assert response.headers["Access-Control-Allow-Origin"] == LOCAL_PAGE
 
 
 def test_non_local_host_header_is_refused(client):
@@ -205,6 +209,9 @@ def test_binding_all_interfaces_warns_that_the_api_is_open(tmp_path):
     server = start_scope_server(tmp_path, host="0.0.0.0", port=free_port("0.0.0.0"))
     try:
         out = server.wait_for_output("WARNING")
+        # Bound to every interface, but the test talks to it through loopback only.
+        assert server.url.startswith("http://127.0.0.1:")
+        assert server.client().get("/health").status_code == 200
     finally:
         server.stop()
     lines = [line for line in out.splitlines() if "WARNING" in line]
@@ -313,7 +320,9 @@ class TestOpenApiOptionInsideJupyter:
         assert jp_serverapp.web_app.settings["scope"].settings.open_api is True
         health = await api("GET", "health", headers={"Origin": "null"})
         assert health.status == 200
-        assert health.headers["Access-Control-Allow-Origin"] == "*"
+        assert health.headers["Access-Control-Allow-Origin"] == "null"
+        foreign = await api("GET", "health", headers={"Origin": "https://evil.example"})
+        assert foreign.status == 403 and "--allow-origin https://evil.example" in foreign.json["detail"]
         load = await api("POST", "api/v1/pipeline/load", json_body={"pipeline_id": "passthrough"},
                          headers={"Origin": "null"})
         assert load.status == 200

@@ -1,7 +1,7 @@
 """A real headless Chromium against a real ``daydream-scope``: the documented pages stream.
 
-Chromium and the server's aiortc meet over the machine's network interface (neither side
-gathers loopback candidates). Every wait is bounded, so a broken stream fails instead of hanging.
+Chromium and the server's aiortc meet on loopback: the test servers gather 127.0.0.1 candidates
+only and Chromium runs with loopback allowed in peer connections. Every wait is bounded, so a broken stream fails instead of hanging.
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ CHROMIUM_ARGS = [
     "--no-sandbox",
     # Raw IP host candidates instead of mDNS names the server would spend a second resolving.
     "--disable-features=WebRtcHideLocalIpsWithMdns",
+    # Loopback host candidates, which the test servers (restricted to 127.0.0.1) can reach.
+    "--allow-loopback-in-peer-connection",
     "--use-fake-ui-for-media-stream",
     "--use-fake-device-for-media-stream",
     # No internet here (or in CI): nothing in the background may wait on it.
@@ -122,9 +124,11 @@ def jp_server_cleanup():
 
 
 @pytest.fixture(scope="module")
-def browser():
+def browser(request):
+    """Chromium for one module; a module may add flags in its ``EXTRA_CHROMIUM_ARGS``."""
+    args = [*CHROMIUM_ARGS, *getattr(request.module, "EXTRA_CHROMIUM_ARGS", ())]
     with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=args)
         try:
             yield chromium
         finally:

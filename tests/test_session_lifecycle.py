@@ -85,6 +85,9 @@ async def test_session_limit_gives_503(api, test_pipelines, services):
     try:
         for client in clients:
             await client.connect({"prompts": ["p"]})
+        # Only connected peers count against max_sessions (pending offers have their own cap).
+        await wait_until(lambda: all(c.pc.connectionState == "connected" for c in clients))
+        await wait_until(lambda: services.sessions.streaming_count() == 2)
         reply = await ScopeRtcClient(api).connect({"prompts": ["p"]}, expect_status=503)
         assert "at most 2" in reply.json["detail"]
     finally:

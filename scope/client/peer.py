@@ -20,6 +20,8 @@ import numpy as np
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
+from scope.streaming.host_addresses import drop_unreachable_candidates, install_from_env
+
 MessageMatch = Callable[[dict], bool]
 
 
@@ -47,6 +49,7 @@ class ScopePeer:
         on_frame: Callable[[ReceivedFrame], None] | None = None,
         on_ended: Callable[[], None] | None = None,
     ):
+        install_from_env()  # DAYDREAM_SCOPE_ICE_HOST_ADDRESSES restricts this process's candidates
         servers = [RTCIceServer(s["urls"], s.get("username"), s.get("credential")) for s in ice_servers]
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=servers) if servers else None)
         self.channel = self.pc.createDataChannel("parameters", ordered=True)
@@ -70,7 +73,7 @@ class ScopePeer:
         return {"sdp": self.pc.localDescription.sdp, "type": self.pc.localDescription.type}
 
     async def accept_answer(self, sdp: str, type: str = "answer") -> None:
-        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=type))
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=drop_unreachable_candidates(sdp), type=type))
 
     def send(self, message: Mapping[str, Any]) -> None:
         """Send one JSON message on the ``parameters`` channel."""

@@ -17,7 +17,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from scope.models.artifacts import Artifact
-from scope.params import StreamParameters
+from scope.params import StreamParameters, path_context
 
 Mode = Literal["text", "video"]
 
@@ -55,6 +55,10 @@ class LoadContext:
     models_dir: Path
     lora_dir: Path
     assets_dir: Path
+
+    def validation_context(self) -> dict[str, Path]:
+        """The context under which the server validates client parameters (paths contained)."""
+        return path_context(self.assets_dir, self.lora_dir)
 
 
 @dataclass

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from scope.models.artifacts import LONGLIVE_GENERATOR, PIPELINE_ARTIFACTS
 from scope.models.synthetic.writer import uses_synthetic
+from scope.params import MAX_SEED, AssetPath, LoraPath
 from scope.pipelines.base import LoadContext, Pipeline, PipelineInfo, Stream
 from scope.pipelines.registry import register
 from scope.pipelines.wan.causal_stream import CausalStream, CausalStreamSettings
@@ -41,7 +42,7 @@ def _multiple_of_16(value: int) -> int:
 class LoraConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    path: str
+    path: LoraPath
     scale: float = Field(1.0, ge=-10, le=10)
     merge_mode: Literal["permanent_merge", "runtime_peft"] | None = None
 
@@ -53,7 +54,7 @@ class LongLiveLoadParams(BaseModel):
 
     height: int = Field(320, ge=16, le=2048, description="Output height in pixels (a multiple of 16).")
     width: int = Field(576, ge=16, le=2048, description="Output width in pixels (a multiple of 16).")
-    seed: int = Field(42, ge=0, description="Base seed; each chunk uses seed + its start frame.")
+    seed: int = Field(42, ge=0, le=MAX_SEED, description="Base seed (0..2**63-1); each chunk uses seed + its start frame, mod 2**64.")
     quantization: Literal["fp8_e4m3fn"] | None = Field(
         None, description="Store the generator's linear weights in fp8 (computed in the compute dtype)."
     )
@@ -89,12 +90,12 @@ class LongLiveConfig(BaseModel):
     height: int = 320
     width: int = 576
     manage_cache: bool = Field(True, description="Reset caches automatically when the step list or video-mode prompts change.")
-    base_seed: int = Field(42, ge=0, description="Random seed; each chunk uses base_seed + its start frame.")
+    base_seed: int = Field(42, ge=0, le=MAX_SEED, description="Random seed (0..2**63-1); each chunk uses base_seed + its start frame, mod 2**64.")
     denoising_steps: list[int] = [1000, 750, 500, 250]
     noise_scale: float | None = Field(None, ge=0.0, le=1.0, description="Video mode: noise mixed into the input latents.")
     noise_controller: bool | None = Field(None, description="Video mode: adjust the noise scale from motion.")
     input_size: int | None = Field(1, ge=1, description="Input frames per block.")
-    ref_images: list[str] | None = Field(None, description="VACE reference images.")
+    ref_images: list[AssetPath] | None = Field(None, description="VACE reference images.")
     vace_context_scale: float = Field(1.0, ge=0.0, le=2.0, description="VACE conditioning strength.")
     vae_type: VaeType = Field("wan", description="Autoencoder used to encode and decode frames.")
 

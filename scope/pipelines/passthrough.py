@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from scope.params import MAX_SEED, AssetPath
 from scope.pipelines.base import Chunk, LoadContext, Pipeline, PipelineInfo, Stream
 from scope.pipelines.registry import register
 
@@ -30,12 +31,12 @@ class PassthroughConfig(BaseModel):
     height: int = Field(512, ge=1, description="Output height in pixels.")
     width: int = Field(512, ge=1, description="Output width in pixels.")
     manage_cache: bool = Field(True, description="Reset caches automatically when conditioning changes.")
-    base_seed: int = Field(42, ge=0, description="Random seed.")
+    base_seed: int = Field(42, ge=0, le=MAX_SEED, description="Random seed (0..2**63-1).")
     denoising_steps: list[int] | None = Field(None, description="Denoising timesteps (unused).")
     noise_scale: float | None = Field(None, ge=0.0, le=1.0, description="Noise added to input latents (unused).")
     noise_controller: bool | None = Field(None, description="Automatic noise adjustment (unused).")
     input_size: int | None = Field(1, ge=1, description="Input frames per block.")
-    ref_images: list[str] | None = Field(None, description="VACE reference images (unused).")
+    ref_images: list[AssetPath] | None = Field(None, description="VACE reference images (unused).")
     vace_context_scale: float = Field(1.0, ge=0.0, le=2.0, description="VACE strength (unused).")
 
 

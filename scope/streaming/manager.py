@@ -84,11 +84,13 @@ class PipelineManager:
 
     # Loading ----------------------------------------------------------------------------
 
-    @staticmethod
-    def validate(pipeline_id: str, load_params: dict[str, Any] | None) -> tuple[type[Pipeline], BaseModel]:
-        """Resolve the pipeline class and validate its load params (raises on bad input)."""
+    def validate(self, pipeline_id: str, load_params: dict[str, Any] | None) -> tuple[type[Pipeline], BaseModel]:
+        """Resolve the pipeline class and validate its load params (raises on bad input).
+
+        Paths in the parameters must name files inside the server's directories.
+        """
         cls = get_pipeline_class(pipeline_id)
-        return cls, cls.load_params_model.model_validate(load_params or {})
+        return cls, cls.load_params_model.model_validate(load_params or {}, context=self.context.validation_context())
 
     def request_load(self, pipeline_id: str, load_params: dict[str, Any] | None) -> bool:
         """Start loading unless the same target is loading or loaded.

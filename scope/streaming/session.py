@@ -20,8 +20,10 @@ from typing import Any
 from aiortc import RTCDataChannel, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from scope.params import ParameterErrors, parse_parameters
+from scope.params import ParameterErrors, StreamParameters, parse_parameters
 from scope.pipelines.base import Stream
+from scope.streaming.failures import RepeatedFailures
+from scope.streaming.liveness import watch_peer
 from scope.streaming.manager import LOADED, PipelineManager
 from scope.streaming.parameter_state import ParameterState
 from scope.streaming.tracks import ChunkRateMeter, InputBuffer, OutputTrack
@@ -32,6 +34,10 @@ STATS_INTERVAL_S = 0.5
 FAILURE_BACKOFF_S = 0.2
 #: Without a chunk for this long while waiting for input, a session reports "waiting".
 INPUT_STALL_S = 1.0
+#: ``parameters_rejected`` text for JSON too deep to parse (thousands of levels).
+TOO_DEEP = "message nested too deeply to parse"
+#: How long a refused peer's data channel may take to open so it can read the reason.
+REFUSE_GRACE_S = 2.0
 
 
 class FatalStreamError(Exception):
@@ -55,6 +61,7 @@ class StreamSession:
         executor: Executor,
         initial_parameters: dict[str, Any],
         on_closed: Callable[["StreamSession"], None],
+        max_repeated_failures: int = 3,
     ):
         self.id = session_id
         self.pc = pc
@@ -69,7 +76,10 @@ class StreamSession:
         self.chunks = 0
         self.chunk_ms = 0.0
         self.closed = False
+        #: The peer has connected at least once (the session counts as streaming, not pending).
+        self.connected = False
         self._on_closed = on_closed
+        self._failures = RepeatedFailures(max_repeated_failures)
         self._channel: RTCDataChannel | None = None
         self._outbox: list[str] = []
         self._wake = asyncio.Event()
@@ -127,9 +137,32 @@ class StreamSession:
             if self._disconnect_timer is not None:
                 self._disconnect_timer.cancel()
             self._disconnect_timer = asyncio.get_running_loop().call_later(timeout, self._spawn_close)
-        elif state == "connected" and self._disconnect_timer is not None:
-            self._disconnect_timer.cancel()
-            self._disconnect_timer = None
+        elif state == "connected":
+            if self._disconnect_timer is not None:
+                self._disconnect_timer.cancel()
+                self._disconnect_timer = None
+            if not self.connected:
+                self.connected = True
+                self._spawn(watch_peer(self.pc, timeout, self._peer_gone), "liveness")
+
+    def _peer_gone(self, silent_s: float) -> None:
+        logger.info("session %s: nothing from the peer for %.1f s; closing", self.id, silent_s)
+        self._spawn_close()
+
+    def refuse(self, reason: str) -> None:
+        """Close a session whose peer connected when it may not stream (the limit is reached)."""
+        logger.info("session %s: refused on connect: %s", self.id, reason)
+        if not self.closed:
+            self._spawn(self._refuse(reason), "refuse")
+
+    async def _refuse(self, reason: str) -> None:
+        # The data channel opens just after the connection: give it a moment so the peer
+        # reads why in ``stream_stopped`` instead of just losing the connection.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + REFUSE_GRACE_S
+        while loop.time() < deadline and (self._channel is None or self._channel.readyState != "open"):
+            await asyncio.sleep(0.05)
+        await self.close(error_message=reason)
 
     def _spawn_close(self) -> None:
         if not self.closed:
@@ -157,15 +190,22 @@ class StreamSession:
         except (ValueError, UnicodeDecodeError) as exc:
             self.send({"type": "parameters_rejected", "errors": [{"loc": [], "msg": f"invalid JSON: {exc}"}]})
             return
+        except RecursionError:
+            self.send({"type": "parameters_rejected", "errors": [{"loc": [], "msg": TOO_DEEP}]})
+            return
         if isinstance(message, dict) and message.get("type") not in (None, "parameters"):
             return  # a message kind this server does not take: ignore it
         if isinstance(message, dict):
             message = {k: v for k, v in message.items() if k != "type"}
         model = self.manager.pipeline.parameters_model if self.manager.pipeline else None
         try:
-            update, unknown = parse_parameters(message, model) if model else parse_parameters(message)
+            context = self.manager.context.validation_context()
+            update, unknown = parse_parameters(message, model or StreamParameters, context=context)
         except ParameterErrors as exc:
             self.send({"type": "parameters_rejected", "errors": [{"loc": e["loc"], "msg": e["msg"]} for e in exc.errors]})
+            return
+        except RecursionError:
+            self.send({"type": "parameters_rejected", "errors": [{"loc": [], "msg": TOO_DEEP}]})
             return
         pipeline = self.manager.pipeline
         mode = update.get("input_mode")
@@ -280,12 +320,18 @@ class StreamSession:
                     return
                 logger.warning("session %s: chunk failed: %s", self.id, exc)
                 self.send({"type": "pipeline_event", "event": "chunk_failed", "message": str(exc)})
+                if self._failures.record(exc):
+                    count = self._failures.count
+                    logger.error("session %s: the same chunk failure %d times in a row; ending the stream", self.id, count)
+                    await self.close(error_message=f"{count} chunks in a row failed with: {exc}")
+                    return
                 self._init_cache = False
                 await asyncio.sleep(FAILURE_BACKOFF_S)
                 continue
             if self.closed or self._stream is not stream:
                 continue
             elapsed = time.perf_counter() - started
+            self._failures.succeeded()
             self._init_cache = False
             frames = chunk.frames
             self.chunks += 1

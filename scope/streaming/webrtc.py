@@ -13,7 +13,9 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSession
 from aiortc.sdp import candidate_from_sdp
 
 from scope.params import ParameterErrors, parse_parameters
+from scope.streaming.host_addresses import drop_unreachable_candidates, may_check
 from scope.streaming.manager import LOADED, LOADING, PipelineManager
+from scope.streaming.offer_check import OfferProblem, check_offer
 from scope.streaming.session import StreamSession
 
 logger = logging.getLogger(__name__)
@@ -48,7 +50,14 @@ def parse_candidate(entry: dict[str, Any]):
 
 
 class SessionService:
-    """Creates, lists and closes streaming sessions."""
+    """Creates, lists and closes streaming sessions.
+
+    Two limits: ``max_pending`` answered offers may wait for their peer at once (until
+    ``connect_timeout`` reaps them), and ``max_sessions`` peers may be connected at once. Offers
+    that never complete therefore cannot take the slots of peers that do connect. The streaming
+    limit is checked at offer time and again when a peer connects, since several pending
+    sessions may connect at about the same time.
+    """
 
     def __init__(
         self,
@@ -57,21 +66,40 @@ class SessionService:
         ice_servers: Callable[[], Awaitable[list[RTCIceServer]]],
         max_sessions: int = 4,
         disconnect_timeout: float = 10.0,
-        connect_timeout: float = 30.0,
+        connect_timeout: float = 10.0,
+        max_pending: int = 4,
+        max_repeated_failures: int = 3,
     ):
         self.manager = manager
         self.executor = executor
         self.ice_servers = ice_servers
         self.max_sessions = max_sessions
+        self.max_pending = max_pending
         self.disconnect_timeout = disconnect_timeout
         self.connect_timeout = connect_timeout
+        self.max_repeated_failures = max_repeated_failures
         self.sessions: dict[str, StreamSession] = {}
         self._creating = 0
 
+    def streaming_count(self) -> int:
+        """Sessions whose peer has connected."""
+        return sum(1 for s in self.sessions.values() if s.connected)
+
+    def pending_count(self) -> int:
+        """Offers answered (or being answered) whose peer has not connected yet."""
+        return len(self.sessions) - self.streaming_count() + self._creating
+
+    def _streaming_full_message(self) -> str:
+        return f"Too many streaming sessions: at most {self.max_sessions} may stream at once."
+
     def _check_capacity_and_pipeline(self) -> None:
-        if len(self.sessions) + self._creating >= self.max_sessions:
+        if self.streaming_count() >= self.max_sessions:
+            raise SignallingError(503, self._streaming_full_message())
+        if self.pending_count() >= self.max_pending:
             raise SignallingError(
-                503, f"Too many streaming sessions: at most {self.max_sessions} may stream at once."
+                503,
+                f"Too many pending offers: at most {self.max_pending} sessions may wait for their peer "
+                f"to connect at once (each waits at most {self.connect_timeout:g} s); try again shortly.",
             )
         if self.manager.status == LOADING:
             raise SignallingError(409, "A pipeline is loading; send the offer once it has loaded.")
@@ -85,7 +113,8 @@ class SessionService:
         """
         pipeline = self.manager.pipeline
         try:
-            given, unknown = parse_parameters(raw or {}, pipeline.parameters_model)
+            context = self.manager.context.validation_context()
+            given, unknown = parse_parameters(raw or {}, pipeline.parameters_model, context=context)
         except ParameterErrors as exc:
             raise SignallingError(422, [{**e, "loc": ["body", "initialParameters", *e["loc"]]} for e in exc.errors]) from None
         mode = given.get("input_mode") or pipeline.info.default_mode
@@ -110,13 +139,18 @@ class SessionService:
         self._check_capacity_and_pipeline()
         if sdp_type != "offer":
             raise SignallingError(400, f"type must be 'offer', got '{sdp_type}'")
+        try:
+            check_offer(sdp)
+        except OfferProblem as exc:
+            raise SignallingError(400, str(exc)) from None
         params, unknown = self.initial_parameters(raw_parameters)
         self._creating += 1
         try:
             servers = await self.ice_servers()
             pc = RTCPeerConnection(RTCConfiguration(iceServers=servers))
             session = StreamSession(
-                str(uuid.uuid4()), pc, self.manager, self.executor, params, on_closed=self._forget
+                str(uuid.uuid4()), pc, self.manager, self.executor, params, on_closed=self._forget,
+                max_repeated_failures=self.max_repeated_failures,
             )
             try:
                 answer = await self._negotiate(pc, session, sdp)
@@ -143,12 +177,16 @@ class SessionService:
 
         @pc.on("connectionstatechange")
         def _on_state() -> None:
-            session.connection_state_changed(pc.connectionState, self.disconnect_timeout)
+            state = pc.connectionState
+            if state == "connected" and not session.connected and self.streaming_count() >= self.max_sessions:
+                session.refuse(self._streaming_full_message())
+                return
+            session.connection_state_changed(state, self.disconnect_timeout)
 
         # The output track goes in first so the client's first video m-line carries it.
         pc.addTrack(session.track)
         try:
-            await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=drop_unreachable_candidates(sdp), type="offer"))
         except Exception as exc:
             raise SignallingError(400, f"Invalid SDP offer: {exc}") from None
         if not any(t.kind == "video" for t in pc.getTransceivers()):
@@ -167,6 +205,7 @@ class SessionService:
         if session.closed or session.pc.connectionState in ("closed", "failed"):
             raise SignallingError(404, f"Session {session_id} is closed or failed")
         parsed = [parse_candidate(entry) for entry in candidates]
+        parsed = [c for c in parsed if c is None or may_check(c.ip)]
         # Adding can take a second per mDNS candidate: do it off the request path.
         asyncio.get_running_loop().create_task(self._add(session, parsed))
 

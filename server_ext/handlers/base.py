@@ -2,7 +2,8 @@
 
 Two policies share one handler class. *Closed* (the default under ``jupyter lab``): Jupyter's
 own auth applies (token or login cookie, XSRF on writes). *Open* (``daydream-scope``, or
-``ScopeApp.open_api``): no token, permissive CORS so a page from ``file://`` works. Jupyter's
+``ScopeApp.open_api``): no token; the request's ``Origin`` decides instead (``origins.py``): local
+pages, the server's own and listed origins are served with CORS, any other page gets 403. Jupyter's
 own endpoints (kernels, contents, terminals) keep their auth in both cases, because this policy
 lives on Scope's handlers only.
 """
@@ -20,9 +21,13 @@ from pydantic import BaseModel, ValidationError
 from tornado import web
 
 from scope.params import validation_errors
+from scope.server_ext.origins import OriginPolicy, is_well_formed, null_refusal_detail, refusal_detail
 
 #: Content types a cross-site form may send without a CORS preflight.
 SIMPLE_REQUEST_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data", "text/plain")
+#: Request headers a cross-origin caller of the open API may send (the page, widget and client
+#: send no other header cross-origin).
+CORS_ALLOW_HEADERS = "Content-Type"
 
 
 class ApiError(web.HTTPError):
@@ -43,9 +48,12 @@ class Operation:
     status: int = 200
     errors: dict[int, str] = field(default_factory=dict)
     query: dict[str, tuple[str, bool, str]] = field(default_factory=dict)  # name: (type, required, doc)
-    content: str = "application/json"
+    content: str | tuple[str, ...] = "application/json"  # several: the media types served
     request_content: str = "application/json"
     tags: tuple[str, ...] = ()
+    #: Admit ``Origin: null`` (a page opened from a file) on the open API: only for what such a
+    #: page needs to stream; sandboxed iframes of any site send ``null`` too.
+    null_origin: bool = False
 
 
 class ScopeHandler(ExtensionHandlerMixin, APIHandler):
@@ -68,6 +76,9 @@ class ScopeHandler(ExtensionHandlerMixin, APIHandler):
     # Auth and CORS ----------------------------------------------------------------------
 
     async def prepare(self) -> None:
+        if self.open_api:
+            # First of all, before any body is read or anything is done: is the page admitted?
+            self.admit_origin()
         await super().prepare()
         if self.request.method == "OPTIONS":
             return
@@ -91,20 +102,66 @@ class ScopeHandler(ExtensionHandlerMixin, APIHandler):
             return True
         return super().check_origin(origin_to_satisfy_tornado)
 
+    #: ``Access-Control-Allow-Origin`` for this request (open API): None until admitted, or for
+    #: a request without ``Origin``; the refused origin itself on its 403, so the page can read why.
+    _cors_origin: str | None = None
+
+    @classmethod
+    def http_methods(cls) -> list[str]:
+        """The methods this handler serves: those of its operations (else the ones it defines)."""
+        names = list(cls.operations) or [
+            m for m in ("get", "post", "patch", "delete") if getattr(cls, m) is not getattr(APIHandler, m)
+        ]
+        return [name.upper() for name in names]
+
+    def admits_null_origin(self, method: str) -> bool:
+        operation = self.operations.get("get" if method.lower() == "head" else method.lower())
+        return bool(operation and operation.null_origin)
+
+    def admit_origin(self) -> None:
+        """Refuse (403) a request whose ``Origin`` is not admitted by the server's origin policy.
+
+        The own origin is derived from ``Host``, so Jupyter's host check (DNS rebinding) runs first.
+        """
+        if not self.check_host():
+            raise web.HTTPError(403)
+        origin = self.request.headers.get("Origin")
+        if origin is None:
+            return  # not a browser's cross-origin request
+        method = self.request.method or ""
+        if method == "OPTIONS":
+            method = self.request.headers.get("Access-Control-Request-Method", "")
+        null_endpoint = self.admits_null_origin(method)
+        policy = OriginPolicy.from_settings(self.scope.settings)
+        if policy.admits(origin, self.request.host, null_endpoint):
+            self._cors_origin = policy.allow_origin_header(origin)
+            return
+        if not is_well_formed(origin):
+            raise ApiError(403, f"Origin {origin!r} is malformed.")
+        self._cors_origin = origin  # only the refusal is readable
+        if origin.strip().lower() == "null":
+            raise ApiError(403, null_refusal_detail(null_endpoint and not policy.allow_null))
+        raise ApiError(403, refusal_detail(origin))
+
+    def write_cors_headers(self) -> None:
+        """CORS headers of an open-API answer (also after an error cleared the headers)."""
+        self.set_header("Vary", "Origin")
+        if self._cors_origin is not None:
+            self.set_header("Access-Control-Allow-Origin", self._cors_origin)
+            self.set_header("Access-Control-Expose-Headers", "Content-Disposition")
+
     def set_cors_headers(self) -> None:
         if self.open_api:
-            self.set_header("Access-Control-Allow-Origin", "*")
-            self.set_header("Access-Control-Expose-Headers", "Content-Disposition")
+            self.write_cors_headers()
         else:
             super().set_cors_headers()
 
     @allow_unauthenticated
     def options(self, *args: Any, **kwargs: Any) -> None:
         if self.open_api:
-            self.set_header("Access-Control-Allow-Origin", "*")
-            self.set_header("Access-Control-Allow-Methods", "GET, POST, PATCH, DELETE, OPTIONS")
-            requested = self.request.headers.get("Access-Control-Request-Headers")
-            self.set_header("Access-Control-Allow-Headers", requested or "content-type")
+            self.write_cors_headers()
+            self.set_header("Access-Control-Allow-Methods", ", ".join([*self.http_methods(), "OPTIONS"]))
+            self.set_header("Access-Control-Allow-Headers", CORS_ALLOW_HEADERS)
             self.set_header("Access-Control-Max-Age", "600")
             self.set_status(204)
             self.finish()
@@ -120,6 +177,8 @@ class ScopeHandler(ExtensionHandlerMixin, APIHandler):
             data = json.loads(raw.decode("utf-8")) if raw.strip() else None
         except (ValueError, UnicodeDecodeError) as exc:
             raise ApiError(400, f"Malformed JSON body: {exc}") from None
+        except RecursionError:
+            raise ApiError(400, "Malformed JSON body: nested too deeply") from None
         self.raw_json = data
         if model is None:
             return data
@@ -129,6 +188,8 @@ class ScopeHandler(ExtensionHandlerMixin, APIHandler):
             return model.model_validate(data)
         except ValidationError as exc:
             raise ApiError(422, validation_errors(exc, prefix=("body",))) from None
+        except RecursionError:
+            raise ApiError(400, "Malformed JSON body: nested too deeply") from None
 
     def query(self, name: str, required: bool = False) -> str | None:
         value = self.get_query_argument(name, None)
@@ -153,5 +214,5 @@ class ScopeHandler(ExtensionHandlerMixin, APIHandler):
             detail = "Internal server error"
         self.set_header("Content-Type", "application/json")
         if self.open_api:
-            self.set_header("Access-Control-Allow-Origin", "*")
+            self.write_cors_headers()
         self.finish(json.dumps({"detail": detail}))

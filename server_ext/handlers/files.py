@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import tempfile
@@ -12,7 +13,8 @@ from typing import Any
 from jupyter_server.auth.decorator import allow_unauthenticated
 from tornado import web
 
-from scope.paths import PathOutside, is_plain_file_name, resolve_inside
+from scope.paths import InvalidPath, PathOutside, file_name_problem, resolve_inside
+from scope.server_ext.assets_quota import QuotaExceeded
 from scope.server_ext.api_models import Asset, AssetsResponse, LoraListResponse
 from scope.server_ext.handlers.base import ApiError, Operation, ScopeHandler
 
@@ -26,9 +28,12 @@ VIDEO_TYPES = {
 }
 LORA_SUFFIXES = (".safetensors", ".bin", ".pt")
 MAX_UPLOAD_BYTES = 50 * 1024 * 1024
-#: How much (and how long) an oversized upload is still read and dropped after its 413.
-DRAIN_BYTES = 16 * 1024 * 1024
-DRAIN_SECONDS = 2.0
+TOO_LARGE = "File size exceeds maximum of 50MB"
+#: A refused upload's body is still read and dropped up to this many bytes (then the connection
+#: closes), so clients that send the whole body before reading the answer still read it.
+DRAIN_LIMIT_BYTES = 4 * MAX_UPLOAD_BYTES
+#: ... and for at most this long: generous, the bound that matters is the one on bytes.
+DRAIN_SECONDS = 120.0
 UPLOAD_PREFIX = ".upload-"
 CHUNK_BYTES = 1024 * 1024
 
@@ -59,14 +64,24 @@ def describe_asset(root: Path, path: Path) -> dict[str, Any]:
     ).model_dump()
 
 
+def is_hidden(root: Path, path: Path) -> bool:
+    """A file or folder name below ``root`` starting with a dot: uploads in progress
+    (``.upload-*``) and anything else hidden are never listed nor served."""
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
 def list_assets(root: Path, kind: str | None) -> list[dict[str, Any]]:
     if not root.is_dir():
         return []
-    found = [
-        describe_asset(root, path)
-        for path in root.rglob("*")
-        if path.is_file() and not path.name.startswith(".") and _kind(path) and (kind is None or _kind(path) == kind)
-    ]
+    found = []
+    for path in root.rglob("*"):
+        if is_hidden(root, path) or not _kind(path) or (kind is not None and _kind(path) != kind):
+            continue
+        try:
+            if path.is_file():
+                found.append(describe_asset(root, path))
+        except OSError:
+            continue  # removed while listed
     found.sort(key=lambda a: (-a["created_at"], a["folder"] or "", a["name"]))
     return found
 
@@ -92,75 +107,147 @@ class AssetsHandler(ScopeHandler):
             AssetsResponse,
             query={"type": ("string", False, "'image' or 'video'; omitted: both")},
             tags=("assets",),
+            null_origin=True,
         ),
         "post": Operation(
             "Upload an asset (raw bytes, at most 50 MiB)",
             Asset,
             query={"filename": ("string", True, "File name with an image or video extension")},
-            errors={400: "Bad file name or type", 413: "Larger than 50 MiB", 422: "Missing filename"},
+            errors={
+                400: "Bad file name or type",
+                409: "A folder of that name exists",
+                413: "Larger than 50 MiB",
+                422: "Missing filename",
+                507: "The assets quota (or the disk) has no room for it",
+            },
             request_content="application/octet-stream",
             tags=("assets",),
+            null_origin=True,
         ),
     }
 
     _temp = None
+    _filename = ""
     _written = 0
     _refused = False
+    _gone = False
 
     async def prepare(self) -> None:
-        await super().prepare()
+        try:
+            await super().prepare()
+        except ApiError as exc:
+            if self.request.method != "POST":
+                raise
+            self._refuse(exc.status_code, exc.detail)  # origin, auth, 415: answered the same way
+            return
         if self.request.method != "POST":
             return
-        filename = self.query("filename", required=True)
-        if not is_plain_file_name(filename):
-            raise ApiError(400, "Invalid file name: give a bare name without folders, '..' or a leading dot.")
-        if _kind(Path(filename)) is None:
+        # Every refusal below is answered at once and the body is read and dropped
+        # (``_refuse``): closing with unread data would reset the connection, and clients that
+        # send the whole body before reading (http.client, requests, browsers) would lose the answer.
+        try:
+            self._filename = self._upload_name()
+        except ApiError as exc:
+            self._refuse(exc.status_code, exc.detail)
+            return
+        declared = self._declared_length()
+        if declared is not None and declared > MAX_UPLOAD_BYTES:
+            self._refuse(413, TOO_LARGE)
+            return
+        root = self.scope.settings.assets_path
+        quota = self.scope.assets_quota
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            await quota.measure()
+            if self._gone:
+                return
+            self._temp = tempfile.NamedTemporaryFile(dir=root, prefix=UPLOAD_PREFIX, delete=False)
+        except OSError as exc:
+            self._refuse(*_storage_error(exc))
+            return
+        try:
+            quota.admit(self, self._temp.name, declared)
+        except QuotaExceeded as exc:
+            self._discard()
+            self._refuse(507, exc.detail)
+
+    def _upload_name(self) -> str:
+        """The ``filename`` query value as sent (tornado's own decoding turns NUL into a space)."""
+        values = self.request.query_arguments.get("filename") or [b""]
+        try:
+            name = values[-1].decode("utf-8").strip(" ")
+        except UnicodeDecodeError:
+            raise ApiError(400, "Invalid filename: it is not valid UTF-8.") from None
+        if not name:
+            raise ApiError(422, [{"loc": ["query", "filename"], "msg": "Field required", "type": "missing"}])
+        problem = file_name_problem(name)
+        if problem:
+            raise ApiError(400, f"Invalid filename: {problem}.")
+        if _kind(Path(name)) is None:
             allowed = ", ".join(sorted({*IMAGE_TYPES, *VIDEO_TYPES}))
             raise ApiError(400, f"Invalid file type. Allowed types: {allowed}")
-        declared = self.request.headers.get("Content-Length")
-        if declared and declared.isdigit() and int(declared) > MAX_UPLOAD_BYTES:
-            raise ApiError(413, "File size exceeds maximum of 50MB")
-        root = self.scope.settings.assets_path
-        root.mkdir(parents=True, exist_ok=True)
-        self._temp = tempfile.NamedTemporaryFile(dir=root, prefix=UPLOAD_PREFIX, delete=False)
+        return name
+
+    def _declared_length(self) -> int | None:
+        declared = self.request.headers.get("Content-Length", "")
+        return int(declared) if declared.isdigit() else None
 
     def data_received(self, chunk: bytes) -> None:
         self._written += len(chunk)
         if self._refused:
-            # The 413 is out; keep reading (and dropping) a while, because closing with unread
-            # data resets the connection and the client could lose the answer.
-            if self._written > MAX_UPLOAD_BYTES + DRAIN_BYTES and not self._finished:
+            # The answer is out; keep reading (and dropping) up to a bound, then close.
+            if self._written > DRAIN_LIMIT_BYTES and not self._finished:
                 self.finish()
             return
         if self._temp is None:
             return  # GET bodies are ignored
         if self._written > MAX_UPLOAD_BYTES:
             self._discard()
-            self._refuse_too_large()
+            self._refuse(413, TOO_LARGE)
             return
-        self._temp.write(chunk)
+        try:
+            self.scope.assets_quota.grow(self, self._written)
+            self._temp.write(chunk)
+        except QuotaExceeded as exc:
+            self._discard()
+            self._refuse(507, exc.detail)
+        except OSError as exc:
+            self._discard()
+            self._refuse(*_storage_error(exc))
 
-    def _refuse_too_large(self) -> None:
-        """Answer 413 at once (errors raised in data_received never become a response)."""
-        body = json.dumps({"detail": "File size exceeds maximum of 50MB"}).encode()
+    def _refuse(self, status: int, detail: Any) -> None:
+        """Answer ``status`` at once, then drop the rest of the body (up to ``DRAIN_LIMIT_BYTES``).
+
+        Errors raised in data_received never become a response, and one raised in prepare
+        closes the connection with the body unread, so refusals are written here instead.
+        """
+        body = json.dumps({"detail": detail}).encode()
         self._refused = True
-        self.set_status(413)
+        self.set_status(status)
         self.set_header("Content-Type", "application/json")
         self.set_header("Content-Length", str(len(body)))
         if self.open_api:
-            self.set_header("Access-Control-Allow-Origin", "*")
+            self.write_cors_headers()
         self.write(body)
+        declared = self._declared_length() or 0
+        waits_to_send = self._written == 0 and self.request.headers.get("Expect", "").lower() == "100-continue"
+        if waits_to_send or declared > DRAIN_LIMIT_BYTES:
+            self.finish()  # nothing worth reading: the client has not sent it, or it is over the bound
+            return
         self.flush()
         loop = asyncio.get_running_loop()
         loop.call_later(DRAIN_SECONDS, lambda: None if self._finished else self.finish())
 
     def _discard(self) -> None:
+        """Delete the temp file (if any) and free the quota it reserved."""
         if self._temp is not None:
-            self._temp.close()
-            Path(self._temp.name).unlink(missing_ok=True)
-            self._temp = None
+            temp, self._temp = self._temp, None
+            temp.close()
+            Path(temp.name).unlink(missing_ok=True)
+        self.scope.assets_quota.release(self)
 
     def on_connection_close(self) -> None:
+        self._gone = True
         self._discard()
         super().on_connection_close()
 
@@ -180,16 +267,41 @@ class AssetsHandler(ScopeHandler):
     @allow_unauthenticated
     async def post(self) -> None:
         if self._refused:
-            self.finish()  # the 413 went out already; the rest of the body has been read
+            self.finish()  # the refusal went out already; the rest of the body has been read
             return
         root = self.scope.settings.assets_path
-        target = root / self.get_query_argument("filename")
+        target = root / self._filename
         temp, self._temp = self._temp, None
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, _flush_and_close, temp)
+            replaced = target.stat().st_size if target.is_file() else 0
+            os.replace(temp.name, target)
+        except OSError as exc:
+            Path(temp.name).unlink(missing_ok=True)
+            self.scope.assets_quota.release(self)
+            raise ApiError(*_storage_error(exc)) from None
+        self.scope.assets_quota.commit(self, target, replaced)
+        self.reply(describe_asset(root, target))
+
+
+def _flush_and_close(temp) -> None:
+    """Put an upload's bytes on disk before it is renamed into place (off the event loop)."""
+    try:
         temp.flush()
         os.fsync(temp.fileno())
+    finally:
         temp.close()
-        os.replace(temp.name, target)
-        self.reply(describe_asset(root, target))
+
+
+def _storage_error(exc: OSError) -> tuple[int, str]:
+    """The status and detail for a file system error while storing an upload."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return 507, f"Not enough disk space for the upload: {exc.strerror}."
+    if exc.errno == errno.ENAMETOOLONG:
+        return 400, "Invalid filename: the file system refuses a name this long."
+    if exc.errno == errno.EISDIR:
+        return 409, "Invalid filename: a folder of that name exists in the assets directory."
+    return 500, f"Could not store the upload: {exc.strerror or exc.__class__.__name__}."
 
 
 class AssetFileHandler(ScopeHandler):
@@ -198,9 +310,14 @@ class AssetFileHandler(ScopeHandler):
     operations = {
         "get": Operation(
             "Serve an asset file",
-            content="application/octet-stream",
-            errors={403: "Path outside the assets directory", 404: "No such asset"},
+            content=(*dict.fromkeys([*IMAGE_TYPES.values(), *VIDEO_TYPES.values()]), "application/octet-stream"),
+            errors={
+                400: "A path no file system can hold (a NUL byte, a name over 255 bytes)",
+                403: "Path outside the assets directory",
+                404: "No such asset (hidden files and uploads in progress included)",
+            },
             tags=("assets",),
+            null_origin=True,
         )
     }
 
@@ -211,12 +328,22 @@ class AssetFileHandler(ScopeHandler):
             path = resolve_inside(root, asset_path)
         except PathOutside:
             raise ApiError(403, "Invalid path") from None
-        if not path.is_file():
+        except InvalidPath as exc:
+            raise ApiError(400, f"Invalid asset_path: {exc}.") from None
+        named = [part for part in Path(asset_path).parts if part not in (".", "..")]
+        if is_hidden(root.resolve(), path) or any(part.startswith(".") for part in named):
             raise ApiError(404, "Asset not found")
+        try:
+            if not path.is_file():
+                raise FileNotFoundError(asset_path)
+            handle = path.open("rb")
+            size = os.fstat(handle.fileno()).st_size
+        except OSError:  # missing, a folder, unreadable
+            raise ApiError(404, "Asset not found") from None
         suffix = path.suffix.lower()
         self.set_header("Content-Type", IMAGE_TYPES.get(suffix) or VIDEO_TYPES.get(suffix) or "application/octet-stream")
-        self.set_header("Content-Length", str(path.stat().st_size))
-        with path.open("rb") as handle:
+        self.set_header("Content-Length", str(size))
+        with handle:
             while chunk := handle.read(CHUNK_BYTES):
                 self.write(chunk)
                 await self.flush()

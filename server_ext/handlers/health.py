@@ -16,7 +16,7 @@ from scope.server_ext.handlers.base import ApiError, Operation, ScopeHandler
 
 class HealthHandler(ScopeHandler):
     pattern = openapi_path = "/health"
-    operations = {"get": Operation("Health check", HealthResponse, tags=("health",))}
+    operations = {"get": Operation("Health check", HealthResponse, tags=("health",), null_origin=True)}
 
     @allow_unauthenticated
     def get(self) -> None:
@@ -47,7 +47,11 @@ def _hardware() -> HardwareInfo:
 
 class HardwareInfoHandler(ScopeHandler):
     pattern = openapi_path = "/api/v1/hardware/info"
-    operations = {"get": Operation("Hardware info (VRAM, device, RAM, Spout availability)", HardwareInfo, tags=("health",))}
+    operations = {
+        "get": Operation(
+            "Hardware info (VRAM, device, RAM, Spout availability)", HardwareInfo, tags=("health",), null_origin=True
+        )
+    }
 
     @allow_unauthenticated
     async def get(self) -> None:
@@ -59,7 +63,10 @@ class CurrentLogHandler(ScopeHandler):
     pattern = openapi_path = "/api/v1/logs/current"
     operations = {
         "get": Operation(
-            "Download the newest server log", content="text/plain", errors={404: "No log file yet"}, tags=("health",)
+            "Download this server's own log (never another server's in a shared logs directory)",
+            content="text/plain",
+            errors={404: "No log file yet"},
+            tags=("health",),
         )
     }
 

@@ -34,6 +34,7 @@ class LoadHandler(ScopeHandler):
             request=LoadRequest,
             errors={409: "A different load is in progress", 422: "Unknown pipeline or invalid load_params"},
             tags=("pipeline",),
+            null_origin=True,
         )
     }
 
@@ -83,7 +84,7 @@ class UnloadHandler(ScopeHandler):
 
 class StatusHandler(ScopeHandler):
     pattern = openapi_path = "/api/v1/pipeline/status"
-    operations = {"get": Operation("Current pipeline status", PipelineStatusResponse, tags=("pipeline",))}
+    operations = {"get": Operation("Current pipeline status", PipelineStatusResponse, tags=("pipeline",), null_origin=True)}
 
     @allow_unauthenticated
     def get(self) -> None:
@@ -92,7 +93,9 @@ class StatusHandler(ScopeHandler):
 
 class SchemasHandler(ScopeHandler):
     pattern = openapi_path = "/api/v1/pipelines/schemas"
-    operations = {"get": Operation("Schemas of every registered pipeline", PipelineSchemasResponse, tags=("pipeline",))}
+    operations = {
+        "get": Operation("Schemas of every registered pipeline", PipelineSchemasResponse, tags=("pipeline",), null_origin=True)
+    }
 
     @allow_unauthenticated
     def get(self) -> None:

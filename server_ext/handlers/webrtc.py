@@ -14,7 +14,9 @@ from scope.server_ext.api_models import (
 from scope.server_ext.handlers.base import ApiError, Operation, ScopeHandler
 from scope.streaming.webrtc import SignallingError
 
-SESSION_ID = r"(?P<session_id>[A-Za-z0-9\-]+)"
+#: Any single path segment: an id the service does not know is its JSON 404, never a route miss
+#: (which Jupyter answers with an HTML page).
+SESSION_ID = r"(?P<session_id>[^/]+)"
 
 
 def signalling_error(exc: SignallingError) -> ApiError:
@@ -23,7 +25,11 @@ def signalling_error(exc: SignallingError) -> ApiError:
 
 class IceServersHandler(ScopeHandler):
     pattern = openapi_path = "/api/v1/webrtc/ice-servers"
-    operations = {"get": Operation("ICE servers for clients (TURN when configured, else STUN)", IceServersResponse, tags=("webrtc",))}
+    operations = {
+        "get": Operation(
+            "ICE servers for clients (TURN when configured, else STUN)", IceServersResponse, tags=("webrtc",), null_origin=True
+        )
+    }
 
     @allow_unauthenticated
     async def get(self) -> None:
@@ -38,12 +44,14 @@ class OfferHandler(ScopeHandler):
             OfferResponse,
             request=OfferRequest,
             errors={
-                400: "No pipeline loaded, unsupported input_mode or unparsable SDP",
+                400: "No pipeline loaded, unsupported input_mode, malformed or deeply nested JSON, or an "
+                "unusable SDP offer (unparsable, no usable video section, no DTLS fingerprint or ICE credentials)",
                 409: "A pipeline is loading",
                 422: "Invalid initialParameters",
-                503: "Too many sessions",
+                503: "Too many streaming sessions (max_sessions) or pending offers (max_pending_sessions)",
             },
             tags=("webrtc",),
+            null_origin=True,
         )
     }
 
@@ -67,8 +75,9 @@ class CandidatesHandler(ScopeHandler):
             "Add trickled ICE candidates (an empty candidate ends them)",
             request=IceCandidatesRequest,
             status=204,
-            errors={400: "Unparsable candidate", 404: "Unknown or closed session"},
+            errors={400: "Unparsable candidate, or malformed or deeply nested JSON", 404: "Unknown or closed session"},
             tags=("webrtc",),
+            null_origin=True,
         )
     }
 

@@ -28,6 +28,17 @@ ROPE_POSITIONS = 1024
 LATENT_CHANNELS = 16
 VAE_SPATIAL = 8
 VAE_TEMPORAL = 4
+#: Seeds are 64-bit: torch's generators take any value in [0, 2**64).
+SEED_MODULUS = 2**64
+
+
+def chunk_seed(seed: int, start_frame: int) -> int:
+    """The chunk generator's seed: ``seed + start_frame`` (the reference), wrapped into 64 bits.
+
+    For every seed the reference can run the sum is already below 2**64, so the wrap changes
+    nothing there; it only keeps the largest seeds from overflowing the generator.
+    """
+    return (seed + start_frame) % SEED_MODULUS
 
 
 @dataclass(frozen=True)
@@ -100,8 +111,8 @@ class CausalStream(Stream):
         return torch.zeros(shape, device=c.device, dtype=c.dtype)
 
     def _rng(self) -> torch.Generator:
-        """The chunk's generator: seed + start frame, the reference's protocol."""
-        return torch.Generator(device=self.components.device).manual_seed(self.seed + self.current_start_frame)
+        """The chunk's generator: seed + start frame (mod 2**64), the reference's protocol."""
+        return torch.Generator(device=self.components.device).manual_seed(chunk_seed(self.seed, self.current_start_frame))
 
     def _randn(self, shape: tuple[int, ...], rng: torch.Generator) -> torch.Tensor:
         c = self.components

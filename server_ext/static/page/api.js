@@ -36,7 +36,17 @@ export function describeErrors(errors) {
   return errors.map((e) => `${(e.loc ?? []).join(".") || "message"}: ${e.msg ?? JSON.stringify(e)}`).join("; ");
 }
 
+/** The server's refusal of this page's origin (open API): its words name the flag to admit it. */
+const ORIGIN_REFUSAL = "is not allowed to use this Scope API";
+
+/** The origin to pass to `daydream-scope --allow-origin`, when `error` is that refusal; else null. */
+export function refusedOrigin(error) {
+  if (error?.status !== 403 || typeof error.detail !== "string" || !error.detail.includes(ORIGIN_REFUSAL)) return null;
+  return error.detail.match(/--allow-origin (\S+)/)?.[1] ?? null;
+}
+
 function describeDetail(status, detail) {
+  if (status === 403 && typeof detail === "string" && detail.includes(ORIGIN_REFUSAL)) return detail;
   if (status === 403) {
     return "Not authorised (403): log in to Jupyter, or open this page with ?token=<your token>.";
   }

@@ -5,7 +5,7 @@
 // change of a stream parameter goes out on the data channel, taking effect on the next chunk.
 // Each view opens its own streaming session.
 
-import { createApi, describeErrors, pipelineStatusText } from "./api.js";
+import { createApi, describeErrors, pipelineStatusText, refusedOrigin } from "./api.js";
 import { ScopeStream } from "./stream.js";
 import { startTestPattern } from "./test-pattern.js";
 import { schemaControl } from "./schema-form.js";
@@ -163,6 +163,14 @@ class WidgetView {
     try {
       this.schemas = (await this.api("GET", "api/v1/pipelines/schemas")).pipelines;
     } catch (error) {
+      const origin = refusedOrigin(error);
+      if (origin) {
+        return this.fail(
+          "unavailable",
+          `The Scope server at ${this.base} refuses this page's origin (${origin}). Restart it with ` +
+            `\`daydream-scope --allow-origin ${origin}\` (or set ScopeApp.allowed_origins) to let this notebook use it.`,
+        );
+      }
       return this.fail("unavailable", `The Scope API did not answer at ${this.base}: ${error.message}`);
     }
     for (const schema of Object.values(this.schemas)) {
