@@ -1,7 +1,8 @@
 """A real headless Chromium against a real ``daydream-scope``: the documented pages stream.
 
 Chromium and the server's aiortc meet on loopback: the test servers gather 127.0.0.1 candidates
-only and Chromium runs with loopback allowed in peer connections. Every wait is bounded, so a broken stream fails instead of hanging.
+only and Chromium runs with loopback allowed in peer connections. Every wait is bounded, so a
+broken stream fails instead of hanging.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import httpx
 import pytest
 
 from tests.servers import ScopeServer
+from tests.subprocess_only import jp_asyncio_loop, jp_server_cleanup  # noqa: F401  (autouse fixtures)
 
 sync_api = pytest.importorskip("playwright.sync_api")
 
@@ -105,22 +107,6 @@ MOVING_BAND = [(x / 16, 0.5) for x in range(1, 16)]
 
 
 # -- fixtures -----------------------------------------------------------------------------------
-
-
-@pytest.fixture(autouse=True)
-def jp_asyncio_loop():
-    """No in-process Jupyter server here: Playwright's sync API owns this thread's event loop.
-
-    pytest-jupyter's own version of this autouse fixture would adopt (and then close) the loop
-    Playwright marks as running between calls.
-    """
-    yield None
-
-
-@pytest.fixture(autouse=True)
-def jp_server_cleanup():
-    """Nothing to clean: the servers here are subprocesses with their own fixtures."""
-    yield
 
 
 @pytest.fixture(scope="module")

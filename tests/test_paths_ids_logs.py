@@ -11,17 +11,7 @@ import pytest
 from scope.logs import ServerLog
 from scope.paths import InvalidPath, PathOutside, resolve_inside
 from tests._subprocess_server import ScopeServer, running_scope_server, start_scope_server
-
-
-@pytest.fixture(autouse=True)
-def jp_asyncio_loop():
-    """No in-process Jupyter server in this module."""
-    yield None
-
-
-@pytest.fixture(autouse=True)
-def jp_server_cleanup():
-    yield
+from tests.subprocess_only import jp_asyncio_loop, jp_server_cleanup  # noqa: F401  (autouse fixtures)
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ import pytest
 import requests
 
 from tests._subprocess_server import ScopeServer, running_scope_server
+from tests.subprocess_only import jp_asyncio_loop, jp_server_cleanup  # noqa: F401  (autouse fixtures)
 
 MIB = 1024 * 1024
 QUOTA = 8 * MIB
@@ -30,17 +31,6 @@ OVERSIZED = 60 * MIB
 TOO_LARGE = {"detail": "File size exceeds maximum of 50MB"}
 OCTET = {"Content-Type": "application/octet-stream"}
 CHROMIUM = Path("/usr/bin/chromium")
-
-
-@pytest.fixture(autouse=True)
-def jp_asyncio_loop():
-    """No in-process Jupyter server here (Playwright's sync API may own this thread's loop)."""
-    yield None
-
-
-@pytest.fixture(autouse=True)
-def jp_server_cleanup():
-    yield
 
 
 @pytest.fixture(scope="module")
