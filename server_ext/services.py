@@ -16,6 +16,7 @@ from scope.models.download import DownloadManager
 from scope.pipelines.base import LoadContext
 from scope.server_ext.assets_quota import AssetsQuota, remove_abandoned_uploads
 from scope.server_ext.handlers.files import UPLOAD_PREFIX
+from scope.server_ext.origins import OriginPolicy
 from scope.streaming.host_addresses import restrict_host_addresses
 from scope.streaming.ice import IceServerProvider, to_rtc_ice_servers
 from scope.streaming.manager import PipelineManager
@@ -37,6 +38,8 @@ class ScopeServices:
     logs: ServerLog
     executor: ThreadPoolExecutor
     assets_quota: AssetsQuota
+    #: Which web pages may call the open API (the settings, parsed once).
+    origins: OriginPolicy
 
     @classmethod
     def create(cls, settings: ScopeSettings) -> "ScopeServices":
@@ -71,7 +74,10 @@ class ScopeServices:
         for path in remove_abandoned_uploads(settings.assets_path, UPLOAD_PREFIX, ABANDONED_UPLOAD_AGE_S):
             logger.info("removed an abandoned upload: %s", path.name)
         assets_quota = AssetsQuota(settings.assets_path, settings.assets_quota_bytes)
-        return cls(settings, manager, sessions, downloads, ice, ServerLog(settings.logs_path), executor, assets_quota)
+        origins = OriginPolicy.from_settings(settings)
+        return cls(
+            settings, manager, sessions, downloads, ice, ServerLog(settings.logs_path), executor, assets_quota, origins
+        )
 
     def open_log(self) -> None:
         path = self.logs.start(verbose=self.settings.verbose_logging)

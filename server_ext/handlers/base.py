@@ -21,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 from tornado import web
 
 from scope.params import validation_errors
-from scope.server_ext.origins import OriginPolicy, is_well_formed, null_refusal_detail, refusal_detail
+from scope.server_ext.origins import is_well_formed, null_refusal_detail, refusal_detail
 
 #: Content types a cross-site form may send without a CORS preflight.
 SIMPLE_REQUEST_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data", "text/plain")
@@ -132,7 +132,7 @@ class ScopeHandler(ExtensionHandlerMixin, APIHandler):
         if method == "OPTIONS":
             method = self.request.headers.get("Access-Control-Request-Method", "")
         null_endpoint = self.admits_null_origin(method)
-        policy = OriginPolicy.from_settings(self.scope.settings)
+        policy = self.scope.origins
         if policy.admits(origin, self.request.host, null_endpoint):
             self._cors_origin = policy.allow_origin_header(origin)
             return
