@@ -7,8 +7,9 @@ controls.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
@@ -107,15 +108,39 @@ class SpoutConfig(BaseModel):
     name: str = "ScopeOut"
 
 
+#: Schema keyword marking a parameter that acts on one chunk and is then dropped.
+ONE_SHOT = "x-scope-one-shot"
+#: Schema keyword marking a parameter the pipeline accepts (validates) but does not use.
+UNUSED = "x-scope-unused"
+_ONE_SHOT = {ONE_SHOT: True}
+
+#: Parameters the session itself acts on, so every pipeline takes them. The ``spout_*`` ones
+#: are documented as accepted and ignored off Windows.
+SESSION_KEYS = frozenset({"input_mode", "paused", "reset_cache", "spout_sender", "spout_receiver"})
+
+
+def _mark_unused(schema: dict[str, Any], model: type["StreamParameters"]) -> None:
+    """Flag in the JSON Schema the parameters a pipeline's model accepts without using them."""
+    for name in unused_parameters(model, schema.get("properties", {})):
+        schema["properties"][name][UNUSED] = True
+
+
 class StreamParameters(BaseModel):
     """Parameters of one streaming session.
 
     Every field is optional: a message carries only what changes, and fields it leaves out keep
     their current value. ``initialParameters`` of an offer and every data-channel message are
     validated by this model.
+
+    A pipeline's own model derives from this one and sets ``takes``: every field is still
+    validated (so a client's paths stay contained), and those it does not take are reported to
+    the client as unused instead of being ignored silently.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_mark_unused)
+
+    #: The parameters the pipeline acts on besides :data:`SESSION_KEYS`; None: all of them.
+    takes: ClassVar[frozenset[str] | None] = None
 
     input_mode: InputMode | None = Field(None, description="'text' generates from prompts; 'video' consumes the client's track.")
     prompts: Prompts | None = Field(None, description="Weighted prompts, blended spatially. A string or list of strings is accepted too.")
@@ -127,10 +152,14 @@ class StreamParameters(BaseModel):
     noise_scale: float | None = Field(None, ge=0, le=1, description="Video mode: how much noise is added to the input latents.")
     noise_controller: bool | None = Field(None, description="Video mode: adjust noise automatically from motion.")
     manage_cache: bool | None = Field(None, description="Reset the KV cache automatically when conditioning changes.")
-    reset_cache: bool | None = Field(None, description="One-shot: flush queued frames and reset caches on the next chunk.")
+    reset_cache: bool | None = Field(
+        None, description="One-shot: flush queued frames and reset caches on the next chunk.", json_schema_extra=_ONE_SHOT
+    )
     kv_cache_attention_bias: float | None = Field(None, ge=0.01, le=1.0, description="Log-scale reliance on past frames.")
-    lora_scales: list[LoraScale] | None = Field(None, description="One-shot runtime LoRA scale update.")
-    vace_ref_images: list[AssetPath] | None = Field(None, description="One-shot: reference images (paths in the assets directory).")
+    lora_scales: list[LoraScale] | None = Field(None, description="One-shot runtime LoRA scale update.", json_schema_extra=_ONE_SHOT)
+    vace_ref_images: list[AssetPath] | None = Field(
+        None, description="One-shot: reference images (paths in the assets directory).", json_schema_extra=_ONE_SHOT
+    )
     vace_context_scale: float | None = Field(None, ge=0, le=2, description="Strength of VACE conditioning.")
     vace_use_input_video: bool | None = Field(None, description="Video mode with VACE: use input frames as VACE conditioning.")
     paused: bool | None = Field(None, description="Freeze the output (repeat the last frame) and stop pipeline calls.")
@@ -140,8 +169,23 @@ class StreamParameters(BaseModel):
     _coerce = field_validator("prompts", mode="before")(lambda cls, v: _coerce_prompts(v))
 
 
-#: Keys that act once and are then removed from the session's parameters.
-ONE_SHOT_KEYS = frozenset({"reset_cache", "lora_scales", "vace_ref_images", "paused"})
+#: Keys that act on one chunk and are then removed from the session's parameters (marked in
+#: the schema). ``paused`` is not one of them: the session acts on it at once and never stores it.
+ONE_SHOT_KEYS = frozenset(
+    name for name, field in StreamParameters.model_fields.items() if (field.json_schema_extra or {}).get(ONE_SHOT)
+)
+
+
+def unused_parameters(model: type[BaseModel], keys: Iterable[str]) -> list[str]:
+    """The ``keys`` that ``model`` validates but its pipeline does not use, sorted."""
+    takes = getattr(model, "takes", None)
+    if takes is None:
+        return []
+    return sorted(k for k in keys if k in model.model_fields and k not in takes and k not in SESSION_KEYS)
+
+
+class UnusedParametersWarning(UserWarning):
+    """``Stream.generate`` was given parameters its pipeline accepts but does not use."""
 
 
 def describe_errors(errors: list[dict[str, Any]]) -> str:

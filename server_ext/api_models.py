@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from scope.params import StreamParameters
+from scope.streaming.session_stats import SessionStats
 
 
 class ErrorResponse(BaseModel):
@@ -129,15 +130,6 @@ class IceCandidate(BaseModel):
 
 class IceCandidatesRequest(BaseModel):
     candidates: list[IceCandidate]
-
-
-class SessionStats(BaseModel):
-    fps: float
-    chunk: int
-    chunk_ms: float
-    pipeline_id: str | None
-    synthetic: bool
-    state: Literal["streaming", "paused", "waiting"]
 
 
 class SessionInfo(BaseModel):

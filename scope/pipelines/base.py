@@ -8,6 +8,8 @@ other. All methods are blocking and run on the device worker thread, never on th
 
 from __future__ import annotations
 
+import functools
+import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,7 +86,7 @@ class Stream(ABC):
     becoming the prompts).
     """
 
-    #: Validates :meth:`generate`'s parameters; set by the pipeline that opens the stream.
+    #: Validates :meth:`generate`'s parameters: the opening pipeline's ``parameters_model``.
     parameters_model: type[BaseModel] = StreamParameters
 
     @abstractmethod
@@ -106,8 +108,11 @@ class Stream(ABC):
         """The next chunk, after applying ``updates`` (the data channel's parameters).
 
         Raises :class:`scope.params.ParameterErrors` for an invalid value or an unknown name.
+        A parameter the pipeline accepts but does not use is ignored with an
+        :class:`~scope.params.UnusedParametersWarning` naming it. A chunk that raises keeps
+        its one-shot parameters for the next call.
         """
-        from scope.params import ParameterErrors, parse_parameters
+        from scope.params import ParameterErrors, UnusedParametersWarning, parse_parameters, unused_parameters
         from scope.streaming.parameter_state import ParameterState
 
         state = getattr(self, "_parameter_state", None)
@@ -118,12 +123,21 @@ class Stream(ABC):
         if unknown:
             errors = [{"loc": [k], "msg": "unknown parameter", "type": "extra_forbidden"} for k in unknown]
             raise ParameterErrors(errors)
+        unused = unused_parameters(self.parameters_model, validated)
+        if unused:
+            warnings.warn(
+                f"this pipeline does not use {', '.join(unused)}: accepted and ignored", UnusedParametersWarning, stacklevel=2
+            )
         validated.update(extras)
         if validated:
             state.update(validated)
         params = state.take_chunk()
         first = not getattr(self, "_generated", False)
-        chunk = self.run_chunk(params, video, init_cache=reset_cache or first)
+        try:
+            chunk = self.run_chunk(params, video, init_cache=reset_cache or first)
+        except Exception:
+            state.restore()
+            raise
         self._generated = True
         if "transition" in params and not chunk.transition_active:
             state.finish_transition()
@@ -155,6 +169,24 @@ class Pipeline(ABC):
 
     def __init__(self, load_params: BaseModel):
         self.load_params = load_params
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Every stream a pipeline opens validates ``generate`` with the pipeline's own model.
+
+        Done here once, so no pipeline's ``open_stream`` can forget it.
+        """
+        super().__init_subclass__(**kwargs)
+        opener = cls.__dict__.get("open_stream")
+        if opener is None or getattr(opener, "__isabstractmethod__", False):
+            return
+
+        @functools.wraps(opener)
+        def open_stream(self: "Pipeline") -> Stream:
+            stream = opener(self)
+            stream.parameters_model = self.parameters_model
+            return stream
+
+        cls.open_stream = open_stream
 
     @classmethod
     @abstractmethod

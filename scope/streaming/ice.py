@@ -24,11 +24,14 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 from aiortc import RTCIceServer
 
+from scope.config import setting_default
+
 logger = logging.getLogger(__name__)
 
-CLOUDFLARE_CREDENTIALS_URL = "https://turn.fastrtc.org/credentials?ttl=600"
-TWILIO_BASE_URL = "https://api.twilio.com"
-DEFAULT_STUN_URLS: tuple[str, ...] = ("stun:stun.l.google.com:19302",)
+# The endpoints and the STUN fallback are settings; their defaults are defined there.
+CLOUDFLARE_CREDENTIALS_URL: str = setting_default("cloudflare_turn_url")
+TWILIO_BASE_URL: str = setting_default("twilio_base_url")
+DEFAULT_STUN_URLS: tuple[str, ...] = (setting_default("stun_fallback"),)
 
 DEFAULT_TIMEOUT_S = 5.0
 DEFAULT_CLOUDFLARE_TTL_S = 600.0

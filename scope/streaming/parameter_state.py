@@ -2,7 +2,8 @@
 
 Updates arrive at any time (data channel, REST) and wait in ``pending`` until the next chunk
 takes them; several updates before a chunk are merged, never dropped. Keys persist until
-overwritten, except the one-shot keys, which act on one chunk and are then removed.
+overwritten, except the one-shot keys, which act on one chunk and are then removed. A chunk
+that fails gives its one-shot keys back, so the request is not lost with it.
 """
 
 from __future__ import annotations
@@ -10,14 +11,15 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-#: Consumed by the chunk that sees them.
-CHUNK_ONE_SHOT = ("reset_cache", "lora_scales", "vace_ref_images")
+from scope.params import ONE_SHOT_KEYS
 
 
 class ParameterState:
     def __init__(self, initial: dict[str, Any] | None = None):
         self.current: dict[str, Any] = {}
         self.pending: dict[str, Any] = dict(initial or {})
+        #: The one-shot values the chunk in progress took (given back if it fails).
+        self._taken: dict[str, Any] = {}
 
     def update(self, message: dict[str, Any]) -> None:
         """Queue a validated update for the next chunk."""
@@ -37,11 +39,19 @@ class ParameterState:
         self.current.update(self.pending)
         self.pending = {}
         params = dict(self.current)
-        for key in CHUNK_ONE_SHOT:
-            self.current.pop(key, None)
+        self._taken = {key: self.current.pop(key) for key in ONE_SHOT_KEYS if key in self.current}
         self.current.pop("paused", None)
         params.pop("paused", None)
         return params
+
+    def restore(self) -> None:
+        """The last chunk failed: its one-shot values wait for the next chunk.
+
+        An update that arrived since wins over the value given back.
+        """
+        for key, value in self._taken.items():
+            self.pending.setdefault(key, value)
+        self._taken = {}
 
     def finish_transition(self) -> None:
         """A transition ended: its targets become the prompts, so stale prompts cannot revert it."""

@@ -3,12 +3,15 @@
 The generation loop runs on the event loop and hands each chunk to the device worker thread,
 so the loop never blocks. Each session opens its own :class:`~scope.pipelines.base.Stream`
 on the shared pipeline, and re-opens it (fresh state) when the pipeline is reloaded.
+
+Every task of a session ends through one guard: an error nothing else handled (opening the
+stream, reading input, pushing frames) closes the session with ``stream_stopped`` naming it,
+so a peer never watches a frozen picture without being told why.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import json
 import logging
@@ -25,7 +28,9 @@ from scope.pipelines.base import Stream
 from scope.streaming.failures import RepeatedFailures
 from scope.streaming.liveness import watch_peer
 from scope.streaming.manager import LOADED, PipelineManager
+from scope.streaming.messages import CLIENT_MESSAGE_TYPES, parameter_warnings, unknown_type_rejection
 from scope.streaming.parameter_state import ParameterState
+from scope.streaming.session_stats import SessionStats
 from scope.streaming.tracks import ChunkRateMeter, InputBuffer, OutputTrack
 
 logger = logging.getLogger(__name__)
@@ -36,8 +41,17 @@ FAILURE_BACKOFF_S = 0.2
 INPUT_STALL_S = 1.0
 #: ``parameters_rejected`` text for JSON too deep to parse (thousands of levels).
 TOO_DEEP = "message nested too deeply to parse"
-#: How long a refused peer's data channel may take to open so it can read the reason.
-REFUSE_GRACE_S = 2.0
+#: How long a session ending with an error waits for its data channel to open, so the peer
+#: reads why (a refused peer, or a failure before the peer connected).
+CHANNEL_GRACE_S = 5.0
+#: What each session task does, as ``stream_stopped`` names it when the task fails.
+TASK_ROLES = {
+    "generate": "generation",
+    "input": "reading the input video",
+    "stats": "reporting stats",
+    "liveness": "watching the peer",
+    "refuse": "refusing the peer",
+}
 
 
 class FatalStreamError(Exception):
@@ -107,9 +121,20 @@ class StreamSession:
             self._spawn_close()
 
     def _spawn(self, coro, name: str) -> None:
-        task = asyncio.get_running_loop().create_task(coro, name=f"scope-session-{self.id[:8]}-{name}")
+        task = asyncio.get_running_loop().create_task(self._guard(coro, name), name=f"scope-session-{self.id[:8]}-{name}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _guard(self, coro, name: str) -> None:
+        """Run a session task; an error it did not handle is logged and ends the session."""
+        try:
+            await coro
+        except Exception as exc:
+            if self.closed:
+                logger.warning("session %s: the %s task failed while closing: %r", self.id, name, exc)
+                return
+            logger.exception("session %s: the %s task failed; closing the session", self.id, name)
+            await self.close(error_message=f"{TASK_ROLES.get(name, name)} failed: {_describe(exc)}")
 
     def attach_channel(self, channel: RTCDataChannel) -> None:
         self._channel = channel
@@ -153,16 +178,16 @@ class StreamSession:
         """Close a session whose peer connected when it may not stream (the limit is reached)."""
         logger.info("session %s: refused on connect: %s", self.id, reason)
         if not self.closed:
-            self._spawn(self._refuse(reason), "refuse")
+            self._spawn(self.close(error_message=reason), "refuse")
 
-    async def _refuse(self, reason: str) -> None:
-        # The data channel opens just after the connection: give it a moment so the peer
-        # reads why in ``stream_stopped`` instead of just losing the connection.
+    async def _wait_for_channel(self, timeout: float) -> None:
+        """Wait until the data channel is open, unless the peer has gone (or ``timeout``)."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + REFUSE_GRACE_S
-        while loop.time() < deadline and (self._channel is None or self._channel.readyState != "open"):
+        deadline = loop.time() + timeout
+        while loop.time() < deadline and self.pc.connectionState not in ("closed", "failed"):
+            if self._channel is not None and self._channel.readyState == "open":
+                return
             await asyncio.sleep(0.05)
-        await self.close(error_message=reason)
 
     def _spawn_close(self) -> None:
         if not self.closed:
@@ -193,8 +218,9 @@ class StreamSession:
         except RecursionError:
             self.send({"type": "parameters_rejected", "errors": [{"loc": [], "msg": TOO_DEEP}]})
             return
-        if isinstance(message, dict) and message.get("type") not in (None, "parameters"):
-            return  # a message kind this server does not take: ignore it
+        if isinstance(message, dict) and message.get("type") not in (None, *CLIENT_MESSAGE_TYPES):
+            self.send(unknown_type_rejection(message.get("type")))
+            return
         if isinstance(message, dict):
             message = {k: v for k, v in message.items() if k != "type"}
         model = self.manager.pipeline.parameters_model if self.manager.pipeline else None
@@ -213,8 +239,8 @@ class StreamSession:
             msg = f"input_mode '{mode}' is not supported by pipeline '{pipeline.info.id}'"
             self.send({"type": "parameters_rejected", "errors": [{"loc": ["input_mode"], "msg": msg}]})
             return
-        if unknown:
-            self.send({"type": "parameters_warning", "unknown_keys": unknown})
+        for warning in parameter_warnings(pipeline, list(update), unknown):
+            self.send(warning)
         self.apply_update(update)
 
     def apply_update(self, update: dict[str, Any]) -> None:
@@ -269,6 +295,12 @@ class StreamSession:
     async def _generate_loop(self) -> None:
         loop = asyncio.get_running_loop()
         while not self.closed:
+            if self.track.readyState != "live":
+                # The sender stopped the output track (its transport closed): nobody can watch
+                # this stream any more, and a queue that never drains would keep this loop busy.
+                logger.info("session %s: the output track ended; closing", self.id)
+                await self.close(notify=False)
+                return
             if self.paused:
                 self._set_state("paused", hold=True)
                 await self._wait()
@@ -303,9 +335,8 @@ class StreamSession:
                         continue
                     video = self.input.take(needed)
             params = self.parameters.take_chunk()
-            init_cache = self._init_cache
-            if "reset_cache" in params:
-                init_cache = bool(params.pop("reset_cache"))
+            # A fresh stream starts with its caches reset whatever the client says.
+            init_cache = bool(params.pop("reset_cache", False)) or self._init_cache
             started = time.perf_counter()
             try:
                 chunk = await loop.run_in_executor(
@@ -314,6 +345,8 @@ class StreamSession:
             except Exception as exc:
                 if self.closed:
                     return
+                # The one-shot requests it carried (reset_cache, ...) go to the next attempt.
+                self.parameters.restore()
                 if is_fatal(exc):
                     logger.exception("session %s: fatal pipeline error", self.id)
                     await self.close(error_message=str(exc))
@@ -325,10 +358,10 @@ class StreamSession:
                     logger.error("session %s: the same chunk failure %d times in a row; ending the stream", self.id, count)
                     await self.close(error_message=f"{count} chunks in a row failed with: {exc}")
                     return
-                self._init_cache = False
                 await asyncio.sleep(FAILURE_BACKOFF_S)
                 continue
             if self.closed or self._stream is not stream:
+                self.parameters.restore()  # reloaded meanwhile: the fresh stream gets them
                 continue
             elapsed = time.perf_counter() - started
             self._failures.succeeded()
@@ -361,15 +394,16 @@ class StreamSession:
     # Reporting --------------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
+        """The session's :class:`SessionStats`, as JSON (the ``stats`` message and ``SessionInfo``)."""
         pipeline = self.manager.pipeline
-        return {
-            "fps": round(self.track.sent.fps or 0.0, 2),
-            "chunk": self.chunks,
-            "chunk_ms": round(self.chunk_ms, 2),
-            "pipeline_id": self.manager.target.pipeline_id if self.manager.target else None,
-            "synthetic": bool(pipeline and pipeline.synthetic),
-            "state": "paused" if self.paused else self.state,
-        }
+        return SessionStats(
+            fps=round(self.track.sent.fps or 0.0, 2),
+            chunk=self.chunks,
+            chunk_ms=round(self.chunk_ms, 2),
+            pipeline_id=self.manager.target.pipeline_id if self.manager.target else None,
+            synthetic=bool(pipeline and pipeline.synthetic),
+            state="paused" if self.paused else self.state,
+        ).model_dump(mode="json")
 
     async def _stats_loop(self) -> None:
         while not self.closed:
@@ -397,6 +431,10 @@ class StreamSession:
         self.manager.remove_listener(self._on_pipeline_event)
         if self._disconnect_timer is not None:
             self._disconnect_timer.cancel()
+        if notify and error_message:
+            # The channel opens just after the connection: give it a moment so the peer reads
+            # why in ``stream_stopped`` instead of just losing the connection.
+            await self._wait_for_channel(CHANNEL_GRACE_S)
         if notify and self._channel is not None and self._channel.readyState == "open":
             message = {"type": "stream_stopped"}
             if error_message:
@@ -409,11 +447,21 @@ class StreamSession:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self.track.stop()
-        with contextlib.suppress(Exception):
+        # Teardown goes on whatever fails, but what failed is logged.
+        try:
             await self._close_stream()
-        with contextlib.suppress(Exception):
+        except Exception:
+            logger.warning("session %s: closing its stream failed", self.id, exc_info=True)
+        try:
             await self.pc.close()
+        except Exception:
+            logger.warning("session %s: closing its peer connection failed", self.id, exc_info=True)
         self._on_closed(self)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 async def _drain(channel: RTCDataChannel, timeout: float = 0.5) -> None:

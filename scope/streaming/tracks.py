@@ -175,6 +175,12 @@ class OutputTrack(MediaStreamTrack):
         self._capacity = max(self._capacity, 3 * frames_per_chunk)
 
     def push(self, frames: np.ndarray) -> None:
+        """Queue a chunk's frames. Refuses (ValueError) anything but uint8 ``(T, H, W, 3)`` RGB,
+        which the encoder would otherwise choke on later, out of the session's sight."""
+        shape = getattr(frames, "shape", None)
+        if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8 or frames.ndim != 4 or shape[-1] != 3 or 0 in shape[1:3]:
+            described = f"{frames.dtype} {shape}" if isinstance(frames, np.ndarray) else type(frames).__name__
+            raise ValueError(f"a chunk's frames must be uint8 (T, H, W, 3) RGB, got {described}")
         for array in frames:
             if len(self._queue) >= self._capacity:
                 self._queue.popleft()  # drop the stalest frame: latency stays bounded

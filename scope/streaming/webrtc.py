@@ -12,9 +12,11 @@ from typing import Any
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.sdp import candidate_from_sdp
 
+from scope.config import setting_default
 from scope.params import ParameterErrors, parse_parameters
 from scope.streaming.host_addresses import drop_unreachable_candidates, may_check
 from scope.streaming.manager import LOADED, LOADING, PipelineManager
+from scope.streaming.messages import parameter_warnings
 from scope.streaming.offer_check import OfferProblem, check_offer
 from scope.streaming.session import StreamSession
 
@@ -64,11 +66,11 @@ class SessionService:
         manager: PipelineManager,
         executor: Executor,
         ice_servers: Callable[[], Awaitable[list[RTCIceServer]]],
-        max_sessions: int = 4,
-        disconnect_timeout: float = 10.0,
-        connect_timeout: float = 10.0,
-        max_pending: int = 4,
-        max_repeated_failures: int = 3,
+        max_sessions: int = setting_default("max_sessions"),
+        disconnect_timeout: float = setting_default("disconnect_timeout"),
+        connect_timeout: float = setting_default("connect_timeout"),
+        max_pending: int = setting_default("max_pending_sessions"),
+        max_repeated_failures: int = setting_default("max_repeated_chunk_failures"),
     ):
         self.manager = manager
         self.executor = executor
@@ -106,10 +108,11 @@ class SessionService:
         if self.manager.status != LOADED or self.manager.pipeline is None:
             raise SignallingError(400, "Pipeline not loaded. Please load pipeline first.")
 
-    def initial_parameters(self, raw: dict[str, Any] | None) -> tuple[dict[str, Any], list[str]]:
+    def initial_parameters(self, raw: dict[str, Any] | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """Validate ``initialParameters`` and add the pipeline's defaults for its mode.
 
-        Returns the parameters and the unknown keys (ignored, reported to the client).
+        Returns the parameters and the ``parameters_warning`` messages for the data channel
+        (unknown keys, and keys the pipeline does not use: both ignored).
         """
         pipeline = self.manager.pipeline
         try:
@@ -132,7 +135,7 @@ class SessionService:
             params.update({k: v for k, v in video_defaults.items() if v is not None and k in fields})
         params.update(given)
         params["input_mode"] = mode
-        return params, unknown
+        return params, parameter_warnings(pipeline, list(given), unknown)
 
     async def create(self, sdp: str, sdp_type: str, raw_parameters: dict[str, Any] | None) -> dict[str, Any]:
         """Answer an offer and start its session."""
@@ -143,7 +146,7 @@ class SessionService:
             check_offer(sdp)
         except OfferProblem as exc:
             raise SignallingError(400, str(exc)) from None
-        params, unknown = self.initial_parameters(raw_parameters)
+        params, warnings = self.initial_parameters(raw_parameters)
         self._creating += 1
         try:
             servers = await self.ice_servers()
@@ -160,8 +163,8 @@ class SessionService:
             self.sessions[session.id] = session
         finally:
             self._creating -= 1
-        if unknown:
-            session.send({"type": "parameters_warning", "unknown_keys": unknown})
+        for warning in warnings:
+            session.send(warning)
         session.start(self.connect_timeout)
         logger.info("session %s started (%d active)", session.id, len(self.sessions))
         return {"sdp": answer.sdp, "type": answer.type, "sessionId": session.id}

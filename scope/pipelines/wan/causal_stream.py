@@ -30,6 +30,11 @@ VAE_SPATIAL = 8
 VAE_TEMPORAL = 4
 #: Seeds are 64-bit: torch's generators take any value in [0, 2**64).
 SEED_MODULUS = 2**64
+#: The stream parameters :meth:`CausalStream.run_chunk` acts on (besides the session's own).
+STREAM_PARAMETERS = frozenset({
+    "prompts", "transition", "prompt_interpolation_method", "denoising_step_list",
+    "noise_scale", "noise_controller", "manage_cache",
+})
 
 
 def chunk_seed(seed: int, start_frame: int) -> int:

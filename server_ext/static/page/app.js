@@ -277,7 +277,7 @@ function onMessage(message) {
     case "parameters_rejected":
       return log(`Parameters rejected: ${describeErrors(message.errors)}`, "error");
     case "parameters_warning":
-      return log(`Unknown parameters ignored: ${message.unknown_keys.join(", ")}`, "warning");
+      return log(message.message ?? `Unknown parameters ignored: ${message.unknown_keys.join(", ")}`, "warning");
     case "stream_stopped":
       log(`Stream stopped${message.error_message ? `: ${message.error_message}` : "."}`, message.error_message ? "error" : "info");
       return teardown("stream stopped");

@@ -562,7 +562,7 @@ class WidgetView {
         return this.log(text, "error");
       }
       case "parameters_warning":
-        return this.log(`Unknown parameters ignored: ${message.unknown_keys.join(", ")}`, "warning");
+        return this.log(message.message ?? `Unknown parameters ignored: ${message.unknown_keys.join(", ")}`, "warning");
       case "pipeline_event":
         return this.log(`Pipeline ${message.event}: ${message.message}`, message.event.endsWith("failed") ? "error" : "info");
       case "stream_stopped": {
