@@ -5,9 +5,9 @@
 
 - **killed**: a streaming client process (``tests/killable_peer.py``) is killed with SIGKILL;
   seconds from the kill until its session leaves ``GET /api/v1/webrtc/sessions``
-  (``disconnect_timeout``, default 10 s);
+  (``disconnect_timeout``);
 - **pending**: an offer is posted and its answer never applied; seconds from the offer until the
-  session is gone (``connect_timeout``, default 10 s).
+  session is gone (``connect_timeout``).
 
 Extra server arguments follow ``--``, e.g. ``-- --ScopeApp.disconnect_timeout=3``.
 """

@@ -30,8 +30,8 @@ def load_pipeline(
 ) -> Pipeline:
     """Load ``pipeline_id`` in this process (blocking) and return it.
 
-    ``models_dir`` defaults to the server's (``DAYDREAM_SCOPE_MODELS_DIR`` or
-    ``~/.daydream-scope/models``). ``synthetic=True`` first writes synthetic weights for any
+    ``models_dir`` defaults to the server's setting of that name (``DAYDREAM_SCOPE_MODELS_DIR``,
+    see docs/configuration.md). ``synthetic=True`` first writes synthetic weights for any
     missing file. Invalid load parameters raise :class:`scope.params.ParameterErrors`.
     """
     from scope.config import ScopeSettings

@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from traitlets import Bool, Float, HasTraits, Integer, List, Unicode
 from traitlets.config import Configurable
 
 DEFAULT_HOME = Path("~/.daydream-scope")
-STUN_FALLBACK = "stun:stun.l.google.com:19302"
-
-
-def default_models_dir() -> Path:
-    """The models directory: ``DAYDREAM_SCOPE_MODELS_DIR`` or ``~/.daydream-scope/models``."""
-    raw = os.environ.get("DAYDREAM_SCOPE_MODELS_DIR")
-    return Path(raw).expanduser().resolve() if raw else (DEFAULT_HOME / "models").expanduser()
+#: Where weights live unless ``models_dir`` (or its environment variable) says otherwise.
+DEFAULT_MODELS_DIR = DEFAULT_HOME / "models"
+DEFAULT_LOGS_DIR = DEFAULT_HOME / "logs"
+DEFAULT_ASSETS_QUOTA_GIB = 2
 
 
 class ScopeSettings(Configurable):
@@ -30,7 +28,7 @@ class ScopeSettings(Configurable):
     models_dir = Unicode(
         "",
         help="Where pipeline weights live (one folder per Hugging Face repo). "
-        "Default: ~/.daydream-scope/models.",
+        f"Default: {DEFAULT_MODELS_DIR}.",
     ).tag(config=True, env="DAYDREAM_SCOPE_MODELS_DIR")
 
     assets_dir = Unicode(
@@ -40,10 +38,10 @@ class ScopeSettings(Configurable):
     ).tag(config=True, env="DAYDREAM_SCOPE_ASSETS_DIR")
 
     assets_quota_bytes = Integer(
-        2 * 1024**3,
+        DEFAULT_ASSETS_QUOTA_GIB * 1024**3,
         min=0,
         help="Most bytes the assets directory may hold, counting uploads in progress. An upload "
-        "that would exceed it gets 507 and leaves nothing behind. Default: 2 GiB.",
+        f"that would exceed it gets 507 and leaves nothing behind. Default: {DEFAULT_ASSETS_QUOTA_GIB} GiB.",
     ).tag(config=True, env="DAYDREAM_SCOPE_ASSETS_QUOTA_BYTES")
 
     lora_dir = Unicode(
@@ -51,7 +49,7 @@ class ScopeSettings(Configurable):
     ).tag(config=True, env="DAYDREAM_SCOPE_LORA_DIR")
 
     logs_dir = Unicode(
-        "", help="Server log files. Default: ~/.daydream-scope/logs."
+        "", help=f"Server log files. Default: {DEFAULT_LOGS_DIR}."
     ).tag(config=True, env="DAYDREAM_SCOPE_LOGS_DIR")
 
     pipeline = Unicode(
@@ -136,7 +134,7 @@ class ScopeSettings(Configurable):
     ).tag(config=True, env="DAYDREAM_SCOPE_TWILIO_BASE_URL")
 
     stun_fallback = Unicode(
-        STUN_FALLBACK, help="STUN server advertised to clients when no TURN is configured."
+        "stun:stun.l.google.com:19302", help="STUN server advertised to clients when no TURN is configured."
     ).tag(config=True, env="DAYDREAM_SCOPE_STUN_FALLBACK")
 
     synthetic = Bool(
@@ -147,7 +145,8 @@ class ScopeSettings(Configurable):
     ).tag(config=True, env="DAYDREAM_SCOPE_SYNTHETIC")
 
     verbose_logging = Bool(
-        False, help="Log WebRTC and HTTP internals at INFO level."
+        False, help="Write Scope's DEBUG lines and the WebRTC libraries' (aiortc, aioice) INFO lines "
+        "to the server log too."
     ).tag(config=True, env="VERBOSE_LOGGING")
 
     def __init__(self, **kwargs):
@@ -158,7 +157,7 @@ class ScopeSettings(Configurable):
 
     @property
     def models_path(self) -> Path:
-        return Path(self.models_dir).expanduser().resolve() if self.models_dir else default_models_dir()
+        return Path(self.models_dir or DEFAULT_MODELS_DIR).expanduser().resolve()
 
     @property
     def assets_path(self) -> Path:
@@ -174,13 +173,16 @@ class ScopeSettings(Configurable):
 
     @property
     def logs_path(self) -> Path:
-        if self.logs_dir:
-            return Path(self.logs_dir).expanduser().resolve()
-        return (DEFAULT_HOME / "logs").expanduser().resolve()
+        return Path(self.logs_dir or DEFAULT_LOGS_DIR).expanduser().resolve()
 
     def ensure_dirs(self) -> None:
         for path in (self.models_path, self.assets_path, self.lora_path, self.logs_path):
             path.mkdir(parents=True, exist_ok=True)
+
+
+def setting_default(name: str) -> Any:
+    """The default of setting ``name``, for code that takes it as an argument: defined only here."""
+    return ScopeSettings.class_traits()[name].default()
 
 
 def apply_environment(obj: HasTraits) -> None:

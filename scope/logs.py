@@ -14,6 +14,9 @@ MAX_BYTES = 5 * 1024 * 1024
 BACKUPS = 5
 KEEP_SECONDS = 24 * 3600
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+#: Loggers whose records the file holds; with verbose logging, also the WebRTC libraries'.
+LOGGERS = ("scope", "tornado.access", "ServerApp")
+WEBRTC_LOGGERS = ("aiortc", "aioice")
 
 
 class ServerLog:
@@ -27,6 +30,7 @@ class ServerLog:
         self.logs_dir = logs_dir
         self.handler: logging.handlers.RotatingFileHandler | None = None
         self.path: Path | None = None
+        self._loggers: tuple[str, ...] = ()
 
     def start(self, verbose: bool = False) -> Path:
         self.logs_dir.mkdir(parents=True, exist_ok=True)
@@ -36,13 +40,18 @@ class ServerLog:
         handler = logging.handlers.RotatingFileHandler(path, maxBytes=MAX_BYTES, backupCount=BACKUPS, encoding="utf-8")
         handler.setFormatter(logging.Formatter(FORMAT))
         handler.setLevel(logging.DEBUG if verbose else logging.INFO)
-        for name in ("scope", "tornado.access", "ServerApp"):
+        # Verbose: Scope's debug lines, and the WebRTC libraries' INFO lines, go to the file too.
+        self._loggers = LOGGERS + (WEBRTC_LOGGERS if verbose else ())
+        for name in self._loggers:
+            logging.getLogger(name).addHandler(handler)
+        for name in LOGGERS:
             logger = logging.getLogger(name)
-            logger.addHandler(handler)
             if logger.level == logging.NOTSET or logger.level > logging.INFO:
                 logger.setLevel(logging.INFO)
+        if verbose:
+            logging.getLogger("scope").setLevel(logging.DEBUG)
         level = logging.INFO if verbose else logging.WARNING
-        for name in ("aiortc", "aioice"):
+        for name in WEBRTC_LOGGERS:
             logging.getLogger(name).setLevel(level)
         self.handler = handler
         self.path = path
@@ -50,7 +59,7 @@ class ServerLog:
 
     def stop(self) -> None:
         if self.handler is not None:
-            for name in ("scope", "tornado.access", "ServerApp"):
+            for name in self._loggers:
                 logging.getLogger(name).removeHandler(self.handler)
             self.handler.close()
             self.handler = None

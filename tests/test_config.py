@@ -40,4 +40,4 @@ def test_defaults_without_environment(monkeypatch):
     settings = ScopeSettings()
     assert settings.max_sessions == 4 and settings.open_api is False
     assert settings.server_ice_servers == []
-    assert settings.models_path == Path("~/.daydream-scope/models").expanduser()
+    assert settings.models_path == Path("~/.daydream-scope/models").expanduser().resolve()

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import pytest
 import traitlets
+from pydantic import Field
+
+from scope.params import StreamParameters
 
 from scope.widgets import ScopeWidget
 from scope.widgets import scope_widget
@@ -73,8 +76,45 @@ def test_the_front_end_is_plain_files_shipped_with_the_package():
     w = ScopeWidget()
     assert str(w._esm).endswith("export default { render };\n")
     assert ".scope-widget" in str(w._css)
-    assert set(scope_widget.STREAM_TRAITS) <= set(ScopeWidget.class_trait_names(sync=True))
-    assert w.get_state()["_stream_traits"] == list(scope_widget.STREAM_TRAITS)
+
+
+#: Data-channel parameters the widget drives through its own API instead of a traitlet.
+OWN_API = {
+    "input_mode": "input_source",
+    "transition": "transition_to()",
+    "reset_cache": "reset_cache()",
+    "lora_scales": "one-shot",
+    "vace_ref_images": "one-shot",
+}
+
+
+def test_every_other_stream_parameter_is_a_synced_traitlet_the_front_end_sends():
+    expected = [name for name in StreamParameters.model_fields if name not in OWN_API]
+    w = ScopeWidget()
+    state = w.get_state()
+    assert state["_stream_traits"] == expected
+    synced = set(ScopeWidget.class_trait_names(sync=True))
+    for name in expected:
+        assert name in synced and name in state, name
+        assert ScopeWidget.class_traits()[name].help == StreamParameters.model_fields[name].description
+
+
+def test_a_new_parameter_becomes_a_traitlet_without_a_change_to_the_widget():
+    class WithStrength(StreamParameters):
+        strength: float | None = Field(None, ge=0, le=1)
+
+    names = scope_widget.stream_trait_names(WithStrength)
+    assert names[-1] == "strength" and names[:-1] == scope_widget.stream_trait_names()
+
+
+def test_traitlets_added_from_the_model_are_validated_by_it():
+    w = ScopeWidget()
+    w.kv_cache_attention_bias = 0.3
+    assert w.get_state()["kv_cache_attention_bias"] == 0.3
+    with pytest.raises(traitlets.TraitError, match="vace_context_scale"):
+        w.vace_context_scale = 2.5
+    assert w.vace_context_scale is None
+    assert ScopeWidget().prompts == [] and ScopeWidget().prompts is not ScopeWidget().prompts
 
 
 @pytest.mark.usefixtures("jp_serverapp")

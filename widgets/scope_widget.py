@@ -12,34 +12,59 @@ traitlets, so Python and the controls drive the same stream::
     w.paused = True
     w.status, w.fps, w.chunk             # read back from the browser
 
-Stream parameters are validated here with the same model that validates the data channel,
-so a bad value fails in the cell that sets it, naming the field.
+The stream-parameter traitlets are generated from the data channel's parameter model, and
+validated with it, so a bad value fails in the cell that sets it, naming the field, and a new
+parameter becomes a traitlet without a change here.
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
+import types
 from pathlib import Path
 from typing import Any
 
 import anywidget
 import traitlets
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from scope.client.auth import normalise_base_url, serves_url
-from scope.params import StreamParameters, describe_errors, validation_errors
+from scope.params import ONE_SHOT_KEYS, StreamParameters, describe_errors, validation_errors
 
 HERE = Path(__file__).parent
 
+#: Stream parameters the widget drives through its own API rather than a traitlet: the input
+#: source decides the mode, ``transition_to`` sends transitions, and one-shot requests are
+#: methods (``reset_cache``), since a traitlet's value persists.
+OWN_API = frozenset({"input_mode", "transition"}) | ONE_SHOT_KEYS
+
+#: Initial values other than None ("the server's default").
+TRAIT_DEFAULTS: dict[str, Any] = {"prompts": [], "prompt_interpolation_method": "linear", "paused": False}
+
+
+def stream_trait_names(model: type[BaseModel] = StreamParameters) -> tuple[str, ...]:
+    """The parameters of ``model`` that are traitlets: all but :data:`OWN_API`, in its order."""
+    return tuple(name for name in model.model_fields if name not in OWN_API)
+
+
+def _stream_traits_namespace(namespace: dict[str, Any]) -> None:
+    """The body of :data:`StreamParameterTraits`: a traitlet per name, helped by its field's description."""
+    for name in STREAM_TRAITS:
+        help_text = StreamParameters.model_fields[name].description or ""
+        namespace[name] = traitlets.Any(None, allow_none=True, help=help_text).tag(sync=True)
+        # A fresh copy per widget, so no two widgets share a mutable default.
+        namespace[f"_default_{name}"] = traitlets.default(name)(
+            lambda self, value=TRAIT_DEFAULTS.get(name): copy.deepcopy(value)
+        )
+
+
 #: Traitlets that are stream parameters: a change goes to the live stream on the data channel.
-STREAM_TRAITS = (
-    "prompts",
-    "prompt_interpolation_method",
-    "denoising_step_list",
-    "noise_scale",
-    "noise_controller",
-    "manage_cache",
-    "paused",
+STREAM_TRAITS = stream_trait_names()
+
+#: One synced traitlet per stream parameter; values are checked by the parameter model.
+StreamParameterTraits = types.new_class(
+    "StreamParameterTraits", (traitlets.HasTraits,), exec_body=_stream_traits_namespace
 )
 
 #: Where the video comes from: text only, the browser's webcam, a generated pattern, or an asset.
@@ -70,7 +95,7 @@ def _server_url(value: str) -> str:
     return normalise_base_url(value)
 
 
-class ScopeWidget(anywidget.AnyWidget):
+class ScopeWidget(anywidget.AnyWidget, StreamParameterTraits):
     """A Scope stream in a notebook: pick, download and load a pipeline, then stream it inline."""
 
     _esm = HERE / "scope_widget.js"
@@ -85,19 +110,7 @@ class ScopeWidget(anywidget.AnyWidget):
         "none", help="'none' (text to video), 'webcam', 'pattern', or 'asset:<path>' (a video asset)."
     ).tag(sync=True)
 
-    # Stream parameters (None: the server's default) -----------------------------------
-    prompts = traitlets.Union(
-        [traitlets.List(), traitlets.Unicode()],
-        default_value=[],
-        help="Weighted prompts, [{'text': ..., 'weight': ...}]; a string or list of strings is accepted too.",
-    ).tag(sync=True)
-    prompt_interpolation_method = traitlets.Unicode("linear", help="Blend of several prompts: 'linear' or 'slerp'.").tag(sync=True)
-    denoising_step_list = traitlets.List(allow_none=True, default_value=None, help="Timesteps, e.g. [1000, 750].").tag(sync=True)
-    noise_scale = traitlets.Float(None, allow_none=True, help="Video mode: noise added to the input.").tag(sync=True)
-    noise_controller = traitlets.Bool(None, allow_none=True, help="Video mode: noise follows motion.").tag(sync=True)
-    manage_cache = traitlets.Bool(None, allow_none=True, help="Reset the cache when conditioning changes.").tag(sync=True)
-    paused = traitlets.Bool(False, help="Freeze the output and stop generating.").tag(sync=True)
-
+    # Stream parameters (STREAM_TRAITS, from StreamParameterTraits; None: the server's default).
     #: Which traitlets the front end sends on the data channel when they change.
     _stream_traits = traitlets.List(list(STREAM_TRAITS), read_only=True).tag(sync=True)
 

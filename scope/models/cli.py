@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
+from scope.config import DEFAULT_MODELS_DIR, ScopeSettings
 from scope.models.artifacts import PIPELINE_ARTIFACTS, Artifact
 
 if TYPE_CHECKING:
@@ -62,15 +62,6 @@ def _artifacts_for(pipeline_id: str) -> tuple[Artifact, ...]:
     raise UnknownPipelineError(pipeline_id, known)
 
 
-def _default_models_dir() -> Path:
-    try:
-        from scope.config import default_models_dir
-    except ImportError:
-        raw = os.environ.get("DAYDREAM_SCOPE_MODELS_DIR")
-        return Path(raw).expanduser().resolve() if raw else Path("~/.daydream-scope/models").expanduser()
-    return default_models_dir()
-
-
 class _ProgressBar:
     """A tqdm bar over the bytes of the whole pipeline, labelled with the current repo."""
 
@@ -102,7 +93,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--models-dir",
         type=Path,
         default=None,
-        help="where to store weights (default: $DAYDREAM_SCOPE_MODELS_DIR or ~/.daydream-scope/models)",
+        help=f"where to store weights (default: $DAYDREAM_SCOPE_MODELS_DIR or {DEFAULT_MODELS_DIR})",
     )
     parser.add_argument(
         "--synthetic",
@@ -128,7 +119,10 @@ def download_models_main(argv: list[str] | None = None) -> int:
 
     from scope.models.download import DownloadManager
 
-    models_dir = args.models_dir.expanduser().resolve() if args.models_dir else _default_models_dir()
+    settings = ScopeSettings()
+    if args.models_dir:
+        settings.models_dir = str(args.models_dir)
+    models_dir = settings.models_path
     manager = DownloadManager(models_dir)
     if args.synthetic:
         print(f"Writing synthetic weights for '{pipeline_id}' into {models_dir}")

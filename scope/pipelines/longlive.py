@@ -14,13 +14,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from scope.models.artifacts import LONGLIVE_GENERATOR, PIPELINE_ARTIFACTS
 from scope.models.synthetic.writer import uses_synthetic
-from scope.params import MAX_SEED, AssetPath, LoraPath
+from scope.params import MAX_SEED, LoraPath, StreamParameters
 from scope.pipelines.base import LoadContext, Pipeline, PipelineInfo, Stream
 from scope.pipelines.registry import register
-from scope.pipelines.wan.causal_stream import CausalStream, CausalStreamSettings
+from scope.pipelines.wan.causal_stream import STREAM_PARAMETERS, CausalStream, CausalStreamSettings
 from scope.pipelines.wan.components import WanComponents, WanPaths
-
-VaeType = Literal["wan", "lightvae", "tae", "lighttae"]
+from scope.pipelines.wan.config_schema import VaeType, WanPipelineConfig
 
 #: LongLive's model.yaml.
 SETTINGS = CausalStreamSettings(
@@ -30,6 +29,8 @@ SETTINGS = CausalStreamSettings(
     timestep_shift=5.0,
     recache_on_prompt_change=True,
 )
+#: LongLive's defaults, for its load parameters and its configuration schema alike.
+DEFAULT_HEIGHT, DEFAULT_WIDTH, DEFAULT_SEED = 320, 576, 42
 DEFAULT_STEPS = [1000, 750, 500, 250]
 
 
@@ -52,9 +53,9 @@ class LongLiveLoadParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    height: int = Field(320, ge=16, le=2048, description="Output height in pixels (a multiple of 16).")
-    width: int = Field(576, ge=16, le=2048, description="Output width in pixels (a multiple of 16).")
-    seed: int = Field(42, ge=0, le=MAX_SEED, description="Base seed (0..2**63-1); each chunk uses seed + its start frame, mod 2**64.")
+    height: int = Field(DEFAULT_HEIGHT, ge=16, le=2048, description="Output height in pixels (a multiple of 16).")
+    width: int = Field(DEFAULT_WIDTH, ge=16, le=2048, description="Output width in pixels (a multiple of 16).")
+    seed: int = Field(DEFAULT_SEED, ge=0, le=MAX_SEED, description="Base seed (0..2**63-1); each chunk uses seed + its start frame, mod 2**64.")
     quantization: Literal["fp8_e4m3fn"] | None = Field(
         None, description="Store the generator's linear weights in fp8 (computed in the compute dtype)."
     )
@@ -82,22 +83,21 @@ class LongLiveLoadParams(BaseModel):
         return value
 
 
-class LongLiveConfig(BaseModel):
-    """The configuration schema advertised for ``longlive`` (UI hints and defaults)."""
+LongLiveConfig = WanPipelineConfig.variant(
+    "LongLiveConfig",
+    "The configuration schema advertised for ``longlive`` (UI hints and defaults).",
+    height=DEFAULT_HEIGHT,
+    width=DEFAULT_WIDTH,
+    base_seed=DEFAULT_SEED,
+    denoising_steps=DEFAULT_STEPS,
+)
 
-    model_config = ConfigDict(extra="forbid", title="LongLiveConfig")
 
-    height: int = 320
-    width: int = 576
-    manage_cache: bool = Field(True, description="Reset caches automatically when the step list or video-mode prompts change.")
-    base_seed: int = Field(42, ge=0, le=MAX_SEED, description="Random seed (0..2**63-1); each chunk uses base_seed + its start frame, mod 2**64.")
-    denoising_steps: list[int] = [1000, 750, 500, 250]
-    noise_scale: float | None = Field(None, ge=0.0, le=1.0, description="Video mode: noise mixed into the input latents.")
-    noise_controller: bool | None = Field(None, description="Video mode: adjust the noise scale from motion.")
-    input_size: int | None = Field(1, ge=1, description="Input frames per block.")
-    ref_images: list[AssetPath] | None = Field(None, description="VACE reference images.")
-    vace_context_scale: float = Field(1.0, ge=0.0, le=2.0, description="VACE conditioning strength.")
-    vae_type: VaeType = Field("wan", description="Autoencoder used to encode and decode frames.")
+class LongLiveParameters(StreamParameters):
+    """Stream parameters of ``longlive``: all are validated, but VACE, LoRA scales and the
+    KV-cache bias are not available yet, so a client that sends them is told they are unused."""
+
+    takes = STREAM_PARAMETERS
 
 
 @register
@@ -121,6 +121,7 @@ class LongLivePipeline(Pipeline):
     )
     load_params_model = LongLiveLoadParams
     config_model = LongLiveConfig
+    parameters_model = LongLiveParameters
     mode_defaults = {
         "video": {"height": 512, "width": 512, "denoising_steps": [1000, 750], "noise_scale": 0.7, "noise_controller": True}
     }

@@ -7,11 +7,14 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from scope.params import MAX_SEED, AssetPath
+from scope.params import StreamParameters
 from scope.pipelines.base import Chunk, LoadContext, Pipeline, PipelineInfo, Stream
+from scope.pipelines.config_schema import PipelineConfig
 from scope.pipelines.registry import register
 
 CHUNK_FRAMES = 4
+#: The nominal output size, for the load parameters and the configuration schema alike.
+DEFAULT_SIZE = 512
 
 
 class PassthroughLoadParams(BaseModel):
@@ -19,25 +22,24 @@ class PassthroughLoadParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    height: int = Field(512, ge=1, le=4096, description="Nominal output height (the input's size is kept).")
-    width: int = Field(512, ge=1, le=4096, description="Nominal output width (the input's size is kept).")
+    height: int = Field(DEFAULT_SIZE, ge=1, le=4096, description="Nominal output height (the input's size is kept).")
+    width: int = Field(DEFAULT_SIZE, ge=1, le=4096, description="Nominal output width (the input's size is kept).")
 
 
-class PassthroughConfig(BaseModel):
-    """Configuration schema advertised for ``passthrough`` (UI hints)."""
+PassthroughConfig = PipelineConfig.variant(
+    "PassthroughConfig",
+    "Configuration schema advertised for ``passthrough`` (UI hints); it generates nothing, so "
+    "only the size applies.",
+    height=DEFAULT_SIZE,
+    width=DEFAULT_SIZE,
+)
 
-    model_config = ConfigDict(extra="forbid")
 
-    height: int = Field(512, ge=1, description="Output height in pixels.")
-    width: int = Field(512, ge=1, description="Output width in pixels.")
-    manage_cache: bool = Field(True, description="Reset caches automatically when conditioning changes.")
-    base_seed: int = Field(42, ge=0, le=MAX_SEED, description="Random seed (0..2**63-1).")
-    denoising_steps: list[int] | None = Field(None, description="Denoising timesteps (unused).")
-    noise_scale: float | None = Field(None, ge=0.0, le=1.0, description="Noise added to input latents (unused).")
-    noise_controller: bool | None = Field(None, description="Automatic noise adjustment (unused).")
-    input_size: int | None = Field(1, ge=1, description="Input frames per block.")
-    ref_images: list[AssetPath] | None = Field(None, description="VACE reference images (unused).")
-    vace_context_scale: float = Field(1.0, ge=0.0, le=2.0, description="VACE strength (unused).")
+class PassthroughParameters(StreamParameters):
+    """Passthrough generates nothing: it acts only on the session's own parameters
+    (``input_mode``, ``paused``, ``reset_cache``); the others are reported unused."""
+
+    takes = frozenset()
 
 
 class PassthroughStream(Stream):
@@ -64,6 +66,7 @@ class PassthroughPipeline(Pipeline):
     )
     load_params_model = PassthroughLoadParams
     config_model = PassthroughConfig
+    parameters_model = PassthroughParameters
 
     @classmethod
     def load(cls, load_params: BaseModel, context: LoadContext) -> "PassthroughPipeline":

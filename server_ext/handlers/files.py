@@ -27,15 +27,18 @@ VIDEO_TYPES = {
     ".webm": "video/webm",
 }
 LORA_SUFFIXES = (".safetensors", ".bin", ".pt")
-MAX_UPLOAD_BYTES = 50 * 1024 * 1024
-TOO_LARGE = "File size exceeds maximum of 50MB"
+MIB = 1024 * 1024
+#: The largest upload, in MiB; the messages below state it.
+MAX_UPLOAD_MIB = 50
+MAX_UPLOAD_BYTES = MAX_UPLOAD_MIB * MIB
+TOO_LARGE = f"File size exceeds maximum of {MAX_UPLOAD_MIB}MB"
 #: A refused upload's body is still read and dropped up to this many bytes (then the connection
 #: closes), so clients that send the whole body before reading the answer still read it.
 DRAIN_LIMIT_BYTES = 4 * MAX_UPLOAD_BYTES
 #: ... and for at most this long: generous, the bound that matters is the one on bytes.
 DRAIN_SECONDS = 120.0
 UPLOAD_PREFIX = ".upload-"
-CHUNK_BYTES = 1024 * 1024
+CHUNK_BYTES = MIB
 
 
 def _kind(path: Path) -> str | None:
@@ -49,7 +52,7 @@ def _folder(root: Path, path: Path) -> str | None:
 
 
 def _size_mb(stat: os.stat_result) -> float:
-    return round(stat.st_size / (1024 * 1024), 2)
+    return round(stat.st_size / MIB, 2)
 
 
 def describe_asset(root: Path, path: Path) -> dict[str, Any]:
@@ -110,13 +113,13 @@ class AssetsHandler(ScopeHandler):
             null_origin=True,
         ),
         "post": Operation(
-            "Upload an asset (raw bytes, at most 50 MiB)",
+            f"Upload an asset (raw bytes, at most {MAX_UPLOAD_MIB} MiB)",
             Asset,
             query={"filename": ("string", True, "File name with an image or video extension")},
             errors={
                 400: "Bad file name or type",
                 409: "A folder of that name exists",
-                413: "Larger than 50 MiB",
+                413: f"Larger than {MAX_UPLOAD_MIB} MiB",
                 422: "Missing filename",
                 507: "The assets quota (or the disk) has no room for it",
             },

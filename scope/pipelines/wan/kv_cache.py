@@ -112,10 +112,6 @@ class GeneratorCache:
         return self.sink_frames * self.frame_seq_len
 
     @property
-    def capacity_tokens(self) -> int:
-        return self.capacity_frames * self.frame_seq_len
-
-    @property
     def window_tokens(self) -> int:
         return self.window_frames * self.frame_seq_len
 
@@ -143,15 +139,6 @@ class GeneratorCache:
     def reset_cross(self) -> None:
         """Forget the cross-attention K/V (the next forward recomputes them from its context)."""
         self.cross = [None] * len(self.layers)
-
-    def memory_bytes(self) -> int:
-        total = 0
-        for layer in self.layers:
-            total += layer.k.numel() * layer.k.element_size() + layer.v.numel() * layer.v.element_size()
-        for slot in self.cross:
-            if slot is not None:
-                total += sum(t.numel() * t.element_size() for t in slot)
-        return total
 
     def plan(self, layer: LayerKV, current_start: int, num_new: int) -> WritePlan:
         """LongLive's write rule for `num_new` tokens starting at absolute token `current_start`."""

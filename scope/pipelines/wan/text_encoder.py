@@ -308,7 +308,4 @@ class TextEncoder:
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
 
-    def clear_cache(self) -> None:
-        self._cache.clear()
-
     __call__ = encode
