@@ -216,7 +216,9 @@ def test_in_kernel_api(tmp_path, synthetic_models):
 
     changes = run.summary("parameter_change")["changes"]
     assert changes["nothing changed"]["diff"] == 0
-    assert changes["new prompt"]["diff"] > 1
+    # A new prompt moves the picture by at least a third of what a restart (a fresh sample) does
+    # (measured 33.6 against 50.5 levels; with cross-attention weakened tenfold, 9.7 against 56.7).
+    assert changes["new prompt"]["diff"] > changes["steps [1000, 500]"]["diff"] / 3, changes
     assert changes["steps [1000, 500]"] == {**changes["steps [1000, 500]"], "frames": 9, "cache_reset": True}
     assert changes["steps [1000, 500]"]["diff"] > 1
     assert changes["steps, manage_cache=False"]["frames"] == 12
