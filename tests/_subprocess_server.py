@@ -24,6 +24,8 @@ import httpx
 
 #: The token every test server is started with, so tests can call Jupyter's own endpoints.
 TEST_TOKEN = "scope-test-token-5f2c"
+#: The checkout's root (where the ``tests`` package is importable from).
+CHECKOUT = Path(__file__).resolve().parent.parent
 
 #: Environment variables that would change a test server's behaviour if inherited.
 _SCRUBBED_PREFIXES = ("DAYDREAM_SCOPE_", "TWILIO_", "JUPYTER_")
@@ -183,11 +185,19 @@ def spawn_scope_server(
     host: str | None = "127.0.0.1",
     token: str = TEST_TOKEN,
     env: dict[str, str] | None = None,
+    test_pipelines: bool = False,
 ) -> ScopeServer:
-    """Start ``daydream-scope -N`` without waiting for it (see ``start_scope_server``)."""
+    """Start ``daydream-scope -N`` without waiting for it (see ``start_scope_server``).
+
+    ``test_pipelines`` registers the pipelines of ``tests/pipelines.py`` in the server too.
+    """
     root.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
-    command = [*console_script("daydream-scope"), "-N", f"--port={port}", f"--IdentityProvider.token={token}"]
+    program = console_script("daydream-scope")
+    if test_pipelines:
+        program = [sys.executable, "-m", "tests.serve_test_pipelines"]
+        env = {"PYTHONPATH": str(CHECKOUT), **(env or {})}
+    command = [*program, "-N", f"--port={port}", f"--IdentityProvider.token={token}"]
     if host is not None:
         command += ["--host", host]
     command += list(args)

@@ -14,8 +14,9 @@ from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from scope.pipelines import registry
 from scope.streaming import host_addresses
 from tests.pipelines import TEST_PIPELINES, PatternPipeline
+from tests.polling import wait_until
 
-pytest_plugins = ["pytest_jupyter.jupyter_server", "tests.fakehub", "tests.servers"]
+pytest_plugins = ["pytest_jupyter.jupyter_server", "tests.fakehub", "tests.servers", "tests.skips"]
 
 #: Every peer of the test run (in-process servers, aiortc clients, and through the environment,
 #: subprocess servers and notebook kernels) gathers loopback candidates only.
@@ -126,18 +127,13 @@ def api(scope_url):
     return call
 
 
-async def wait_for_status(api, wanted: str, timeout: float = 20.0) -> dict:
-    import asyncio
-    import time
+async def wait_for_status(api, wanted: str, timeout: float = 60.0) -> dict:
+    """The pipeline status, once it reads ``wanted``."""
 
-    deadline = time.monotonic() + timeout
-    while True:
-        status = (await api("GET", "api/v1/pipeline/status")).json
-        if status["status"] == wanted:
-            return status
-        if time.monotonic() > deadline:
-            raise AssertionError(f"status stayed {status} (wanted {wanted})")
-        await asyncio.sleep(0.05)
+    async def read() -> dict:
+        return (await api("GET", "api/v1/pipeline/status")).json
+
+    return await wait_until(lambda s: s["status"] == wanted, timeout, f"pipeline status {wanted!r}", value=read)
 
 
 @pytest.fixture(scope="session")

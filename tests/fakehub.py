@@ -2,8 +2,9 @@
 
 It answers the listing calls ``huggingface_hub.HfApi`` makes (repo revision info, tree with
 ``Link`` pagination, paths-info) and ``resolve`` downloads with ``Range`` support, from repos
-held in memory. Tests can make a file fail, slow or pause transfers, require a token, and
-inspect every request it served.
+held in memory. Tests can make a file fail, slow or pause transfers (all of them, or one file at
+a chosen byte so that a download's progress stands still at a known point), require a token,
+and inspect every request it served.
 
 Use it as a context manager (``with FakeHub({...}) as hub``) or through the ``fake_hub``
 fixture (registered for every test in ``tests/conftest.py``), then point a client at ``hub.endpoint``.
@@ -93,6 +94,9 @@ class FakeHub:
         self._lock = threading.Lock()
         self._gate = threading.Event()
         self._gate.set()
+        #: (repo, path) -> (byte offset, event): transfers of that file pause there until the event.
+        self._file_holds: dict[tuple[str, str], tuple[int, threading.Event]] = {}
+        self._held_files: set[tuple[str, str]] = set()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         for repo_id, files in (repos or {}).items():
@@ -162,6 +166,38 @@ class FakeHub:
     def release(self) -> None:
         self._gate.set()
 
+    def hold_file(self, repo_id: str, path: str, at_byte: int = 0) -> None:
+        """Pause transfers of one file once they reach ``at_byte`` (rounded up to a whole chunk),
+        until :meth:`release_file`; other files go on."""
+        with self._lock:
+            self._file_holds[(repo_id, path)] = (at_byte, threading.Event())
+
+    def release_file(self, repo_id: str | None = None, path: str | None = None) -> None:
+        """Let one held file go on, or every held file when called without arguments."""
+        with self._lock:
+            keys = list(self._file_holds) if repo_id is None else [(repo_id, path or "")]
+            holds = [self._file_holds.pop(key, None) for key in keys]
+        for hold in holds:
+            if hold is not None:
+                hold[1].set()
+
+    def file_held(self, repo_id: str, path: str) -> bool:
+        """Whether a transfer of this file is paused at its :meth:`hold_file` point now."""
+        with self._lock:
+            return (repo_id, path) in self._held_files
+
+    def _pause_file(self, repo_id: str, path: str, position: int) -> None:
+        with self._lock:
+            hold = self._file_holds.get((repo_id, path))
+            if hold is None or position < hold[0]:
+                return
+            self._held_files.add((repo_id, path))
+        try:
+            hold[1].wait(GATE_TIMEOUT_S)
+        finally:
+            with self._lock:
+                self._held_files.discard((repo_id, path))
+
     def _take_failure(self, repo_id: str, path: str) -> _Failure | None:
         with self._lock:
             failure = self._failures.get((repo_id, path))
@@ -230,6 +266,7 @@ class FakeHub:
 
     def close(self) -> None:
         self.release()
+        self.release_file()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -438,7 +475,7 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
         self._answer(status, headers)
         sent = 0
         if self.method == "GET":
-            sent = self._send_slowly(body[: len(body) // 2] if truncate else body)
+            sent = self._send_slowly(body[: len(body) // 2] if truncate else body, repo_id, path, start)
         if truncate:
             self.close_connection = True
         self._log("resolve", repo_id, path, status, sent)
@@ -457,12 +494,13 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
         start = int(first)
         return start if start < size else None
 
-    def _send_slowly(self, body: bytes) -> int:
+    def _send_slowly(self, body: bytes, repo_id: str, path: str, start: int) -> int:
         sent = 0
         step = max(1, self.hub.chunk_size)
         try:
             for offset in range(0, len(body), step):
                 self.hub._gate.wait(GATE_TIMEOUT_S)
+                self.hub._pause_file(repo_id, path, start + offset)
                 if self.hub.chunk_delay:
                     time.sleep(self.hub.chunk_delay)
                 chunk = body[offset : offset + step]

@@ -7,17 +7,16 @@ instead of raising, and keeps every received frame for the assertions.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiortc import MediaStreamTrack
+from aiortc import MediaStreamTrack, RTCPeerConnection
 
 from scope.client.peer import ReceivedFrame, ScopePeer
+from tests.polling import wait_until
 
-__all__ = ["ReceivedFrame", "ScopeRtcClient", "connected"]
+__all__ = ["ReceivedFrame", "ScopeRtcClient", "connected", "cut_network"]
 
 
 @dataclass
@@ -64,15 +63,11 @@ class ScopeRtcClient:
     def send(self, message: dict) -> None:
         self.peer.send(message)
 
-    async def wait_frames(self, count: int, timeout: float = 20.0) -> list[ReceivedFrame]:
-        deadline = time.monotonic() + timeout
-        while len(self.frames) < count:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"received {len(self.frames)} frames, wanted {count}")
-            await asyncio.sleep(0.02)
+    async def wait_frames(self, count: int, timeout: float = 30.0) -> list[ReceivedFrame]:
+        await wait_until(lambda n: n >= count, timeout, f"{count} received frames", value=lambda: len(self.frames))
         return self.frames
 
-    async def wait_message(self, predicate, timeout: float = 10.0) -> dict:
+    async def wait_message(self, predicate, timeout: float = 30.0) -> dict:
         """The first message so far (or to come) that ``predicate`` accepts."""
         return await self.peer.wait_message(predicate, timeout)
 
@@ -89,3 +84,13 @@ async def connected(api: Any, initial_parameters: dict | None = None, **options:
         yield client
     finally:
         await client.close()
+
+
+async def cut_network(pc: RTCPeerConnection) -> None:
+    """Close the peer's ICE sockets: it falls silent as a killed process or a pulled cable would,
+    without the DTLS close or SCTP abort a clean ``close()`` sends."""
+    transports = {t.receiver.transport.transport for t in pc.getTransceivers()}
+    if pc.sctp is not None:
+        transports.add(pc.sctp.transport.transport)
+    for ice in transports:
+        await ice.stop()

@@ -2,8 +2,8 @@
 
 ``daydream-scope`` is started by :mod:`tests._subprocess_server` (free loopback port, temporary
 directories, a known token, bounded waits). This module adds the same for ``jupyter lab`` with
-the Scope extension, plus module-scoped fixtures for both (registered for every test in
-``tests/conftest.py``).
+the Scope extension, plus fixtures for both (registered for every test in ``tests/conftest.py``):
+a ``daydream-scope`` per module, and one Lab for the whole run.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+import httpx
 import pytest
 
 from tests._subprocess_server import (
@@ -33,8 +34,10 @@ __all__ = [
     "TEST_TOKEN",
     "LabServer",
     "ScopeServer",
+    "SHARED_LAB_NAME",
     "lab_server_process",
     "running_lab_server",
+    "shared_lab_server",
     "running_scope_server",
     "scope_server_process",
     "start_lab_server",
@@ -54,6 +57,18 @@ class LabServer(ServerProcess):
     def url(self) -> str:
         """The server's base URL on loopback, ending with '/'."""
         return f"http://127.0.0.1:{self.port}{self.base_url}"
+
+    def reset(self) -> None:
+        """Shut down every kernel and Scope session and unload the pipeline, for the next user."""
+        headers = {"Authorization": f"token {self.token}"}
+        with httpx.Client(base_url=self.url, headers=headers, trust_env=False, timeout=60) as client:
+            for session in client.get("api/sessions").json():
+                client.delete(f"api/sessions/{session['id']}")
+            for kernel in client.get("api/kernels").json():
+                client.delete(f"api/kernels/{kernel['id']}")
+            for session in client.get("api/v1/webrtc/sessions").json()["sessions"]:
+                client.delete(f"api/v1/webrtc/sessions/{session['id']}")
+            assert client.post("api/v1/pipeline/unload", json={}).status_code == 200
 
 
 
@@ -95,8 +110,28 @@ def scope_server_process(tmp_path_factory) -> Iterator[ScopeServer]:
         yield server
 
 
+#: A second name the shared Lab answers to (Jupyter's host check), for pages on a non-local origin.
+SHARED_LAB_NAME = "scope-lab.test"
+
+
+@pytest.fixture(scope="session")
+def shared_lab_server(tmp_path_factory, synthetic_models) -> Iterator[LabServer]:
+    """One ``jupyter lab`` for the whole run (a Lab takes seconds to start).
+
+    Scope's API closed (Jupyter's token, cookie and XSRF apply), below a non-root base URL, the
+    app exposed to pages (widget tests drive notebooks), its models the synthetic ``longlive``
+    weights (read only), answering to ``scope-lab.test`` too. Tests that need other settings
+    start their own Lab.
+    """
+    names = f"--ServerApp.local_hostnames=['localhost', '{SHARED_LAB_NAME}']"
+    env = {"DAYDREAM_SCOPE_MODELS_DIR": str(synthetic_models)}
+    root = tmp_path_factory.mktemp("lab-server")
+    with running_lab_server(root, names, "--LabApp.expose_app_in_browser=True", base_url="/lab-base/", env=env) as lab:
+        yield lab
+
+
 @pytest.fixture(scope="module")
-def lab_server_process(tmp_path_factory) -> Iterator[LabServer]:
-    """``jupyter lab`` with the Scope extension below a non-root base URL, for one test module."""
-    with running_lab_server(tmp_path_factory.mktemp("lab-server"), base_url="/lab-base/") as server:
-        yield server
+def lab_server_process(shared_lab_server: LabServer) -> Iterator[LabServer]:
+    """The shared Lab for one module; the module's kernels, streams and pipeline end with it."""
+    yield shared_lab_server
+    shared_lab_server.reset()

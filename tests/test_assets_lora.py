@@ -10,6 +10,8 @@ from urllib.parse import quote, urlsplit
 
 import pytest
 
+from tests.polling import wait_until
+
 pytestmark = pytest.mark.usefixtures("jp_serverapp")
 
 MAX_UPLOAD = 50 * 1024 * 1024
@@ -82,12 +84,15 @@ def _pending_upload_handlers() -> list[asyncio.Task]:
     return pending
 
 
-async def _wait_until(condition, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
+async def _clock_past(path: Path, probe: Path) -> None:
+    """Wait until a file written now would get a later change time than ``path`` (whatever the
+    filesystem's timestamp granularity), so listings sorted by it have a defined order."""
+
+    def stamp() -> float:
+        probe.write_bytes(b"")
+        return probe.stat().st_ctime
+
+    await wait_until(lambda t: t > path.stat().st_ctime, what=f"a change time later than {path.name}'s", value=stamp)
 
 
 # Upload -------------------------------------------------------------------------------------
@@ -203,7 +208,7 @@ async def test_declared_length_over_the_cap_is_413_before_any_byte(scope_url, sc
     try:
         writer.write(_upload_head(base, "big.png", f"Content-Length: {MAX_UPLOAD + 1}\r\n"))
         await writer.drain()
-        status, headers, body = await asyncio.wait_for(_read_reply(reader), 10)
+        status, headers, body = await asyncio.wait_for(_read_reply(reader), 30)
     finally:
         writer.close()
     assert status == 413
@@ -220,7 +225,7 @@ async def test_declared_length_over_the_cap_with_a_buffering_client(api, scope_d
         reply = None
     if reply is not None:
         assert reply.status == 413, reply.body
-    await _wait_until(lambda: _files(scope_dirs["assets"]) == set())
+    await wait_until(lambda: _files(scope_dirs["assets"]) == set(), what="an empty assets folder")
 
 
 async def test_exactly_the_cap_is_accepted(api, scope_dirs):
@@ -267,14 +272,14 @@ async def test_streamed_body_growing_past_the_cap_is_413_and_leaves_nothing(scop
     writer.write(_upload_head(base, "stream.mp4", "Transfer-Encoding: chunked\r\n"))
     pumping = asyncio.ensure_future(pump())
     try:
-        status, _headers, body = await asyncio.wait_for(_read_reply(reader), 20)
+        status, _headers, body = await asyncio.wait_for(_read_reply(reader), 30)
     finally:
         pumping.cancel()
         writer.close()
     assert status == 413, (status, body)
     assert json.loads(body) == {"detail": "File size exceeds maximum of 50MB"}
-    await _wait_until(lambda: _files(scope_dirs["assets"]) == set())
-    await _wait_until(lambda: not _pending_upload_handlers(), timeout=5)
+    await wait_until(lambda: _files(scope_dirs["assets"]) == set(), what="an empty assets folder")
+    await wait_until(lambda: not _pending_upload_handlers(), what="upload handlers to finish")
 
 
 async def test_upload_replaces_an_existing_asset_atomically(scope_url, api, scope_dirs):
@@ -288,13 +293,13 @@ async def test_upload_replaces_an_existing_asset_atomically(scope_url, api, scop
     try:
         writer.write(_upload_head(base, "same.png", f"Content-Length: {len(new)}\r\n") + new[:100_000])
         await writer.drain()
-        await _wait_until(lambda: any(p.stat().st_size >= 100_000 for p in assets.iterdir() if p.name != "same.png"))
+        await wait_until(lambda: any(p.stat().st_size >= 100_000 for p in assets.iterdir() if p.name != "same.png"))
         assert (assets / "same.png").read_bytes() == old
         listed = (await api("GET", "api/v1/assets")).json["assets"]
         assert [(a["name"], a["size_mb"]) for a in listed] == [("same", round(len(old) / 1048576, 2))]
         writer.write(new[100_000:])
         await writer.drain()
-        status, _headers, body = await asyncio.wait_for(_read_reply(reader), 10)
+        status, _headers, body = await asyncio.wait_for(_read_reply(reader), 30)
     finally:
         writer.close()
     assert status == 200, body
@@ -307,11 +312,11 @@ async def test_client_leaving_mid_upload_leaves_no_file(scope_url, api, scope_di
     reader, writer, base = await _open(scope_url)
     writer.write(_upload_head(base, "gone.png", "Content-Length: 500000\r\n") + b"\x03" * 100_000)
     await writer.drain()
-    await _wait_until(lambda: any(p.stat().st_size >= 100_000 for p in assets.iterdir()))
+    await wait_until(lambda: any(p.stat().st_size >= 100_000 for p in assets.iterdir()))
     assert _pending_upload_handlers()  # the probe sees the upload in flight
     writer.close()
-    await _wait_until(lambda: _files(assets) == set())
-    await _wait_until(lambda: not _pending_upload_handlers(), timeout=5)
+    await wait_until(lambda: _files(assets) == set(), what="an empty assets folder")
+    await wait_until(lambda: not _pending_upload_handlers(), what="upload handlers to finish")
     # The server still works afterwards.
     assert (await upload(api, "after.png", b"ok")).status == 200
 
@@ -319,18 +324,19 @@ async def test_client_leaving_mid_upload_leaves_no_file(scope_url, api, scope_di
 # List ---------------------------------------------------------------------------------------
 
 
-async def test_list_filters_by_type_and_sorts_newest_first(api, scope_dirs):
+async def test_list_filters_by_type_and_sorts_newest_first(api, scope_dirs, tmp_path):
     assets = scope_dirs["assets"]
     (assets / "sub" / "deep").mkdir(parents=True)
     (assets / "sub" / "deep" / "old.jpg").write_bytes(b"j" * 2048)
     (assets / "notes.txt").write_text("not an asset")
     (assets / "weights.safetensors").write_bytes(b"w")
     (assets / ".upload-leftover.png").write_bytes(b"hidden")
-    await asyncio.sleep(0.05)
+    probe = tmp_path / "clock-probe"
+    await _clock_past(assets / "sub" / "deep" / "old.jpg", probe)
     assert (await upload(api, "a.png", b"a")).status == 200
-    await asyncio.sleep(0.05)
+    await _clock_past(assets / "a.png", probe)
     assert (await upload(api, "clip.mp4", b"m" * 10)).status == 200
-    await asyncio.sleep(0.05)
+    await _clock_past(assets / "clip.mp4", probe)
     assert (await upload(api, "b.webp", b"b")).status == 200
 
     everything = (await api("GET", "api/v1/assets")).json

@@ -1,71 +1,32 @@
 """A real headless Chromium against a real ``daydream-scope``: the documented pages stream.
 
-Chromium and the server's aiortc meet on loopback: the test servers gather 127.0.0.1 candidates
-only and Chromium runs with loopback allowed in peer connections. Every wait is bounded, so a
-broken stream fails instead of hanging.
+The module's server registers the test pipelines (``tests/pipelines.py``) and downloads model
+files from a local hub speaking the Hugging Face protocol, so every answer a page gets is the
+real server's. Chromium is set up by ``tests/chromium.py``.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import random
 import re
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests._subprocess_server import running_scope_server
+from tests.chromium import browser, new_page, page, wait_for, wait_until  # noqa: F401  (fixtures)
+from tests.fakehub import FakeHub
+from tests.pipelines import DownloadablePipeline, prompt_level
 from tests.servers import ScopeServer
 from tests.subprocess_only import jp_asyncio_loop, jp_server_cleanup  # noqa: F401  (autouse fixtures)
 
-sync_api = pytest.importorskip("playwright.sync_api")
-
-CHROMIUM = Path("/usr/bin/chromium")
-#: The API spec whose Quick Start page is replayed (kept outside this repository).
+#: The API spec whose Quick Start page is replayed (kept outside this repository, beside it in CI).
 SPEC = Path(os.environ.get("SCOPE_SERVER_SPEC", Path(__file__).resolve().parents[2] / "shared" / "spec" / "server.md"))
-needs_spec = pytest.mark.skipif(not SPEC.exists(), reason=f"the API spec is not at {SPEC} (set SCOPE_SERVER_SPEC)")
-TIMEOUT_MS = 30_000
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.timeout(120),
-    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is not installed (apt-get install chromium)"),
-]
-
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    # Raw IP host candidates instead of mDNS names the server would spend a second resolving.
-    "--disable-features=WebRtcHideLocalIpsWithMdns",
-    # Loopback host candidates, which the test servers (restricted to 127.0.0.1) can reach.
-    "--allow-loopback-in-peer-connection",
-    "--use-fake-ui-for-media-stream",
-    "--use-fake-device-for-media-stream",
-    # No internet here (or in CI): nothing in the background may wait on it.
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-    "--disable-gpu",
-]
-
-#: Remembers every RTCPeerConnection and data channel a page creates, so tests can read stats
-#: and send messages without changing the page.
-RECORD_PEER_CONNECTIONS = """
-(() => {
-  const Native = window.RTCPeerConnection;
-  window.__peerConnections = [];
-  window.__dataChannels = [];
-  window.RTCPeerConnection = class extends Native {
-    constructor(...args) { super(...args); window.__peerConnections.push(this); }
-    createDataChannel(...args) {
-      const channel = super.createDataChannel(...args);
-      window.__dataChannels.push(channel);
-      return channel;
-    }
-  };
-})();
-"""
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(180)]
 
 FRAMES_DECODED = """
 async () => {
@@ -77,6 +38,15 @@ async () => {
   }
   return frames;
 }
+"""
+
+#: Resolves once the <video> presents its next frame (rejects after 30 s).
+NEXT_PRESENTED_FRAME = """
+(selector) => new Promise((resolve, reject) => {
+  const video = document.querySelector(selector);
+  const timer = setTimeout(() => reject(new Error("no new video frame in 30 s")), 30000);
+  video.requestVideoFrameCallback((now, metadata) => { clearTimeout(timer); resolve(metadata.presentedFrames); });
+})
 """
 
 #: Mean RGB of a patch around each point, drawn from the <video> to a canvas.
@@ -105,35 +75,36 @@ PAGE_PATTERN_COLOURS = [(0xD0, 0x20, 0x20), (0x20, 0xB0, 0x40), (0x20, 0x40, 0xD
 #: Points on the band the white square moves along.
 MOVING_BAND = [(x / 16, 0.5) for x in range(1, 16)]
 
+#: What ``test-download`` needs from the hub, and files it does not need.
+BASE, EXTRA = DownloadablePipeline.artifacts[0].repo_id, DownloadablePipeline.artifacts[1].repo_id
+HUB_FILES = {
+    BASE: {
+        "config.json": b'{"dim": 64}',
+        "weights.safetensors": random.Random(1).randbytes(200_000),
+        "google/tok/spiece.model": random.Random(2).randbytes(40_000),
+        "README.md": b"# not needed",
+    },
+    EXTRA: {"extra.pt": random.Random(3).randbytes(120_000), "other.pt": b"not needed"},
+}
+NEEDED = [(BASE, "config.json"), (BASE, "weights.safetensors"), (BASE, "google/tok/spiece.model"), (EXTRA, "extra.pt")]
+
 
 # -- fixtures -----------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def browser(request):
-    """Chromium for one module; a module may add flags in its ``EXTRA_CHROMIUM_ARGS``."""
-    args = [*CHROMIUM_ARGS, *getattr(request.module, "EXTRA_CHROMIUM_ARGS", ())]
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=args)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+def hub():
+    """The hub the module's server downloads from."""
+    with FakeHub(HUB_FILES) as hub:
+        yield hub
 
 
-@pytest.fixture
-def page(browser):
-    context = browser.new_context()
-    context.set_default_timeout(TIMEOUT_MS)
-    context.add_init_script(RECORD_PEER_CONNECTIONS)
-    page = context.new_page()
-    page.console_lines = []
-    page.on("console", lambda message: page.console_lines.append(f"{message.type}: {message.text}"))
-    page.on("pageerror", lambda error: page.console_lines.append(f"pageerror: {error}"))
-    try:
-        yield page
-    finally:
-        context.close()
+@pytest.fixture(scope="module")
+def scope_server_process(tmp_path_factory, hub) -> ScopeServer:
+    """``daydream-scope`` with the test pipelines, its hub the module's fake one (no weights)."""
+    env = {"HF_ENDPOINT": hub.endpoint}
+    with running_scope_server(tmp_path_factory.mktemp("browser-server"), env=env, test_pipelines=True) as server:
+        yield server
 
 
 @pytest.fixture
@@ -150,7 +121,13 @@ def server(scope_server_process: ScopeServer) -> ScopeServer:
 
 
 def quickstart_html() -> str:
-    """The Quick Start page exactly as the spec prints it."""
+    """The Quick Start page exactly as the spec prints it (the spec is always beside the checkout in CI)."""
+    if not SPEC.is_file():
+        pytest.fail(
+            f"The API spec is not at {SPEC}: the Quick Start tests replay its page. Put the spec's "
+            "folder beside the checkout (../shared/spec/server.md) or set SCOPE_SERVER_SPEC to server.md.",
+            pytrace=False,
+        )
     match = re.search(r"```html\n(.*?)```", SPEC.read_text(), re.S)
     assert match, f"no html block in {SPEC}"
     return match.group(1)
@@ -161,47 +138,53 @@ def replace_once(text: str, old: str, new: str) -> str:
     return text.replace(old, new)
 
 
-def wait_until(page, predicate, what: str, timeout: float = 30.0, interval_ms: int = 200):
-    """Poll ``predicate``; sleeping through the page keeps its events flowing (sync API)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        page.wait_for_timeout(interval_ms)
-
-
-def wait_for(page, expression: str) -> None:
-    """Wait for a JavaScript condition; on timeout, fail with what the page shows and logged."""
-    try:
-        page.wait_for_function(expression)
-    except sync_api.TimeoutError:
-        shown = page.inner_text("body")[-1500:]
-        logged = "\n".join(page.console_lines[-15:])
-        raise AssertionError(f"timed out waiting for {expression}\npage:\n{shown}\nconsole:\n{logged}") from None
-
-
 def assert_frames_flow(page, minimum_growth: int = 20) -> None:
     first = wait_until(page, lambda: page.evaluate(FRAMES_DECODED), "a first decoded frame")
     wait_until(page, lambda: page.evaluate(FRAMES_DECODED) >= first + minimum_growth, "framesDecoded to grow")
 
 
-def assert_colours_match(patches, expected, tolerance: float = 45.0) -> None:
+#: How far (per channel) a quadrant of the received picture may be from the colour drawn: colour
+#: conversion and the video codec move saturated colours by up to 35 here; the two canvases of
+#: the send-and-receive test differ by 190 or more.
+COLOUR_TOLERANCE = 45.0
+
+
+def colour_error(patches, expected) -> float:
+    """The largest per-channel difference between the patches and the colours drawn there."""
+    return max(abs(g - w) for got, want in zip(patches, expected) for g, w in zip(got, want))
+
+
+def assert_colours_match(patches, expected, tolerance: float = COLOUR_TOLERANCE) -> None:
     for index, (got, want) in enumerate(zip(patches, expected)):
         off = max(abs(g - w) for g, w in zip(got, want))
         assert off < tolerance, f"quadrant {index}: got {[round(v) for v in got]}, drew {want}"
 
 
-def assert_video_moves(page, selector: str) -> None:
-    """The moving square shows up at different places over time."""
+def sample_per_chunk(page, chunk_count, sample, count: int, selector: str = "#video", timeout: float = 60.0) -> list:
+    """``count`` results of ``sample()``, each once the server has produced a new chunk (by
+    ``chunk_count()``) and the video has presented a frame after that."""
     samples = []
-    for _ in range(4):
-        samples.append(page.evaluate(VIDEO_PATCHES, [selector, MOVING_BAND]))
-        page.wait_for_timeout(300)
+    for _ in range(count):
+        seen = chunk_count()
+        wait_until(page, lambda: chunk_count() > seen, f"a chunk after chunk {seen}", timeout=timeout)
+        page.evaluate(NEXT_PRESENTED_FRAME, selector)
+        samples.append(sample())
+    return samples
+
+
+def assert_video_moves(page, chunk_count, selector: str = "#video") -> None:
+    """The moving square shows up at different places from one chunk to the next."""
+    samples = sample_per_chunk(page, chunk_count, lambda: page.evaluate(VIDEO_PATCHES, [selector, MOVING_BAND]), 4, selector)
     brightness = [[round(sum(p) / 3) for p in sample] for sample in samples]
     assert len({tuple(b) for b in brightness}) > 1, f"the video did not change: {brightness}"
+
+
+def server_chunks(server: ScopeServer):
+    """A reader of the only session's chunk counter, as the server reports it."""
+    def count() -> int:
+        (live,) = sessions(server)
+        return live["stats"]["chunk"]
+    return count
 
 
 def sessions(server: ScopeServer) -> list[dict]:
@@ -212,7 +195,6 @@ def sessions(server: ScopeServer) -> list[dict]:
 # -- the spec's Quick Start page, unchanged -----------------------------------------------------
 
 
-@needs_spec
 def test_quickstart_page_unchanged_reaches_the_api_from_file_url(page, server, tmp_path):
     """Only the URL differs. This server has no weights: the page reads the load error cross-origin."""
     html = replace_once(quickstart_html(), 'const API_BASE = "http://localhost:8000";', f'const API_BASE = "{server.url}";')
@@ -237,36 +219,44 @@ def test_quickstart_page_unchanged_reaches_the_api_from_file_url(page, server, t
 
 # -- the spec's send-and-receive flow from a file:// page ---------------------------------------
 
-CANVAS_SOURCE = """// Send a canvas with a moving pattern (video-to-video mode)
+def canvas_source(colours=QUICKSTART_COLOURS, square: bool = True) -> str:
+    """Page code that sends a canvas of four coloured quadrants (and a moving white square).
+
+    The quadrants are drawn from ``window.canvasColours``, which a test may change while it streams.
+    """
+    css = ", ".join(f'"rgb{tuple(colour)}"' for colour in colours)
+    moving = "ctx.fillStyle = \"#fff\";\n        ctx.fillRect((tick * 6) % 290, 105, 30, 30);" if square else ""
+    return f"""// Send a canvas with a moving pattern (video-to-video mode)
       const canvas = document.createElement("canvas");
       canvas.width = 320;
       canvas.height = 240;
       const ctx = canvas.getContext("2d");
-      const colours = ["rgb(220,40,40)", "rgb(40,180,60)", "rgb(40,60,220)", "rgb(230,200,40)"];
+      window.canvasColours = [{css}];
       let tick = 0;
-      setInterval(() => {
-        colours.forEach((colour, i) => {
+      setInterval(() => {{
+        window.canvasColours.forEach((colour, i) => {{
           ctx.fillStyle = colour;
           ctx.fillRect((i % 2) * 160, Math.floor(i / 2) * 120, 160, 120);
-        });
-        ctx.fillStyle = "#fff";
-        ctx.fillRect((tick * 6) % 290, 105, 30, 30);
+        }});
+        {moving}
         tick += 1;
-      }, 33);
+      }}, 33);
       const source = canvas.captureStream(30);
       pc.addTrack(source.getVideoTracks()[0], source);"""
 
 
-def send_and_receive_html(server_url: str) -> str:
+def send_and_receive_html(server_url: str, pipeline_id: str = "passthrough", load_params: dict | None = None,
+                          **canvas) -> str:
+    """The Quick Start page sending a canvas (``canvas_source`` arguments) in video mode."""
     html = quickstart_html()
     html = replace_once(html, 'const API_BASE = "http://localhost:8000";', f'const API_BASE = "{server_url}";')
-    html = html.replace("longlive", "passthrough")
-    html = replace_once(html, '// Add video transceiver (receive-only mode)\n      pc.addTransceiver("video");', CANVAS_SOURCE)
+    load = f'pipeline_id: "{pipeline_id}"' + (f", load_params: {json.dumps(load_params)}" if load_params else "")
+    html = replace_once(html, 'pipeline_id: "longlive"', load)
+    html = replace_once(html, '// Add video transceiver (receive-only mode)\n      pc.addTransceiver("video");', canvas_source(**canvas))
     html = replace_once(html, "initialParameters: {\n", 'initialParameters: {\n            input_mode: "video",\n')
     return html
 
 
-@needs_spec
 def test_quickstart_send_and_receive_with_a_canvas(page, server, tmp_path):
     path = tmp_path / "send-receive.html"
     path.write_text(send_and_receive_html(server.url))
@@ -279,35 +269,62 @@ def test_quickstart_send_and_receive_with_a_canvas(page, server, tmp_path):
     patches = page.evaluate(VIDEO_PATCHES, ["#video", QUADRANT_POINTS])
     assert max(max(p) for p in patches) > 60, f"the video is black: {patches}"
     assert_colours_match(patches, QUICKSTART_COLOURS)
-    assert_video_moves(page, "#video")
+    assert_video_moves(page, server_chunks(server))
+
+    # Another input, another picture: the quadrants in the opposite order come back within a few chunks.
+    swapped = QUICKSTART_COLOURS[::-1]
+    page.evaluate("(colours) => { window.canvasColours = colours; }", [f"rgb{tuple(c)}" for c in swapped])
+
+    def quadrants_swapped():
+        patches = page.evaluate(VIDEO_PATCHES, ["#video", QUADRANT_POINTS])
+        return patches if colour_error(patches, swapped) < COLOUR_TOLERANCE else None
+
+    for _ in range(10):
+        (patches,) = sample_per_chunk(page, server_chunks(server), quadrants_swapped, 1)
+        if patches:
+            break
+    else:
+        raise AssertionError(f"the picture did not follow the new input: {page.evaluate(VIDEO_PATCHES, ['#video', QUADRANT_POINTS])}")
+    # The two inputs differ by far more than a picture differs from its input.
+    assert colour_error(patches, QUICKSTART_COLOURS) > 3 * COLOUR_TOLERANCE, patches
     assert page.inner_text("#status") == "Connected - Streaming"
 
 
 # -- the server's own page ----------------------------------------------------------------------
 
 
-def load_passthrough_on_page(page, url: str, takes_prompts: bool = False) -> None:
+def load_on_page(page, url: str, pipeline_id: str = "passthrough", takes_prompts: bool = False) -> None:
+    """Open the page at ``url`` and load a pipeline that needs no model files with it."""
     page.goto(url)
-    wait_for(page, "document.querySelector('#pipeline option[value=passthrough]') !== null")
-    page.select_option("#pipeline", "passthrough")
-    assert page.inner_text("#models-status") == "No model files needed."
+    wait_for(page, f"document.querySelector('#pipeline option[value=\"{pipeline_id}\"]') !== null")
+    page.select_option("#pipeline", pipeline_id)
+    wait_for(page, "document.getElementById('models-status').textContent === 'No model files needed.'")
     assert page.is_hidden("#download")
     page.click("#load")
-    wait_for(page, "document.getElementById('pipeline-status').textContent === 'Loaded passthrough.'")
+    wait_for(page, f"document.getElementById('pipeline-status').textContent === 'Loaded {pipeline_id}.'")
     assert page.is_visible("#prompt-form") == takes_prompts
+
+
+def load_passthrough_on_page(page, url: str) -> None:
+    load_on_page(page, url, "passthrough")
 
 
 STATS_CHUNK = "(/fps · chunk (\\d+) ·/.exec(document.getElementById('stats').textContent) || [null, -1])[1]"
 
 
-def wait_for_chunks(page, after: int = 0) -> int:
+def page_chunks(page) -> int:
+    """The chunk count the page's status line shows (-1 before the first stats message)."""
+    return int(page.evaluate(STATS_CHUNK))
+
+
+def wait_for_chunks(page, after: int = 0, timeout_ms: float | None = None) -> int:
     """Wait until the status line reports more than ``after`` chunks; returns the count.
 
     The count, not the instantaneous state: between chunks a session may briefly report
     "waiting" for its next input frames.
     """
-    wait_for(page, f"Number({STATS_CHUNK}) > {after}")
-    return int(page.evaluate(STATS_CHUNK))
+    wait_for(page, f"Number({STATS_CHUNK}) > {after}", timeout_ms)
+    return page_chunks(page)
 
 
 def test_scope_page_streams_the_fake_webcam(page, server):
@@ -356,44 +373,69 @@ def test_scope_page_falls_back_to_a_test_pattern_without_a_webcam(page, server):
     wait_until(page, lambda: not sessions(server), "the server to close the session")
 
 
-def advertise_prompts_and_text_mode(page, server: ScopeServer) -> None:
-    """Serve passthrough's schema as if it took prompts and text: the page must follow the schema."""
-    def handle(route):
-        reply = route.fetch()
-        schemas = reply.json()
-        schemas["pipelines"]["passthrough"].update(supports_prompts=True, supported_modes=["text", "video"])
-        route.fulfill(response=reply, json=schemas)
-
-    page.route(server.url + "/api/v1/pipelines/schemas", handle)
-
-
 def messages(page) -> str:
     return page.inner_text("#messages")
 
 
-def test_scope_page_prompts_and_shows_the_servers_refusals(page, server):
-    advertise_prompts_and_text_mode(page, server)
-    load_passthrough_on_page(page, server.url + "/scope/", takes_prompts=True)
+def picture_level(page) -> float:
+    """Grey level of the picture's centre, where ``test-pattern`` paints its prompt's level."""
+    (patch,) = page.evaluate(VIDEO_PATCHES, ["#video", [(0.6, 0.6)]])
+    return sum(patch) / 3
 
-    # Text mode is refused by the real passthrough: the error is shown, nothing keeps running.
+
+def assert_picture_follows_prompt(page, text: str) -> None:
+    """Within a few chunks, the picture shows the level ``test-pattern`` derives from ``text``."""
+    wanted = prompt_level({"prompts": [{"text": text}]})
+    levels = []
+
+    def shows_it() -> bool:
+        levels.append(round(picture_level(page)))
+        return abs(levels[-1] - wanted) < 12
+
+    for _ in range(8):
+        if sample_per_chunk(page, lambda: page_chunks(page), shows_it, 1)[0]:
+            return
+    raise AssertionError(f"the picture never showed {text!r} (level {wanted}); it showed {levels}")
+
+
+def test_scope_page_prompts_and_shows_the_servers_refusals(page, server):
+    """``test-pattern`` takes prompts and paints their level: the page's prompts reach its frames."""
+    red_fox, blue_bird = "a red fox", "a blue bird"
+    levels = [prompt_level({"prompts": [{"text": t}]}) for t in (red_fox, blue_bird)]
+    assert abs(levels[0] - levels[1]) > 40, levels  # told apart in the picture (12 levels either side)
+    load_on_page(page, server.url + "/scope/", "test-pattern", takes_prompts=True)
+
+    # Another client swaps in passthrough: the page's text-mode start is refused by the server.
+    with server.client() as client:
+        assert client.post("/api/v1/pipeline/load", json={"pipeline_id": "passthrough"}).status_code == 200
+        wait_until(page, lambda: client.get("/api/v1/pipeline/status").json()["pipeline_id"] == "passthrough",
+                   "passthrough to load")
+        server.wait_status(client, ("loaded",))
     page.select_option("#input", "none")
-    page.fill("#prompt", "a red fox")
+    page.fill("#prompt", red_fox)
     page.click("#start")
     wait_for(page, "document.getElementById('connection').textContent === 'failed to start'")
     assert "input_mode 'text' is not supported by pipeline 'passthrough'" in messages(page)
     assert not sessions(server)
 
-    page.select_option("#input", "pattern")
+    # Loaded again from the page, test-pattern streams the page's prompt.
+    page.click("#load")
+    wait_for(page, "document.getElementById('pipeline-status').textContent === 'Loaded test-pattern.'")
     page.click("#start")
     wait_for_chunks(page)
-    page.fill("#prompt", "a blue bird")
+    (live,) = sessions(server)
+    assert live["input_mode"] == "text" and live["parameters"]["prompts"] == [{"text": red_fox, "weight": 1.0}]
+    assert_picture_follows_prompt(page, red_fox)
+
+    page.fill("#prompt", blue_bird)
     page.click("#send-prompt")
-    wait_for(page, "document.getElementById('messages').textContent.includes('Prompt sent: a blue bird')")
+    wait_for(page, f"document.getElementById('messages').textContent.includes('Prompt sent: {blue_bird}')")
+    assert_picture_follows_prompt(page, blue_bird)
 
     page.evaluate("window.__dataChannels.at(-1).send(JSON.stringify({noise_scale: 5}))")
     wait_for(page, "document.getElementById('messages').textContent.includes('Parameters rejected: noise_scale')")
     page.evaluate("window.__dataChannels.at(-1).send(JSON.stringify({not_a_parameter: 1}))")
-    wait_for(page, "document.getElementById('messages').textContent.includes('Unknown parameters ignored: not_a_parameter')")
+    wait_for(page, "document.getElementById('messages').textContent.includes('not_a_parameter')")
 
     with server.client() as client:
         session_id = sessions(server)[0]["id"]
@@ -403,45 +445,54 @@ def test_scope_page_prompts_and_shows_the_servers_refusals(page, server):
     assert page.is_enabled("#start")
 
 
+def models_status(server: ScopeServer, pipeline_id: str) -> dict:
+    with server.client() as client:
+        return client.get("/api/v1/models/status", params={"pipeline_id": pipeline_id}).json()
 
-def test_scope_page_downloads_models_with_a_progress_bar(page, server):
-    """Model endpoints stubbed (no registered pipeline needs files): the page follows their answers."""
-    downloading = {"downloaded": False, "progress": {"is_downloading": True, "percentage": 40.0, "bytes_done": 4,
-                                                     "bytes_total": 10, "current_artifact": "weights.safetensors", "error": None}}
-    answers = iter([{"downloaded": False, "progress": None}, *[downloading] * 4])  # polled twice a second
-    done = {"downloaded": True, "progress": None}
-    posted = []
 
-    def schemas(route):
-        reply = route.fetch()
-        body = reply.json()
-        body["pipelines"]["passthrough"]["requires_models"] = True
-        route.fulfill(response=reply, json=body)
+def progress_text(progress: dict) -> str:
+    """The status line the page derives from a download's progress."""
+    file = f" ({progress['current_artifact']})" if progress["current_artifact"] else ""
+    return f"Downloading {progress['percentage']:.1f}%{file}"
 
-    def status(route):
-        route.fulfill(json=next(answers, done))
 
-    def download(route):
-        posted.append(route.request.post_data_json)
-        route.fulfill(json={"message": "Model download started for passthrough"})
-
-    page.route(server.url + "/api/v1/pipelines/schemas", schemas)
-    page.route(re.compile(re.escape(server.url) + r"/api/v1/models/status\?pipeline_id=passthrough$"), status)
-    page.route(server.url + "/api/v1/models/download", download)
-
+def test_scope_page_downloads_model_files_with_a_progress_bar(page, server, hub):
+    """``test-download`` needs files from the hub: the page starts the download and shows its
+    real progress, held part-way by the hub until the page has shown it."""
+    pipeline_id = DownloadablePipeline.info.id
+    assert models_status(server, pipeline_id)["downloaded"] is False
     page.goto(server.url + "/scope/")
+    wait_for(page, f"document.querySelector('#pipeline option[value=\"{pipeline_id}\"]') !== null")
+    page.select_option("#pipeline", pipeline_id)
     wait_for(page, "document.getElementById('models-status').textContent === 'Model files not downloaded.'")
-    page.click("#download")
-    wait_for(page, "document.getElementById('models-status').textContent === 'Downloading 40.0% (weights.safetensors)'")
-    assert page.is_visible("#download-progress")
-    assert page.evaluate("document.getElementById('download-progress').value") == 40
+    assert page.is_visible("#download") and page.is_hidden("#download-progress")
+
+    # The last file waits at its first byte: the files before it are counted, and the progress
+    # stands still until the hub lets it go on.
+    hub.hold_file(EXTRA, "extra.pt")
+    try:
+        page.click("#download")
+        wait_until(page, lambda: hub.file_held(EXTRA, "extra.pt"), "the hub to hold extra.pt")
+        progress = models_status(server, pipeline_id)["progress"]
+        assert progress["is_downloading"] and 0 < progress["percentage"] < 100, progress
+        wait_until(page, lambda: page.inner_text("#models-status") == progress_text(progress),
+                   f"the page to show {progress_text(progress)!r}")
+        assert page.is_visible("#download-progress") and page.is_hidden("#download")
+        assert page.evaluate("document.getElementById('download-progress').value") == progress["percentage"]
+    finally:
+        hub.release_file()
     wait_for(page, "document.getElementById('models-status').textContent === 'Model files downloaded.'")
-    assert posted == [{"pipeline_id": "passthrough", "synthetic": False}]
     assert page.is_hidden("#download") and page.is_hidden("#download-progress")
+    assert models_status(server, pipeline_id)["downloaded"] is True
+    for repo_id, path in NEEDED:
+        assert hub.bytes_served(repo_id, path) >= len(HUB_FILES[repo_id][path]), (repo_id, path)
+    assert not hub.served(BASE, "README.md") and not hub.served(EXTRA, "other.pt")
 
 
+@pytest.mark.timeout(420)
 def test_scope_page_writes_synthetic_weights_then_streams_longlive(page, server):
-    """No weights on this server: the page's synthetic button writes them, then longlive streams."""
+    """No weights on this server: the page's synthetic button writes them, then longlive streams
+    (at its default size: a chunk can take tens of seconds on a busy CPU)."""
     page.goto(server.url + "/scope/")
     wait_for(page, "document.querySelector('#pipeline option[value=longlive]') !== null")
     page.select_option("#pipeline", "longlive")
@@ -451,16 +502,16 @@ def test_scope_page_writes_synthetic_weights_then_streams_longlive(page, server)
     wait_for(page, "document.getElementById('models-status').textContent.startsWith('Synthetic weights in place')")
     assert page.is_hidden("#write-synthetic")
     page.click("#load")
-    wait_for(page, "document.getElementById('pipeline-status').textContent === 'Loaded longlive.'")
+    wait_for(page, "document.getElementById('pipeline-status').textContent === 'Loaded longlive.'", 120_000)
     assert page.is_visible("#synthetic")
     page.select_option("#input", "none")
     page.fill("#prompt", "a lighthouse in a storm")
     page.click("#start")
-    wait_for_chunks(page, after=1)
+    wait_for_chunks(page, after=1, timeout_ms=120_000)
     assert_frames_flow(page, minimum_growth=12)
     assert page.is_visible("#synthetic")
     page.click("#stop")
-    wait_until(page, lambda: not sessions(server), "the server to close the session")
+    wait_until(page, lambda: not sessions(server), "the server to close the session", timeout=120)
 
 
 # -- the same page inside jupyter lab (Jupyter's auth applies) ----------------------------------
@@ -491,10 +542,8 @@ def test_scope_page_under_jupyter_lab_uses_the_login_cookie_and_xsrf(page, lab_s
 def test_scope_page_under_jupyter_lab_with_the_token_in_its_url(browser, lab_server_process):
     """Opened as ``scope/?token=...`` (no login cookie), the page sends the token itself."""
     lab = lab_server_process
-    context = browser.new_context()
-    context.set_default_timeout(TIMEOUT_MS)
-    page = context.new_page()
-    page.console_lines = []
+    page = new_page(browser)
+    context = page.context
     try:
         page.goto(lab.url + "scope/")
         wait_for(page, "document.getElementById('pipeline-status').textContent.includes('Not authorised')")
@@ -508,7 +557,6 @@ def test_scope_page_under_jupyter_lab_with_the_token_in_its_url(browser, lab_ser
         context.close()
 
 
-@pytest.mark.browser
 def test_swagger_ui_renders_offline(page, server):
     """``/docs`` renders every operation from local assets (no network beyond the server)."""
     outside: list[str] = []

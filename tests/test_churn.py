@@ -8,11 +8,13 @@ import threading
 
 import pytest
 
+from scope.streaming.session import StreamSession
+from tests.polling import wait_until
 from tests.rtc import ScopeRtcClient
-from tests.test_session_lifecycle import wait_until
 from tests.test_streaming import load
 
-pytestmark = pytest.mark.usefixtures("jp_serverapp")
+#: Its own bound, well above a loaded machine's run (about 30 s on two cores), below the suite's.
+pytestmark = [pytest.mark.usefixtures("jp_serverapp"), pytest.mark.timeout(180)]
 
 
 async def test_connect_disconnect_churn_leaks_nothing(api, services):
@@ -37,13 +39,18 @@ async def test_connect_disconnect_churn_leaks_nothing(api, services):
     for i in range(200):
         await cycle(i)
     await wait_until(lambda: not services.sessions.sessions, timeout=30)
-    await asyncio.sleep(1.0)
-    gc.collect()
-    from scope.streaming.session import StreamSession
 
-    alive = [o for o in gc.get_objects() if type(o) is StreamSession]
-    assert len(alive) <= 1, f"{len(alive)} sessions still referenced"
-    leftover = [t for t in asyncio.all_tasks() if "scope-session" in t.get_name()]
-    assert leftover == [], leftover
-    assert len(asyncio.all_tasks()) <= tasks_before + 5
-    assert threading.active_count() <= threads_before + 4, [t.name for t in threading.enumerate()]
+    def leftovers() -> dict:
+        gc.collect()
+        return {
+            "sessions referenced": sum(type(o) is StreamSession for o in gc.get_objects()),
+            "session tasks": [t.get_name() for t in asyncio.all_tasks() if "scope-session" in t.get_name()],
+            "extra tasks": len(asyncio.all_tasks()) - tasks_before,
+            "extra threads": threading.active_count() - threads_before,
+        }
+
+    def settled(left: dict) -> bool:
+        return (left["sessions referenced"] <= 1 and not left["session tasks"]
+                and left["extra tasks"] <= 5 and left["extra threads"] <= 4)
+
+    await wait_until(settled, 30, "closed sessions to leave nothing behind", value=leftovers, interval=0.5)

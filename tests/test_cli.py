@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
-import time
 
 import pytest
 from traitlets import Bool, Float, Integer, List, Unicode
@@ -19,6 +19,7 @@ from tests._subprocess_server import (
     running_scope_server,
     spawn_scope_server,
 )
+from tests.polling import wait_until_sync
 
 
 # -- commands that do not start a server ---------------------------------------------------
@@ -132,6 +133,17 @@ def cli_server(tmp_path_factory) -> ScopeServer:
         yield server
 
 
+def debug_lines(client) -> list[str]:
+    """The DEBUG lines of the server's log, after a request that logs one (longlive's files are missing)."""
+    assert client.get("/api/v1/models/status", params={"pipeline_id": "longlive"}).json()["downloaded"] is False
+    return [line for line in client.get("/api/v1/logs/current").text.splitlines() if " DEBUG " in line]
+
+
+def test_without_verbose_logging_the_log_has_no_debug_lines(cli_server):
+    with cli_server.client() as client:
+        assert debug_lines(client) == []
+
+
 def test_port_flag_and_root_redirect(cli_server):
     assert cli_server.port != 8000
     with cli_server.client() as client:
@@ -157,9 +169,35 @@ def test_busy_port_fails_loudly(cli_server, tmp_path):
         assert client.get("/health").status_code == 200
 
 
-def test_reload_flag_is_accepted(tmp_path):
-    with running_scope_server(tmp_path, "--reload") as server:
-        assert server.client().get("/health").status_code == 200
+#: A module every Python process imports at start-up when its folder is on PYTHONPATH: it notes
+#: each start, and being imported, it is one of the files ``--reload`` watches.
+START_PROBE = """import os
+with open({starts!r}, "a") as notes:
+    notes.write(f"{{os.getpid()}}\\n")
+"""
+
+
+def test_reload_restarts_the_server_when_a_python_file_changes(tmp_path):
+    """``--reload``: editing an imported Python file re-executes the server in place (same
+    process id, same port), which starts afresh: the loaded pipeline is gone."""
+    site, starts = tmp_path / "site", tmp_path / "starts.txt"
+    site.mkdir()
+    probe = site / "sitecustomize.py"
+    probe.write_text(START_PROBE.format(starts=str(starts)))
+    with running_scope_server(tmp_path / "server", "--reload", env={"PYTHONPATH": str(site)}) as server, \
+            server.client() as client:
+        pid = str(server.process.pid)
+        assert starts.read_text().split() == [pid]
+        assert client.post("/api/v1/pipeline/load", json={"pipeline_id": "passthrough"}).status_code == 200
+        server.wait_status(client, ("loaded",))
+
+        probe.write_text(probe.read_text() + "# edited\n")
+        later = probe.stat().st_mtime + 10  # a newer time whatever the file system's resolution
+        os.utime(probe, (later, later))
+        wait_until_sync(lambda: starts.read_text().split() == [pid, pid], 60, "the server to re-execute itself")
+        server.wait_ready()
+        assert server.process.poll() is None
+        assert client.get("/api/v1/pipeline/status").json()["status"] == "not_loaded"
     assert "Unrecognized" not in server.output()
 
 
@@ -177,12 +215,9 @@ def test_environment_reaches_the_running_server(tmp_path):
         "DAYDREAM_SCOPE_STUN_FALLBACK": stun,
     }
     with running_scope_server(tmp_path, env=env) as server, server.client() as client:
-        deadline = time.monotonic() + 30
-        while (status := client.get("/api/v1/pipeline/status").json())["status"] != "loaded":
-            assert status["status"] in ("not_loaded", "loading"), status
-            assert time.monotonic() < deadline, status
-            time.sleep(0.1)
-        assert status["pipeline_id"] == "passthrough"
+        status = wait_until_sync(lambda s: s["status"] not in ("not_loaded", "loading"), 60, "the pre-loaded pipeline",
+                                 value=lambda: client.get("/api/v1/pipeline/status").json())
+        assert status["status"] == "loaded" and status["pipeline_id"] == "passthrough", status
 
         ice = client.get("/api/v1/webrtc/ice-servers").json()["iceServers"]
         assert any(stun in (entry["urls"] if isinstance(entry["urls"], list) else [entry["urls"]]) for entry in ice), ice
@@ -199,3 +234,5 @@ def test_environment_reaches_the_running_server(tmp_path):
         assert sorted(p.name for p in (tmp_path / "logs").glob("scope-logs-*.log"))
         log = client.get("/api/v1/logs/current")
         assert log.status_code == 200
+        debug = debug_lines(client)
+        assert debug and "missing model files" in debug[-1], "VERBOSE_LOGGING=1 logs Scope's DEBUG lines"

@@ -14,6 +14,7 @@ from scope.client import PipelineLoadError, ScopeApiError, ScopeClient
 from scope.server_ext.api_models import Asset, HardwareInfo, HealthResponse, IceServer, SessionStats
 from scope.streaming.pattern import pattern_frame, read_index
 from tests._subprocess_server import TEST_TOKEN, running_scope_server
+from tests.polling import wait_until
 from tests.test_longlive_server import blocks
 
 SMALL = {"height": 128, "width": 128, "seed": 3}
@@ -150,24 +151,39 @@ async def test_update_needs_an_open_channel(longlive):
     with pytest.raises(RuntimeError, match="not open"):
         stream.update(prompts="a blue whale")
     async with stream:
+        assert stream.info().parameters.get("noise_scale") != 0.5
         stream.update(noise_scale=0.5)
+        await wait_until(lambda parameters: parameters.get("noise_scale") == 0.5, what="noise_scale 0.5 in the session",
+                         value=lambda: stream.info().parameters)
     with pytest.raises(RuntimeError, match="not open"):
         stream.update(prompts="a blue whale")
 
 
 async def test_record_writes_an_mp4_that_reads_back(longlive, tmp_path):
     async with longlive.stream("a red fox") as stream:
+        await stream.read(3, timeout=60)  # playing at its pace before the recording starts
         clip = await stream.record(tmp_path / "clip.mp4", seconds=2, timeout=60)
+        served_fps = stream.stats().fps
         five = await stream.record(tmp_path / "five.mp4", frames=5, timeout=60)
-    assert (clip.width, clip.height) == (128, 128) and clip.frames >= 2 and clip.fps > 0
-    assert five.frames == 5
+    assert (clip.width, clip.height) == (128, 128) and five.frames == 5
+    times = {}
     for info in (clip, five):
         with av.open(str(info.path)) as container:
             video = container.streams.video[0]
             assert video.codec_context.name in ("h264", "mpeg4")
-            decoded = [frame.to_ndarray(format="rgb24") for frame in container.decode(video)]
+            decoded = [(frame.time, frame.to_ndarray(format="rgb24")) for frame in container.decode(video)]
         assert len(decoded) == info.frames
-        assert {frame.shape for frame in decoded} == {(info.height, info.width, 3)}
+        assert {frame.shape for _, frame in decoded} == {(info.height, info.width, 3)}
+        times[info.path.name] = [t for t, _ in decoded]
+    # The file's own timestamps (arrival times) lie within the two seconds and give its rate; it
+    # holds as many frames as the server sent in two seconds (generous bounds: chunks come in
+    # bursts, and a busy machine makes them late).
+    stamps = times["clip.mp4"]
+    span = stamps[-1] - stamps[0]
+    assert all(a < b for a, b in zip(stamps, stamps[1:])) and span < 2.0, stamps
+    assert clip.fps == pytest.approx((clip.frames - 1) / span, rel=0.05), (clip, stamps)
+    expected = 2.0 * served_fps
+    assert 0.5 * expected <= clip.frames <= 2 * expected + 1, (clip.frames, served_fps, stamps)
 
 
 async def test_pattern_input_comes_back_from_passthrough(passthrough):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import threading
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -30,11 +29,14 @@ from scope.models.download import (
     VerificationFailed,
 )
 from tests.fakehub import FakeHub
+from tests.polling import wait_until_sync
 
 WAN_REPO = WAN_1_3B.repo_id
 AE_REPO = LIGHTVAE.repo_id
 GENERATOR = Artifact("Test-Org/Tiny-Generator", ("models/base.pt",))
 VAE = "Wan2.1_VAE.pth"
+#: Longest a download here may take: generous for a loaded machine, each takes well under a second.
+DEADLINE_S = 60
 
 
 def _blob(seed: int, size: int) -> bytes:
@@ -90,14 +92,6 @@ def models_dir(tmp_path: Path) -> Path:
 def manager(hub: FakeHub, models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> DownloadManager:
     monkeypatch.delenv("HF_TOKEN", raising=False)
     return DownloadManager(models_dir, endpoint=hub.endpoint, chunk_size=16 * 1024)
-
-
-def _wait_for(condition, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
 
 
 def _files_under(root: Path) -> list[Path]:
@@ -188,11 +182,10 @@ def test_start_marks_running_at_once_and_refuses_a_second_start(manager: Downloa
     with pytest.raises(DownloadInProgress):
         manager.download("wan", PIPELINE)
 
-    _wait_for(lambda: manager.progress("wan")["bytes_total"] > 0)
-    held = manager.progress("wan")
+    held = wait_until_sync(lambda p: p["bytes_total"] > 0, what="the listing", value=lambda: manager.progress("wan"))
     assert held["is_downloading"] and held["percentage"] < 100
     hub.release()
-    assert manager.join("wan", timeout=10)
+    assert manager.join("wan", timeout=DEADLINE_S)
     final = manager.progress("wan")
     assert final["percentage"] == 100.0 and final["error"] is None and not final["is_downloading"]
 
@@ -202,7 +195,7 @@ def test_http_error_is_kept_in_progress_until_the_next_start(
 ):
     hub.fail(WAN_REPO, VAE, "error", status=500)
     manager.start("wan", PIPELINE)
-    assert manager.join("wan", timeout=10)
+    assert manager.join("wan", timeout=DEADLINE_S)
     failed = manager.progress("wan")
     assert not failed["is_downloading"]
     assert "HTTP 500" in failed["error"] and VAE in failed["error"]
@@ -213,7 +206,7 @@ def test_http_error_is_kept_in_progress_until_the_next_start(
     hub.heal()
     manager.start("wan", PIPELINE)
     assert manager.progress("wan")["error"] is None
-    assert manager.join("wan", timeout=10)
+    assert manager.join("wan", timeout=DEADLINE_S)
     assert manager.progress("wan")["percentage"] == 100.0
     assert _dest(models_dir, WAN_REPO, VAE).read_bytes() == WAN_FILES[VAE]
 
@@ -306,7 +299,7 @@ def test_overlapping_downloads_share_files_safely(hub: FakeHub, models_dir: Path
     second = DownloadManager(models_dir, endpoint=hub.endpoint, token="", chunk_size=8 * 1024)
     first.start("one", (WAN_1_3B, LIGHTVAE))
     second.start("two", (WAN_1_3B, TAE))
-    assert first.join("one", timeout=20) and second.join("two", timeout=20)
+    assert first.join("one", timeout=DEADLINE_S) and second.join("two", timeout=DEADLINE_S)
     assert first.progress("one")["error"] is None and second.progress("two")["error"] is None
     assert first.progress("one")["percentage"] == second.progress("two")["percentage"] == 100.0
 
@@ -330,7 +323,8 @@ def test_threads_of_one_manager_share_files_safely(manager: DownloadManager, mod
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(timeout=20)
+        thread.join(timeout=DEADLINE_S)
+    assert not [thread for thread in threads if thread.is_alive()], "a download is still running"
     assert not errors
     assert hub.request_count(WAN_REPO, VAE) == 1
     assert _dest(models_dir, WAN_REPO, VAE).read_bytes() == WAN_FILES[VAE]

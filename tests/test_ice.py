@@ -7,7 +7,6 @@ import base64
 import json
 import logging
 import socket
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,8 +24,11 @@ from scope.streaming.ice import (
     only_turn_entries,
     to_rtc_ice_servers,
 )
+from tests.polling import wait_until
 
 STUN_ONLY = [{"urls": list(DEFAULT_STUN_URLS), "username": None, "credential": None}]
+#: How long a held answer waits for ``FakeEndpoint.released`` at most.
+HOLD_S = 60.0
 TWILIO_SID = "AC0123456789abcdef"
 TWILIO_TOKEN = "twilio-secret"
 TWILIO_PATH = f"/2010-04-01/Accounts/{TWILIO_SID}/Tokens.json"
@@ -79,6 +81,8 @@ class FakeEndpoint:
     body: Any = field(default_factory=lambda: CLOUDFLARE_BODY)
     delay_s: float = 0.0
     requests: list[RecordedRequest] = field(default_factory=list)
+    #: Answers finished (a held request is not answered until ``released`` or ``delay_s``).
+    answered: int = 0
     released: asyncio.Event = field(default_factory=asyncio.Event)
     base_url: str = ""
 
@@ -109,6 +113,7 @@ class FakeCredentialsHandler(RequestHandler):
         else:
             self.set_header("Content-Type", "application/json")
             self.finish(json.dumps(endpoint.body))
+        endpoint.answered += 1
 
     async def get(self) -> None:
         await self._answer()
@@ -273,12 +278,11 @@ async def test_connection_refused_falls_back_to_stun() -> None:
 
 @pytest.mark.asyncio
 async def test_slow_endpoint_is_cut_off_by_the_timeout(endpoint: FakeEndpoint) -> None:
-    endpoint.delay_s = 5.0
+    endpoint.delay_s = HOLD_S  # answers only once released
     provider = cloudflare_provider(endpoint, timeout_s=0.1)
-    started = time.monotonic()
-    assert await provider.client_ice_servers() == STUN_ONLY
-    assert time.monotonic() - started < 2.0
+    assert await asyncio.wait_for(provider.client_ice_servers(), HOLD_S / 2) == STUN_ONLY
     assert len(endpoint.requests) == 1
+    assert endpoint.answered == 0, "the provider gave up before the endpoint answered"
 
 
 @pytest.mark.asyncio
@@ -381,14 +385,13 @@ async def test_failed_refresh_keeps_credentials_until_they_expire(endpoint: Fake
 
 
 async def wait_for_requests(endpoint: FakeEndpoint, count: int) -> None:
-    while len(endpoint.requests) < count:
-        await asyncio.sleep(0.005)
+    await wait_until(lambda: len(endpoint.requests) >= count, what=f"{count} request(s) at the fake endpoint")
 
 
 @pytest.mark.asyncio
 async def test_concurrent_callers_share_one_fetch(endpoint: FakeEndpoint) -> None:
-    endpoint.delay_s = 5.0
-    provider = cloudflare_provider(endpoint)
+    endpoint.delay_s = HOLD_S
+    provider = cloudflare_provider(endpoint, timeout_s=HOLD_S)
     callers = asyncio.gather(
         *(provider.client_ice_servers() for _ in range(10)),
         *(provider.turn_servers() for _ in range(5)),
@@ -403,8 +406,8 @@ async def test_concurrent_callers_share_one_fetch(endpoint: FakeEndpoint) -> Non
 
 @pytest.mark.asyncio
 async def test_cancelled_caller_does_not_cancel_the_shared_fetch(endpoint: FakeEndpoint) -> None:
-    endpoint.delay_s = 5.0
-    provider = cloudflare_provider(endpoint)
+    endpoint.delay_s = HOLD_S
+    provider = cloudflare_provider(endpoint, timeout_s=HOLD_S)
     impatient = asyncio.ensure_future(provider.client_ice_servers())
     patient = asyncio.ensure_future(provider.client_ice_servers())
     await wait_for_requests(endpoint, 1)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import time
-
 import httpx
 import pytest
 
 from tests._subprocess_server import TEST_TOKEN
+from tests.polling import wait_until_sync
 
 pytestmark = pytest.mark.slow
 
@@ -29,10 +28,8 @@ def test_scope_endpoints_under_the_lab_base_url(lab):
         assert client.get(lab + "lab").status_code == 200, "JupyterLab itself still serves"
         reply = client.post(lab + "api/v1/pipeline/load", json={"pipeline_id": "passthrough"})
         assert reply.status_code == 200
-        deadline = time.monotonic() + 20
-        while client.get(lab + "api/v1/pipeline/status").json()["status"] != "loaded":
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        wait_until_sync(lambda s: s["status"] == "loaded", 60, "passthrough loaded under Lab",
+                        value=lambda: client.get(lab + "api/v1/pipeline/status").json())
         assert client.get(lab + "openapi.json").json()["info"]["title"] == "Scope"
 
 

@@ -9,20 +9,26 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 
 import pytest
 from aioice import ice as aioice_ice
+from playwright import sync_api
 
 from scope.client.peer import ScopePeer
 from scope.streaming import host_addresses
 from scope.streaming.pattern import PatternTrack
+from tests import test_browser
+from tests.chromium import CHROMIUM_ARGS, launch_chromium, new_page
+from tests.chromium import wait_until as chromium_wait_until
 from tests.conftest import wait_for_status
+from tests.polling import wait_until
 from tests.rtc import connected
 from tests.servers import ScopeServer
 
 CANDIDATE_ADDRESS = re.compile(r"^a=candidate:\S+ \d+ \S+ \d+ (\S+) ", re.M)
 FOREIGN = "192.0.2.7"  # TEST-NET-1: never a real peer
+#: A loopback port no test listens on (the discard service): a remote candidate that is never used.
+MARKER_PORT = 9
 
 
 def candidate_addresses(sdp: str) -> list[str]:
@@ -126,13 +132,26 @@ async def test_a_session_streams_over_loopback_and_ignores_foreign_candidates(jp
     async with connected(api, send_track=source) as client:
         assert set(candidate_addresses(client.answer_sdp)) == {"127.0.0.1"}
         session = services.sessions.sessions[client.session_id]
+        handed_to_ice = []  # what the server passes on to its peer connection, in order
+        add_candidate = session.pc.addIceCandidate
+
+        async def recording_add(candidate):
+            handed_to_ice.append(candidate)
+            return await add_candidate(candidate)
+
+        session.pc.addIceCandidate = recording_add
         trickled = {"candidates": [
             {"candidate": f"candidate:9 1 udp 2130706431 {FOREIGN} 9 typ host", "sdpMid": "0", "sdpMLineIndex": 0},
             {"candidate": "candidate:8 1 udp 2130706431 0a1b2c3d.local 9 typ host", "sdpMid": "0", "sdpMLineIndex": 0},
+            # Passed on last, in order, in the background: once it is, the others were handled.
+            {"candidate": f"candidate:7 1 udp 2130706431 127.0.0.1 {MARKER_PORT} typ host", "sdpMid": "0",
+             "sdpMLineIndex": 0},
         ]}
         assert (await api("PATCH", f"api/v1/webrtc/offer/{client.session_id}", trickled)).status == 204
         await client.wait_frames(10)
-        await asyncio.sleep(0.5)  # the trickled candidates are added in the background
+        await wait_until(lambda: any(c.port == MARKER_PORT for c in handed_to_ice if c is not None),
+                         what="the trickled loopback candidate to be handled")
+        assert [c.ip for c in handed_to_ice] == ["127.0.0.1"], handed_to_ice
         assert set(remote_hosts(session.pc)) == {"127.0.0.1"}, remote_hosts(session.pc)
         for pc in (client.pc, session.pc):
             pairs = nominated_addresses(pc)
@@ -193,37 +212,26 @@ class TestChromium:
         yield
 
     def test_a_chromium_page_streams_over_loopback(self, scope_server_process: ScopeServer):
-        browser_helpers = pytest.importorskip("tests.test_browser")
-        if not browser_helpers.CHROMIUM.exists():
-            pytest.skip(f"{browser_helpers.CHROMIUM} is not installed")
-        assert "--allow-loopback-in-peer-connection" in browser_helpers.CHROMIUM_ARGS
+        assert "--allow-loopback-in-peer-connection" in CHROMIUM_ARGS
         with scope_server_process.client() as client:
             for session in client.get("/api/v1/webrtc/sessions").json()["sessions"]:
                 client.delete(f"/api/v1/webrtc/sessions/{session['id']}")
             assert client.post("/api/v1/pipeline/unload", json={}).status_code == 200
-        sync_api = browser_helpers.sync_api
         with sync_api.sync_playwright() as playwright:
-            chromium = playwright.chromium.launch(
-                executable_path=str(browser_helpers.CHROMIUM), headless=True, args=browser_helpers.CHROMIUM_ARGS
-            )
+            chromium = launch_chromium(playwright)
             try:
-                context = chromium.new_context()
-                context.set_default_timeout(browser_helpers.TIMEOUT_MS)
-                context.add_init_script(browser_helpers.RECORD_PEER_CONNECTIONS)
-                page = context.new_page()
-                page.console_lines = []
-                browser_helpers.load_passthrough_on_page(page, scope_server_process.url + "/scope/")
+                page = new_page(chromium)
+                context = page.context
+                test_browser.load_passthrough_on_page(page, scope_server_process.url + "/scope/")
                 page.select_option("#input", "camera")
                 page.click("#start")
-                browser_helpers.wait_for_chunks(page)
-                browser_helpers.assert_frames_flow(page)
-                deadline = time.monotonic() + 30
-                while True:
-                    pair = page.evaluate(SELECTED_PAIR)
-                    if pair and pair["state"] == "succeeded" or time.monotonic() > deadline:
-                        break
-                    page.wait_for_timeout(200)
-                assert pair and pair["local"] == "127.0.0.1" and pair["remote"] == "127.0.0.1", pair
+                test_browser.wait_for_chunks(page)
+                test_browser.assert_frames_flow(page)
+                pair = chromium_wait_until(
+                    page, lambda: (found := page.evaluate(SELECTED_PAIR)) and found["state"] == "succeeded" and found,
+                    "a succeeded candidate pair",
+                )
+                assert pair["local"] == "127.0.0.1" and pair["remote"] == "127.0.0.1", pair
                 page.click("#stop")
                 context.close()
             finally:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ from scope.pipelines import registry
 from scope.pipelines.base import PipelineInfo
 from tests.fakehub import FakeHub
 from tests.pipelines import DownloadablePipeline
+from tests.polling import wait_until
 
 pytestmark = pytest.mark.usefixtures("jp_serverapp", "test_pipelines")
 
@@ -73,6 +73,7 @@ def _downloads_end(services, hub: FakeHub):
     """No download thread outlives its test."""
     yield
     hub.release()
+    hub.release_file()
     hub.heal()
     for pipeline_id in (PIPELINE, SharingPipeline.info.id):
         services.downloads.join(pipeline_id, timeout=20)
@@ -102,17 +103,16 @@ async def download(api, pipeline_id: str = PIPELINE):
     return await api("POST", "api/v1/models/download", {"pipeline_id": pipeline_id})
 
 
-async def poll(api, until, pipeline_id: str = PIPELINE, timeout: float = 20.0) -> list[dict]:
+async def poll(api, until, pipeline_id: str = PIPELINE, timeout: float = 30.0) -> list[dict]:
     """Read the status until ``until(status)``; returns every status read."""
     seen = []
-    deadline = time.monotonic() + timeout
-    while True:
+
+    async def read() -> dict:
         seen.append(await status(api, pipeline_id))
-        if until(seen[-1]):
-            return seen
-        if time.monotonic() > deadline:
-            raise AssertionError(f"status never matched; last: {seen[-1]}")
-        await asyncio.sleep(0.005)
+        return seen[-1]
+
+    await wait_until(until, timeout, f"the download status of {pipeline_id} to match", value=read, interval=0.01)
+    return seen
 
 
 def _finished(body: dict) -> bool:
@@ -158,9 +158,16 @@ async def test_download_runs_with_whole_pipeline_progress(api, hub: FakeHub, mod
     }
     assert (await download(api)).status == 409
 
-    hub.chunk_delay = 0.01
+    # The first artifact goes through; the second waits before its first byte.
+    hub.hold_file(EXTRA, "extra.pt")
     hub.release()
-    seen = await poll(api, lambda s: s["downloaded"])
+    seen = await poll(api, lambda s: s["progress"]["current_artifact"] == EXTRA and hub.file_held(EXTRA, "extra.pt"))
+    between = seen[-1]["progress"]
+    base_bytes = sum(len(CONTENT[repo][path]) for repo, path in NEEDED if repo == BASE)
+    assert between["bytes_done"] == base_bytes and 0 < between["percentage"] < 100, between
+    assert between["is_downloading"] and between["error"] is None and not seen[-1]["downloaded"]
+    hub.release_file(EXTRA, "extra.pt")
+    seen += await poll(api, lambda s: s["downloaded"])
     assert seen[-1] == {"downloaded": True, "progress": None}
 
     running = [s["progress"] for s in seen if s["progress"] is not None]

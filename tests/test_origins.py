@@ -271,7 +271,7 @@ def test_own_origin_under_another_host_name(tmp_path):
 # -- under jupyter lab -------------------------------------------------------------------------
 
 
-def test_lab_with_open_api_applies_the_same_policy_and_closed_lab_needs_the_token(tmp_path):
+def test_lab_with_open_api_applies_the_same_policy_and_closed_lab_needs_the_token(tmp_path, lab_server_process):
     with running_lab_server(tmp_path / "open", "--ScopeApp.open_api=True") as lab, \
             httpx.Client(base_url=lab.url, trust_env=False, timeout=15) as client:
         assert_origin_refused(client.get("api/v1/webrtc/sessions", headers={"Origin": FOREIGN}))
@@ -283,8 +283,8 @@ def test_lab_with_open_api_applies_the_same_policy_and_closed_lab_needs_the_toke
         assert_admitted(client.get("api/v1/webrtc/sessions", headers={"Origin": "http://localhost:1234"}),
                         "http://localhost:1234")
         assert client.get("api/kernels", headers={"Origin": "http://localhost:1234"}).status_code in (403, 404)
-    with running_lab_server(tmp_path / "closed") as lab, \
-            httpx.Client(base_url=lab.url, trust_env=False, timeout=15) as client:
+    lab = lab_server_process  # closed, as a Lab is by default
+    with httpx.Client(base_url=lab.url, trust_env=False, timeout=15) as client:
         for origin in ("http://localhost:1234", "null", FOREIGN):
             denied = client.get("api/v1/webrtc/sessions", headers={"Origin": origin})
             assert denied.status_code in (403, 404), denied.text  # Jupyter's auth, as before

@@ -31,6 +31,26 @@ COPY_IGNORE = shutil.ignore_patterns(
     "results", ".ipynb_checkpoints",
 )
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
+#: The page's entry points: ``/scope/`` (index.html) and the widget's view (``/scope/widget.js``).
+PAGE_ENTRIES = ("index.html", "widget.js")
+#: The widget's front end (``ScopeWidget._esm`` and ``_css``), which anywidget reads from the package.
+WIDGET_FILES = ("scope_widget.js", "scope_widget.css")
+#: Local files a page file loads: ``src=``/``href=`` in HTML, ``from "./x.js"`` in modules.
+PAGE_REFERENCE = re.compile(r'(?:src|href)="([\w./-]+)"|from "\./([\w./-]+)"')
+
+
+def needed_front_end_files() -> set[str]:
+    """Wheel paths of the page's files (followed from its entry points) and the widget's JS and CSS."""
+    page = REPO / "server_ext" / "static" / "page"
+    found: set[str] = set()
+    todo = list(PAGE_ENTRIES)
+    while todo:
+        name = todo.pop()
+        if name not in found:
+            found.add(name)
+            todo += [a or b for a, b in PAGE_REFERENCE.findall((page / name).read_text())]
+    assert {"app.js", "api.js", "stream.js", "style.css"} <= found, found
+    return {f"scope/server_ext/static/page/{name}" for name in found} | {f"scope/widgets/{name}" for name in WIDGET_FILES}
 
 
 def run(command: list[str], *, timeout: float, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -111,6 +131,9 @@ def test_wheel_contents(wheel):
     data_file = f"daydream_scope-{__version__}.data/data/etc/jupyter/jupyter_server_config.d/{EXTENSION_CONFIG_FILE}"
     assert data_file in names, sorted(names)
     assert json.loads(zipfile.ZipFile(wheel).read(data_file)) == EXTENSION_CONFIG
+    # What the page and the widget load is in the wheel (not merely "whatever the sources hold").
+    needed = needed_front_end_files()
+    assert not needed - names, f"the page or the widget needs these, not in the wheel: {sorted(needed - names)}"
     # Every source file of the three packages ships, static page files included.
     missing = []
     for folder, package in PACKAGE_DIRS.items():
@@ -121,8 +144,6 @@ def test_wheel_contents(wheel):
             if name not in names:
                 missing.append(name)
     assert not missing, f"not in the wheel: {missing}"
-    static = [n for n in names if n.startswith("scope/server_ext/static/")]
-    assert static == [] or any(n.endswith(".html") for n in static), static
     entry_points = zipfile.ZipFile(wheel).read(f"daydream_scope-{__version__}.dist-info/entry_points.txt").decode()
     assert "daydream-scope = scope.cli:main" in entry_points
     assert "download_models = scope.cli:download_models_main" in entry_points
@@ -201,11 +222,9 @@ def test_config_path_from_enable_jupyter_loads_the_extension(tmp_path):
 
 
 def test_environment_yml_installs_the_checkout():
-    path = REPO / "environment.yml"
-    if not path.exists():
-        pytest.skip("environment.yml is not in this checkout")
-    yaml = pytest.importorskip("yaml")
-    env = yaml.safe_load(path.read_text())
+    import yaml
+
+    env = yaml.safe_load((REPO / "environment.yml").read_text())
     assert isinstance(env, dict) and env.get("name")
     deps = env["dependencies"]
     assert any(isinstance(d, str) and re.match(r"python\s*[=<>]*\s*3\.1[1-9]", d) for d in deps), deps

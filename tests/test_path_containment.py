@@ -13,6 +13,7 @@ import pytest
 import scope
 from scope.params import ParameterErrors, parse_parameters, path_context
 from tests.conftest import wait_for_status
+from tests.polling import wait_until
 from tests.rtc import ScopeRtcClient, connected
 
 pytestmark = pytest.mark.usefixtures("jp_serverapp")
@@ -64,12 +65,12 @@ async def test_data_channel_refuses_paths_outside_and_keeps_streaming(api, test_
         client.send({"vace_ref_images": ["ref.png", str(scope_dirs["assets"] / "ref.png")]})
         client.send({"lora_scales": [{"path": "style.safetensors", "scale": 0.5}]})
         client.send({"prompts": ["after"]})
-        for _ in range(100):
-            sessions = (await api("GET", "api/v1/webrtc/sessions")).json["sessions"]
-            if sessions[0]["parameters"]["prompts"][0]["text"] == "after":
-                break
-            await asyncio.sleep(0.05)
-        assert sessions[0]["parameters"]["prompts"][0]["text"] == "after"
+
+        async def sessions_listed() -> list[dict]:
+            return (await api("GET", "api/v1/webrtc/sessions")).json["sessions"]
+
+        await wait_until(lambda listed: listed[0]["parameters"]["prompts"][0]["text"] == "after",
+                         what="the prompt 'after' in the session's parameters", value=sessions_listed)
         assert not [m for m in client.messages if m.get("type") == "parameters_rejected"], "inside paths are accepted"
 
 

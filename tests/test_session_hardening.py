@@ -29,8 +29,8 @@ from scope.pipelines.base import Chunk, Stream
 from scope.streaming.pattern import PatternTrack
 from tests._subprocess_server import isolated_env, running_scope_server
 from tests.pipelines import PatternPipeline
+from tests.polling import wait_until
 from tests.rtc import connected
-from tests.test_session_lifecycle import wait_until
 from tests.test_streaming import load
 
 SHORT_TIMEOUT_S = 3
@@ -63,10 +63,8 @@ def session_ids(server) -> dict[str, str]:
 async def wait_sessions_gone(server, ids: set[str], deadline_s: float = REAP_DEADLINE_S) -> float:
     """Seconds until none of ``ids`` is listed (fails after ``deadline_s``)."""
     started = time.monotonic()
-    while ids & set(session_ids(server)):
-        if time.monotonic() - started > deadline_s:
-            raise AssertionError(f"sessions {ids & set(session_ids(server))} still listed after {deadline_s} s")
-        await asyncio.sleep(0.1)
+    await wait_until(lambda listed: not ids & listed, deadline_s, f"sessions {sorted(ids)} to be reaped",
+                     value=lambda: set(session_ids(server)), interval=0.1)
     return time.monotonic() - started
 
 

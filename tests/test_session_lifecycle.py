@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 
 import pytest
 
+from scope.streaming.pattern import PatternTrack
 from tests.pipelines import PatternPipeline, prompt_level
-from tests.rtc import ScopeRtcClient, connected
+from tests.polling import wait_until
+from tests.rtc import ScopeRtcClient, connected, cut_network
 from tests.test_streaming import load
 
 pytestmark = pytest.mark.usefixtures("jp_serverapp")
@@ -16,18 +19,6 @@ pytestmark = pytest.mark.usefixtures("jp_serverapp")
 
 def brightness(frame) -> float:
     return float(frame.array[40:, 40:].mean())
-
-
-async def wait_until(predicate, timeout: float = 15.0, interval: float = 0.05):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if loop.time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(interval)
 
 
 async def session_info(api, session_id: str) -> dict:
@@ -39,7 +30,7 @@ async def test_reload_while_streaming_keeps_session_and_reopens_stream(api, test
     await load(api, "test-pattern")
     async with connected(api, {"prompts": ["steady"]}) as client:
         await client.wait_frames(5)
-        await asyncio.wait_for(client.channel_open.wait(), 10)
+        await asyncio.wait_for(client.channel_open.wait(), 30)
         first_stream = PatternPipeline.streams[-1]
         PatternPipeline.gate = threading.Event()
         assert (await api("POST", "api/v1/pipeline/load", {"pipeline_id": "test-pattern", "load_params": {"seed": 1}})).status == 200
@@ -47,8 +38,8 @@ async def test_reload_while_streaming_keeps_session_and_reopens_stream(api, test
         # While loading the session repeats its last frame instead of going dark.
         await wait_until(lambda: services.sessions.sessions[client.session_id].state == "waiting")
         count = len(client.frames)
-        await asyncio.sleep(0.6)
-        assert len(client.frames) > count, "frames must keep coming while the pipeline loads"
+        await wait_until(lambda: len(client.frames) >= count + 10, what="frames while the pipeline loads")
+        assert services.sessions.sessions[client.session_id].state == "waiting", "those frames came while loading"
         # An offer while loading is a conflict.
         reply = await ScopeRtcClient(api).connect({"prompts": ["x"]}, expect_status=409)
         assert "loading" in reply.json["detail"]
@@ -66,7 +57,7 @@ async def test_reload_while_streaming_keeps_session_and_reopens_stream(api, test
 async def test_failed_load_reaches_streaming_session_as_event(api, test_pipelines):
     await load(api, "test-pattern")
     async with connected(api, {"prompts": ["a"]}) as client:
-        await asyncio.wait_for(client.channel_open.wait(), 10)
+        await asyncio.wait_for(client.channel_open.wait(), 30)
         await api("POST", "api/v1/pipeline/load", {"pipeline_id": "test-pattern", "load_params": {"fail_load": True}})
         event = await client.wait_message(lambda m: m.get("type") == "pipeline_event" and m["event"] == "load_failed")
         assert "weights are corrupt" in event["message"]
@@ -111,7 +102,7 @@ async def test_sessions_are_isolated(api, test_pipelines):
         assert abs(brightness(two.frames[-1]) - prompt_level({"prompts": [{"text": "second prompt"}]})) < 12
         assert len({id(s) for s in PatternPipeline.streams}) == 2
         # The event loop stays free while two sessions generate.
-        assert (await api("GET", "health", timeout=5)).status == 200
+        assert (await api("GET", "health")).status == 200
         info_one = await session_info(api, one.session_id)
         info_two = await session_info(api, two.session_id)
         assert info_one["parameters"]["prompts"] != info_two["parameters"]["prompts"]
@@ -124,15 +115,15 @@ async def test_pause_repeats_last_frame_and_stops_pipeline_calls(api, test_pipel
     await load(api, "test-pattern")
     async with connected(api, {"prompts": ["p"]}) as client:
         await client.wait_frames(5)
-        await asyncio.wait_for(client.channel_open.wait(), 10)
+        await asyncio.wait_for(client.channel_open.wait(), 30)
         client.send({"paused": True})
         await client.wait_message(lambda m: m.get("type") == "stats" and m["state"] == "paused")
         stream = PatternPipeline.streams[-1]
         chunks = stream.chunk
         count = len(client.frames)
-        await asyncio.sleep(0.8)
+        # Twenty frames take several chunks when streaming; while paused they are all repeats.
+        await wait_until(lambda: len(client.frames) >= count + 20, what="the last frame repeated while paused")
         assert stream.chunk == chunks, "no pipeline calls while paused"
-        assert len(client.frames) > count, "the last frame is repeated while paused"
         corner = [int(f.array[2, 2, 0]) for f in client.frames[count:]]
         assert max(corner) - min(corner) < 12, "repeated frames are the same picture"
         info = await session_info(api, client.session_id)
@@ -145,7 +136,7 @@ async def test_reset_cache_is_one_shot_and_updates_merge(api, test_pipelines, se
     await load(api, "test-pattern")
     PatternPipeline.gate = None
     async with connected(api, {"prompts": ["p"], "transition": {"target_prompts": ["q"]}}) as client:
-        await asyncio.wait_for(client.channel_open.wait(), 10)
+        await asyncio.wait_for(client.channel_open.wait(), 30)
         stream = await wait_until(lambda: PatternPipeline.streams and PatternPipeline.streams[-1])
         await wait_until(lambda: stream.chunk >= 1)
         first = stream.seen[0]["params"]
@@ -179,8 +170,6 @@ async def test_chunk_failures_are_events_and_fatal_errors_stop_the_stream(api, t
 
 
 async def test_video_mode_applies_mode_defaults_and_reads_input(api, test_pipelines):
-    from scope.streaming.pattern import PatternTrack
-
     await load(api, "test-pattern")
     initial = {"input_mode": "video", "prompts": ["v"], "noise_scale": 0.2}
     async with connected(api, initial, send_track=PatternTrack(fps=30, width=128, height=96)):
@@ -215,13 +204,24 @@ async def test_trickle_candidates(api, test_pipelines):
         await client.wait_frames(3)
 
 
-async def test_disconnected_peer_is_cleaned_up_after_timeout(api, test_pipelines, services):
+async def test_a_peer_whose_network_goes_is_closed_after_disconnect_timeout(api, test_pipelines, services, caplog):
+    """A real peer streams both ways, then its sockets close without a word (no DTLS close, no
+    SCTP abort): only ``disconnect_timeout`` (1 s here) of silence can end the session."""
     await load(api, "test-pattern")
-    client = ScopeRtcClient(api)
+    client = ScopeRtcClient(api, send_track=PatternTrack(fps=30, width=64, height=48))
     await client.connect({"prompts": ["p"]})
-    await client.wait_frames(3)
-    session = services.sessions.sessions[client.session_id]
-    session.connection_state_changed("disconnected", 0.3)
-    await wait_until(lambda: client.session_id not in services.sessions.sessions, timeout=5)
-    assert session.closed
-    await client.close()
+    try:
+        await client.wait_frames(3)
+        session = services.sessions.sessions[client.session_id]
+        assert (await session_info(api, client.session_id))["connection_state"] == "connected"
+        with caplog.at_level(logging.INFO, logger="scope.streaming.session"):
+            await cut_network(client.pc)
+
+            async def listed() -> list[str]:
+                return [s["id"] for s in (await api("GET", "api/v1/webrtc/sessions")).json["sessions"]]
+
+            await wait_until(lambda ids: client.session_id not in ids, 30, "the silent session to close", value=listed)
+        assert session.closed
+        assert f"session {client.session_id}: nothing from the peer for" in caplog.text
+    finally:
+        await client.close()

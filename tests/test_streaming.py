@@ -10,6 +10,7 @@ import pytest
 from scope.streaming.pattern import PatternTrack, pattern_frame, read_index
 from tests.conftest import wait_for_status
 from tests.pipelines import prompt_level
+from tests.polling import wait_until
 from tests.rtc import ScopeRtcClient, connected
 
 pytestmark = pytest.mark.usefixtures("jp_serverapp")
@@ -59,12 +60,12 @@ async def test_text_mode_with_recvonly_offer_streams_and_follows_prompts(api, te
         client.send({"prompts": "a blue whale"})
         target = prompt_level({"prompts": [{"text": "a blue whale"}]})
         start = len(client.frames)
-        for _ in range(200):
-            await asyncio.sleep(0.05)
-            if len(client.frames) > start and abs(float(client.frames[-1].array[40:, 40:].mean()) - target) < 12:
-                break
-        else:
-            raise AssertionError("prompt change did not reach the output")
+
+        def latest_level() -> float | None:
+            return float(client.frames[-1].array[40:, 40:].mean()) if len(client.frames) > start else None
+
+        await wait_until(lambda level: level is not None and abs(level - target) < 12,
+                         what=f"the new prompt's level {target} in the output", value=latest_level)
         stats = await client.wait_message(lambda m: m.get("type") == "stats")
         assert set(stats) >= {"fps", "chunk", "chunk_ms", "pipeline_id", "synthetic", "state"}
         assert stats["pipeline_id"] == "test-pattern" and stats["synthetic"] is False
@@ -116,13 +117,13 @@ async def test_parameters_rejected_and_warning_and_stream_goes_on(api, test_pipe
         assert warning["unknown_keys"] == ["bogus"]
         n = len(client.frames)
         await client.wait_frames(n + 5)
-        sessions = (await api("GET", "api/v1/webrtc/sessions")).json["sessions"]
-        for _ in range(50):
-            sessions = (await api("GET", "api/v1/webrtc/sessions")).json["sessions"]
-            if sessions[0]["parameters"]["prompts"][0]["text"] == "three":
-                break
-            await asyncio.sleep(0.05)
-        assert sessions[0]["parameters"]["prompts"][0]["text"] == "three", "the refused message must not apply"
+
+        async def sessions_listed() -> list[dict]:
+            return (await api("GET", "api/v1/webrtc/sessions")).json["sessions"]
+
+        # The refused message must not apply: the next one does.
+        sessions = await wait_until(lambda listed: listed[0]["parameters"]["prompts"][0]["text"] == "three",
+                                    what="the prompt 'three' in the session's parameters", value=sessions_listed)
         assert "bogus" not in sessions[0]["parameters"]
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 from pathlib import Path
@@ -20,6 +19,7 @@ from scope.models.synthetic.writer import (
 )
 from tests._subprocess_server import run_command, running_scope_server
 from tests.fakehub import FakeHub
+from tests.polling import wait_until
 
 LONGLIVE = PIPELINE_ARTIFACTS["longlive"]
 
@@ -89,12 +89,12 @@ async def test_models_download_endpoint_writes_synthetic_weights(api, scope_dirs
     assert before == {"downloaded": False, "progress": None, "synthetic": False}
     reply = await api("POST", "api/v1/models/download", {"pipeline_id": "longlive", "synthetic": True})
     assert reply.status == 200 and "Synthetic" in reply.json["message"]
-    for _ in range(600):
-        status = (await api("GET", "api/v1/models/status?pipeline_id=longlive")).json
-        if status["downloaded"]:
-            break
-        await asyncio.sleep(0.05)
-    assert status["downloaded"] is True and status["synthetic"] is True, status
+
+    async def read_status() -> dict:
+        return (await api("GET", "api/v1/models/status?pipeline_id=longlive")).json
+
+    status = await wait_until(lambda s: s["downloaded"], 60, "synthetic longlive weights", value=read_status)
+    assert status["synthetic"] is True, status
     # A pipeline whose files have no synthetic writer is refused by name.
     refused = await api("POST", "api/v1/models/download", {"pipeline_id": "test-download", "synthetic": True})
     assert refused.status == 422 and refused.json["detail"][0]["loc"] == ["body", "synthetic"]

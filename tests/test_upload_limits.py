@@ -19,8 +19,11 @@ from urllib.parse import quote
 import httpx
 import pytest
 import requests
+from playwright import sync_api
 
 from tests._subprocess_server import ScopeServer, running_scope_server
+from tests.chromium import launch_chromium
+from tests.polling import wait_until_sync
 from tests.subprocess_only import jp_asyncio_loop, jp_server_cleanup  # noqa: F401  (autouse fixtures)
 
 MIB = 1024 * 1024
@@ -30,7 +33,6 @@ MAX_UPLOAD = 50 * MIB
 OVERSIZED = 60 * MIB
 TOO_LARGE = {"detail": "File size exceeds maximum of 50MB"}
 OCTET = {"Content-Type": "application/octet-stream"}
-CHROMIUM = Path("/usr/bin/chromium")
 
 
 @pytest.fixture(scope="module")
@@ -58,14 +60,6 @@ def client(server: ScopeServer):
 def everything(root: Path) -> list[str]:
     """Every entry below ``root``, hidden ones (temp files) included."""
     return sorted(p.relative_to(root).as_posix() for p in root.rglob("*"))
-
-
-def wait_until(condition, timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout} s")
-        time.sleep(0.05)
 
 
 def upload(client: httpx.Client, filename: str, data: bytes) -> httpx.Response:
@@ -170,13 +164,15 @@ def test_hidden_files_and_temp_files_are_never_listed_nor_served(server, assets,
 def test_an_upload_in_progress_is_neither_listed_nor_served_and_vanishes_with_its_client(server, assets, client):
     sock = open_upload(server, "growing.png", f"Content-Length: {2 * MIB}\r\n", b"\x05" * 300_000)
     try:
-        wait_until(lambda: any(p.stat().st_size >= 300_000 for p in assets.glob(".upload-*")), what="temp file written")
+        wait_until_sync(
+            lambda: any(p.stat().st_size >= 300_000 for p in assets.glob(".upload-*")), what="temp file written"
+        )
         (temp,) = assets.glob(".upload-*")
         assert client.get(f"/api/v1/assets/{temp.name}").status_code == 404
         assert client.get("/api/v1/assets").json()["assets"] == []
     finally:
         sock.close()
-    wait_until(lambda: everything(assets) == [], what="temp file removed after the client left")
+    wait_until_sync(lambda: everything(assets) == [], what="temp file removed after the client left")
 
 
 def test_uploads_abandoned_by_a_dead_server_are_removed_at_start(tmp_path):
@@ -227,7 +223,7 @@ def test_a_buffering_client_reads_the_507(server, assets, client):
     reply = upload(client, "new.mp4", b"\2" * (4 * MIB))
     assert reply.status_code == 507, reply.text
     assert "quota" in reply.json()["detail"]
-    wait_until(lambda: everything(assets) == ["old.mp4"], what="nothing left behind")
+    wait_until_sync(lambda: everything(assets) == ["old.mp4"], what="nothing left behind")
 
 
 def test_a_chunked_upload_crossing_the_quota_is_aborted_and_deleted(server, assets):
@@ -246,13 +242,13 @@ def test_a_chunked_upload_crossing_the_quota_is_aborted_and_deleted(server, asse
         sock.close()
     assert status == 507
     assert "assets_quota_bytes" in body["detail"]
-    wait_until(lambda: everything(assets) == ["old.mp4"], what="the temp file deleted")
+    wait_until_sync(lambda: everything(assets) == ["old.mp4"], what="the temp file deleted")
 
 
 def test_parallel_uploads_cannot_together_exceed_the_quota(server, assets, client):
     first = open_upload(server, "first.mp4", f"Content-Length: {5 * MIB}\r\n", b"\4" * MIB)
     try:
-        wait_until(lambda: any(assets.glob(".upload-*")), what="first upload admitted")
+        wait_until_sync(lambda: any(assets.glob(".upload-*")), what="first upload admitted")
         # 5 MiB are reserved although only 1 MiB is on disk: a second 5 MiB does not fit.
         second = open_upload(server, "second.mp4", f"Content-Length: {5 * MIB}\r\n")
         try:
@@ -277,9 +273,9 @@ def test_parallel_uploads_cannot_together_exceed_the_quota(server, assets, clien
 
 def test_a_client_leaving_frees_its_reservation(server, assets, client):
     sock = open_upload(server, "gone.mp4", f"Content-Length: {7 * MIB}\r\n", b"\7" * 1000)
-    wait_until(lambda: any(assets.glob(".upload-*")), what="upload admitted")
+    wait_until_sync(lambda: any(assets.glob(".upload-*")), what="upload admitted")
     sock.close()
-    wait_until(lambda: everything(assets) == [], what="temp file removed")
+    wait_until_sync(lambda: everything(assets) == [], what="temp file removed")
     reply = upload(client, "after.mp4", b"\x08" * (7 * MIB))
     assert reply.status_code == 200, reply.text
 
@@ -341,8 +337,8 @@ def test_httpx_reads_the_413(server, assets, client, oversized):
     assert everything(assets) == []
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 def test_curl_reads_the_413(server, assets, oversized, tmp_path):
+    assert shutil.which("curl"), "curl is missing: .ci/run installs it (apt-get install curl)"
     body_file = tmp_path / "big.bin"
     body_file.write_bytes(oversized)
     took = []
@@ -364,11 +360,9 @@ def test_curl_reads_the_413(server, assets, oversized, tmp_path):
 
 
 @pytest.mark.browser
-@pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is not installed")
 def test_chromium_fetch_reads_the_413(server, assets):
-    sync_api = pytest.importorskip("playwright.sync_api")
     with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"])
+        browser = launch_chromium(playwright)
         try:
             page = browser.new_page()
             page.goto(f"{server.url}/scope/")  # same origin: no CORS question

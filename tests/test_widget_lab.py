@@ -18,22 +18,13 @@ import pytest
 
 from tests._subprocess_server import free_port, running_scope_server
 from tests.fakehub import FakeHub
-from tests.servers import running_lab_server
-from tests.test_browser import (  # noqa: F401  (fixtures)
-    CHROMIUM,
-    browser,
-    jp_asyncio_loop,
-    jp_server_cleanup,
-    page,
-    wait_for,
-    wait_until,
-)
+from tests.chromium import browser, page, wait_for, wait_until  # noqa: F401  (fixtures)
+from tests.subprocess_only import jp_asyncio_loop, jp_server_cleanup  # noqa: F401  (autouse fixtures)
 
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.slow,
     pytest.mark.timeout(240),
-    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is not installed (apt-get install chromium)"),
 ]
 
 WIDGET = '[data-status]'
@@ -62,12 +53,9 @@ def notebook(*sources: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory, synthetic_models):
-    """``jupyter lab`` (token auth, a non-root base URL) whose models are synthetic weights."""
-    root = tmp_path_factory.mktemp("widget-lab")
-    env = {"DAYDREAM_SCOPE_MODELS_DIR": str(synthetic_models)}
-    with running_lab_server(root, "--LabApp.expose_app_in_browser=True", base_url="/lab-base/", env=env) as server:
-        yield server
+def lab(lab_server_process):
+    """The shared ``jupyter lab`` (token auth, a non-root base URL, synthetic ``longlive`` weights)."""
+    return lab_server_process
 
 
 def api(lab):

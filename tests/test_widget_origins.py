@@ -13,38 +13,28 @@ from types import SimpleNamespace
 import pytest
 
 from tests._subprocess_server import running_scope_server
-from tests.servers import running_lab_server
-from tests.test_browser import (  # noqa: F401  (fixtures)
-    CHROMIUM,
-    browser,
-    jp_asyncio_loop,
-    jp_server_cleanup,
-    page,
-    wait_for,
-)
+from tests.servers import SHARED_LAB_NAME
+from tests.chromium import browser, page, wait_for  # noqa: F401  (fixtures)
+from tests.subprocess_only import jp_asyncio_loop, jp_server_cleanup  # noqa: F401  (autouse fixtures)
 from tests.test_widget_lab import notebook, open_notebook, run_cell
 
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.slow,
     pytest.mark.timeout(240),
-    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is not installed (apt-get install chromium)"),
 ]
 
-LAB_NAME = "scope-lab.test"
+LAB_NAME = SHARED_LAB_NAME
 #: Chromium resolves the Lab's name to loopback (nothing leaves the machine).
 EXTRA_CHROMIUM_ARGS = [f"--host-resolver-rules=MAP {LAB_NAME} 127.0.0.1"]
 
 
 @pytest.fixture(scope="module")
-def named_lab(tmp_path_factory):
-    """``jupyter lab`` on 127.0.0.1 that answers to ``scope-lab.test`` too (Jupyter's host check)."""
-    root = tmp_path_factory.mktemp("named-lab")
-    names = f"--ServerApp.local_hostnames=['localhost', '{LAB_NAME}']"
-    with running_lab_server(root, names, "--LabApp.expose_app_in_browser=True", base_url="/lab-base/") as lab:
-        # What the browser sees: the same server under its name.
-        yield SimpleNamespace(url=f"http://{LAB_NAME}:{lab.port}/lab-base/", root=lab.root, token=lab.token,
-                              origin=f"http://{LAB_NAME}:{lab.port}")
+def named_lab(lab_server_process):
+    """The shared ``jupyter lab`` as the browser sees it: under ``scope-lab.test`` (Jupyter admits the name)."""
+    lab = lab_server_process
+    return SimpleNamespace(url=f"http://{LAB_NAME}:{lab.port}/lab-base/", root=lab.root, token=lab.token,
+                           origin=f"http://{LAB_NAME}:{lab.port}")
 
 
 def show_widget(page, lab, name: str, server_url: str) -> None:
