@@ -6,14 +6,17 @@ removed afterwards; nothing outside the tests knows about them.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from scope.models.artifacts import Artifact
+from scope.pipelines import registry
 from scope.pipelines.base import Chunk, LoadContext, Pipeline, PipelineInfo, Stream
 from scope.pipelines.passthrough import PassthroughConfig
 
@@ -114,3 +117,14 @@ class DownloadablePipeline(PatternPipeline):
 
 
 TEST_PIPELINES = (PatternPipeline, DownloadablePipeline)
+
+
+@contextlib.contextmanager
+def registered(cls: type[Pipeline]) -> Iterator[type[Pipeline]]:
+    """Register one more test pipeline (its ``streams`` list emptied) for the ``with`` block."""
+    cls.streams = []
+    registry.register(cls)
+    try:
+        yield cls
+    finally:
+        registry.unregister(cls.info.id)

@@ -23,13 +23,12 @@ from aiortc import MediaStreamTrack
 
 import scope
 from scope.params import UnusedParametersWarning
-from scope.pipelines import registry
 from scope.pipelines.base import Chunk, Stream
 from scope.streaming.pattern import PatternTrack
 from scope.streaming.session import StreamSession
 from scope.streaming.session_stats import SessionStats
 from tests.conftest import wait_for_status
-from tests.pipelines import PatternPipeline, PatternStream
+from tests.pipelines import PatternPipeline, PatternStream, registered
 from tests.polling import wait_until
 from tests.rtc import connected
 
@@ -91,10 +90,8 @@ class BrokenPipeline(PatternPipeline):
 
 @pytest.fixture
 def broken(test_pipelines):
-    BrokenPipeline.streams = []
-    registry.register(BrokenPipeline)
-    yield BrokenPipeline
-    registry.unregister(BrokenPipeline.info.id)
+    with registered(BrokenPipeline) as pipeline:
+        yield pipeline
 
 
 class BreakingTrack(MediaStreamTrack):

@@ -24,11 +24,10 @@ from aiortc import RTCPeerConnection
 from pydantic import BaseModel, ConfigDict
 
 from scope.client.peer import ScopePeer
-from scope.pipelines import registry
 from scope.pipelines.base import Chunk, Stream
 from scope.streaming.pattern import PatternTrack
 from tests._subprocess_server import isolated_env, running_scope_server
-from tests.pipelines import PatternPipeline
+from tests.pipelines import PatternPipeline, registered
 from tests.polling import wait_until
 from tests.rtc import connected
 from tests.test_streaming import load
@@ -326,10 +325,8 @@ class FailingPipeline(PatternPipeline):
 
 @pytest.fixture
 def failing_pipeline(test_pipelines):
-    FailingPipeline.streams = []
-    registry.register(FailingPipeline)
-    yield FailingPipeline
-    registry.unregister("test-failing")
+    with registered(FailingPipeline) as pipeline:
+        yield pipeline
 
 
 async def test_the_same_chunk_failure_three_times_ends_the_stream(api, failing_pipeline, services):
