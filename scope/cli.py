@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
-
-from scope import __version__
 
 USAGE_EXTRA = """
 Commands:
@@ -22,19 +19,8 @@ Scope options (also settable as ScopeApp.<name>, see docs/configuration.md):
   --reload          Restart when Python files change
   --synthetic       Write synthetic weights for pipelines whose files are missing, on load
   -N, --no-browser  Don't open a browser
-  --version         Show version and exit
+  --version         Show the version (and the git commit it was built from) and exit
 """
-
-
-def _git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-            cwd=Path(__file__).resolve().parent,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "unknown (git not available)"
-    return out.stdout.strip() if out.returncode == 0 else "unknown (not a git checkout)"
 
 
 def list_pipelines() -> int:
@@ -70,8 +56,9 @@ def main(argv: list[str] | None = None) -> None:
     if args[:1] == ["enable-jupyter"]:
         raise SystemExit(enable_jupyter(args[1] if len(args) > 1 else None))
     if "--version" in args or "-V" in args:
-        print(f"daydream-scope: {__version__}")
-        print(f"git commit: {_git_commit()}")
+        from scope.build_info import version_line
+
+        print(version_line())
         raise SystemExit(0)
     if "-h" in args or "--help" in args:
         print(USAGE_EXTRA)

@@ -145,8 +145,8 @@ class ScopeSettings(Configurable):
     ).tag(config=True, env="DAYDREAM_SCOPE_SYNTHETIC")
 
     verbose_logging = Bool(
-        False, help="Write Scope's DEBUG lines and the WebRTC libraries' (aiortc, aioice) INFO lines "
-        "to the server log too."
+        False, help="Write Scope's DEBUG lines (to the server log, and to daydream-scope's terminal) and "
+        "the WebRTC libraries' (aiortc, aioice) INFO lines (to the server log) too."
     ).tag(config=True, env="VERBOSE_LOGGING")
 
     def __init__(self, **kwargs):

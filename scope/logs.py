@@ -6,6 +6,7 @@ import datetime
 import logging
 import logging.handlers
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -17,6 +18,9 @@ FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 #: Loggers whose records the file holds; with verbose logging, also the WebRTC libraries'.
 LOGGERS = ("scope", "tornado.access", "ServerApp")
 WEBRTC_LOGGERS = ("aiortc", "aioice")
+#: Scope's lines in the standalone server's terminal, shaped like Jupyter's own.
+CONSOLE_FORMAT = "%(color)s[%(levelname)1.1s %(asctime)s.%(msecs).03d Scope]%(end_color)s %(message)s"
+CONSOLE_DATEFMT = "%Y-%m-%d %H:%M:%S"
 
 
 class ServerLog:
@@ -31,6 +35,7 @@ class ServerLog:
         self.handler: logging.handlers.RotatingFileHandler | None = None
         self.path: Path | None = None
         self._loggers: tuple[str, ...] = ()
+        self._console: logging.Handler | None = None
 
     def start(self, verbose: bool = False) -> Path:
         self.logs_dir.mkdir(parents=True, exist_ok=True)
@@ -57,7 +62,20 @@ class ServerLog:
         self.path = path
         return path
 
+    def show_in_terminal(self) -> None:
+        """Also write Scope's lines to stderr, the standalone server's terminal (INFO and up, DEBUG
+        too with verbose logging). Under ``jupyter lab`` the terminal stays Jupyter's."""
+        from tornado.log import LogFormatter
+
+        if self._console is None:
+            self._console = logging.StreamHandler(sys.stderr)
+            self._console.setFormatter(LogFormatter(fmt=CONSOLE_FORMAT, datefmt=CONSOLE_DATEFMT))
+            logging.getLogger("scope").addHandler(self._console)
+
     def stop(self) -> None:
+        if self._console is not None:
+            logging.getLogger("scope").removeHandler(self._console)
+            self._console = None
         if self.handler is not None:
             for name in self._loggers:
                 logging.getLogger(name).removeHandler(self.handler)

@@ -14,6 +14,47 @@ from scope.params import StreamParameters
 from scope.streaming.session_stats import SessionStats
 
 
+def examples(*bodies: dict[str, Any]) -> dict[str, Any]:
+    """``json_schema_extra`` giving a request model its examples; the first one is what ``/docs``
+    fills in for "Try it out", so it must succeed as it is on a freshly started server (after
+    the example load, for the WebRTC bodies)."""
+    return {"examples": list(bodies)}
+
+
+#: A browser-like offer: sendrecv VP8 video and the parameters data channel, ICE candidates to be
+#: trickled. Its credentials and fingerprint are placeholders: the server answers it, and the
+#: session ends at the connect timeout unless a real peer stands behind it.
+EXAMPLE_OFFER_SDP = "\r\n".join(
+    [
+        "v=0",
+        "o=- 0 0 IN IP4 0.0.0.0",
+        "s=-",
+        "t=0 0",
+        "a=group:BUNDLE 0 1",
+        "a=msid-semantic:WMS *",
+        "m=video 9 UDP/TLS/RTP/SAVPF 96",
+        "c=IN IP4 0.0.0.0",
+        "a=sendrecv",
+        "a=mid:0",
+        "a=rtcp-mux",
+        "a=rtpmap:96 VP8/90000",
+        "a=ice-ufrag:exam",
+        "a=ice-pwd:exampleexampleexample0",
+        "a=fingerprint:sha-256 " + ":".join(["0A"] * 32),
+        "a=setup:actpass",
+        "m=application 9 UDP/DTLS/SCTP webrtc-datachannel",
+        "c=IN IP4 0.0.0.0",
+        "a=mid:1",
+        "a=sctp-port:5000",
+        "a=ice-ufrag:exam",
+        "a=ice-pwd:exampleexampleexample0",
+        "a=fingerprint:sha-256 " + ":".join(["0A"] * 32),
+        "a=setup:actpass",
+        "",
+    ]
+)
+
+
 class ErrorResponse(BaseModel):
     detail: str | list[dict[str, Any]] = Field(description="What went wrong; validation errors list each field.")
 
@@ -38,7 +79,11 @@ class HardwareInfo(BaseModel):
 class LoadRequest(BaseModel):
     """Load a pipeline. ``pipeline_ids`` (a chain) wins over ``pipeline_id``."""
 
-    model_config = ConfigDict(extra="ignore")
+    # passthrough needs no weights, so the example loads on any server.
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra=examples({"pipeline_id": "passthrough", "load_params": {"height": 512, "width": 512}}),
+    )
 
     pipeline_id: str | None = Field(None, description="Pipeline to load (the Quick Start form).")
     pipeline_ids: list[str] | None = Field(
@@ -82,7 +127,8 @@ class ModelsStatusResponse(BaseModel):
 
 
 class DownloadRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    # Synthetic weights take seconds and never replace a real file; a real download takes GBs.
+    model_config = ConfigDict(extra="ignore", json_schema_extra=examples({"pipeline_id": "longlive", "synthetic": True}))
 
     pipeline_id: str = Field(min_length=1, description="Pipeline whose files to download.")
     synthetic: bool = Field(
@@ -107,7 +153,10 @@ class InitialParameters(StreamParameters):
 
 
 class OfferRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra=examples({"sdp": EXAMPLE_OFFER_SDP, "type": "offer", "initialParameters": {"input_mode": "video"}}),
+    )
 
     sdp: str = Field(description="The client's SDP offer.")
     type: str = Field(description="Must be 'offer'.")
@@ -129,6 +178,8 @@ class IceCandidate(BaseModel):
 
 
 class IceCandidatesRequest(BaseModel):
+    model_config = ConfigDict(json_schema_extra=examples({"candidates": [{"candidate": "", "sdpMid": "0", "sdpMLineIndex": 0}]}))
+
     candidates: list[IceCandidate]
 
 

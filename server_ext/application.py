@@ -6,18 +6,25 @@ the standalone ``daydream-scope`` command (open API on port 8000), so the handle
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import ipaddress
 import logging
 import os
 
+from jupyter_core.application import JupyterApp
 from jupyter_server.extension.application import ExtensionApp
 from jupyter_server.serverapp import ServerApp, aliases as server_aliases, flags as server_flags
+from tornado.netutil import bind_sockets
 from traitlets import Bool, default
 
 from scope import __version__
+from scope.build_info import version_line
 from scope.config import ScopeSettings
+from scope.server_ext.banner import Banner, usable_host
 from scope.server_ext.routes import route_table
 from scope.server_ext.services import ScopeServices
+from scope.streaming import closed_connections
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +76,75 @@ class ScopeServerApp(ServerApp):
     def _default_url(self) -> str:
         return "/scope/"
 
+    @default("answer_yes")
+    def _default_answer_yes(self) -> bool:
+        return True  # one Ctrl-C stops the server, without Jupyter's "Shut down (y/[n])?"
+
+    @default("log_level")
+    def _default_log_level(self) -> int:
+        # Jupyter's own start-up lines (extensions linked, notebook directory, kernels) do not
+        # apply here; its warnings and errors still show, and Scope's lines have their own handler.
+        return logging.WARN
+
+    def init_httpserver(self) -> None:
+        if not self.sock and self.port and port_in_use(self.ip, self.port):
+            self.log.critical(
+                "port %d is in use: another server is listening there. Stop it, or pick another "
+                "port with --port.", self.port
+            )
+            self.exit(1)
+        super().init_httpserver()
+
+    def start_app(self) -> None:
+        """Jupyter's start, with the Scope banner in place of its URL, token and file:// lines."""
+        JupyterApp.start(self)
+        if not self.allow_root and os.geteuid() == 0:
+            self.log.critical("Running as root is not recommended. Use --allow-root to bypass.")
+            self.exit(1)
+        self.write_server_info_file()
+        if not self.no_browser_open_file:
+            self.write_browser_open_files()
+        print(self.banner().text(), end="", flush=True)
+        if self.open_browser and not self.sock:
+            self.launch_browser()
+
+    def banner(self) -> Banner:
+        scope = self.starter_app
+        page_query = ""
+        if not scope.open_api and self.identity_provider.token:
+            token = self.identity_provider.token if self.identity_provider.token_generated else "<your token>"
+            page_query = f"?token={token}"
+        scheme = "https" if self.certfile else "http"
+        return Banner(
+            version=version_line(),
+            base_url=f"{scheme}://{usable_host(self.ip)}:{self.port}{self.base_url}",
+            page_query=page_query,
+            synthetic=scope.synthetic,
+            models_dir=scope.models_path,
+            log_file=scope.services.logs.current_file(),
+        )
+
+    def launch_browser(self) -> None:
+        """Open the page where this machine has a browser; without one, the banner's URL does."""
+        import webbrowser
+
+        try:
+            webbrowser.get(self.browser or None)
+        except webbrowser.Error:
+            return
+        super().launch_browser()
+
+
+def port_in_use(ip: str, port: int) -> bool:
+    """Whether ``ip:port`` is taken (Jupyter would only say the server "could not be started")."""
+    try:
+        sockets = bind_sockets(port, ip or None)
+    except OSError as exc:
+        return exc.errno == errno.EADDRINUSE
+    for sock in sockets:
+        sock.close()
+    return False
+
 
 class ScopeApp(ScopeSettings, ExtensionApp):
     """Scope endpoints (``/health``, ``/api/v1/...``, ``/docs``, ``/scope/``) for Jupyter."""
@@ -93,7 +169,7 @@ class ScopeApp(ScopeSettings, ExtensionApp):
         if self.standalone and not chosen:
             self.open_api = True
         self.services = ScopeServices.create(self)
-        self.services.open_log()
+        self.services.open_log(console=self.standalone)
         self.settings["scope"] = self.services
         # Handlers read the services from the shared tornado settings.
         self.serverapp.web_app.settings["scope"] = self.services
@@ -102,6 +178,7 @@ class ScopeApp(ScopeSettings, ExtensionApp):
         self.handlers.extend(route_table())
 
     async def _start_jupyter_server_extension(self, serverapp) -> None:
+        closed_connections.install(asyncio.get_running_loop())
         await self.services.start()
         self._warn_if_exposed(serverapp)
         self._warn_if_any_origin()
@@ -120,7 +197,6 @@ class ScopeApp(ScopeSettings, ExtensionApp):
                 f"{serverapp.port} can load pipelines and stream. Use --host 127.0.0.1 to keep it local."
             )
             self.log.warning(message)
-            print(f"WARNING: {message}", flush=True)
 
     def _warn_if_any_origin(self) -> None:
         if self.open_api and "*" in self.allowed_origins:
@@ -129,7 +205,6 @@ class ScopeApp(ScopeSettings, ExtensionApp):
                 "machine's browsers visit can load pipelines, upload files, read and stop sessions."
             )
             self.log.warning(message)
-            print(f"WARNING: {message}", flush=True)
 
     async def stop_extension(self) -> None:
         services = getattr(self, "services", None)

@@ -14,9 +14,28 @@ from scope.server_ext.handlers.base import Operation, ScopeHandler
 REF = "#/components/schemas/{model}"
 
 
+#: What "Try it out" asks for in a path; a session id is the ``sessionId`` of an offer's answer.
+PATH_PARAMETERS = {
+    "session_id": "The sessionId from the answer to POST /api/v1/webrtc/offer.",
+    "asset_path": "A path from GET /api/v1/assets, or one relative to the assets directory.",
+}
+
+
 def _path_parameters(path: str) -> list[dict[str, Any]]:
     names = [part[1:-1] for part in path.split("/") if part.startswith("{") and part.endswith("}")]
-    return [{"name": n, "in": "path", "required": True, "schema": {"type": "string"}} for n in names]
+    return [
+        {"name": n, "in": "path", "required": True, "description": PATH_PARAMETERS[n], "schema": {"type": "string"}}
+        for n in names
+    ]
+
+
+def request_example(model: type[BaseModel]) -> Any:
+    """The request model's first example: the body ``/docs`` fills in for "Try it out"."""
+    extra = model.model_config.get("json_schema_extra")
+    examples = extra.get("examples") if isinstance(extra, dict) else None
+    if not examples:
+        raise ValueError(f"{model.__name__} has no example for /docs: give it json_schema_extra examples")
+    return examples[0]
 
 
 def common_errors(method: str, op: Operation) -> dict[int, str]:
@@ -65,7 +84,9 @@ def build_openapi(handlers: list[type[ScopeHandler]]) -> dict[str, Any]:
             if params:
                 operation["parameters"] = params
             if op.request is not None:
-                operation["requestBody"] = {"required": True, "content": content(op.request, op.request_content)}
+                body = content(op.request, op.request_content)
+                body[op.request_content]["example"] = request_example(op.request)
+                operation["requestBody"] = {"required": True, "content": body}
             elif op.request_content != "application/json":
                 operation["requestBody"] = {"required": True, "content": content(None, op.request_content)}
             ok: dict[str, Any] = {"description": "Success"}

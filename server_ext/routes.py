@@ -5,13 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import importlib.resources
+import importlib.util
 from tornado import web
 
 from scope.server_ext.handlers.base import ScopeHandler
 from scope.server_ext.handlers.docs import OpenApiHandler, SwaggerHandler
+from scope.server_ext.handlers.guides import GuidesHandler
 from scope.server_ext.handlers.files import AssetFileHandler, AssetsHandler, LoraListHandler
 from scope.server_ext.handlers.health import CurrentLogHandler, HardwareInfoHandler, HealthHandler
 from scope.server_ext.handlers.models import ModelsDownloadHandler, ModelsStatusHandler
+from scope.server_ext.handlers.page import WidgetStateHandler
 from scope.server_ext.handlers.pipeline import LoadHandler, SchemasHandler, StatusHandler, UnloadHandler
 from scope.server_ext.handlers.webrtc import (
     CandidatesHandler,
@@ -22,6 +25,8 @@ from scope.server_ext.handlers.webrtc import (
 )
 
 PAGE_DIR = Path(__file__).parent / "static" / "page"
+#: The notebook widget's package: its stylesheet is the page's too (found without importing it).
+WIDGET_DIR = importlib.util.find_spec("scope.widgets").submodule_search_locations[0]
 #: Swagger UI 5 (OpenAPI 3.1 support), shipped inside a PyPI package: /docs works offline.
 SWAGGER_DIR = str(importlib.resources.files("swagger_ui") / "static")
 
@@ -62,8 +67,9 @@ class PageHandler(web.StaticFileHandler):
 
 def route_table() -> list[tuple]:
     """(pattern, handler[, kwargs]) rules, relative to the server's base URL."""
-    rules: list[tuple] = [(h.pattern, h) for h in (*HANDLERS, OpenApiHandler, SwaggerHandler)]
+    rules: list[tuple] = [(h.pattern, h) for h in (*HANDLERS, OpenApiHandler, SwaggerHandler, WidgetStateHandler, GuidesHandler)]
     rules.append((r"/docs/static/(.*)", web.StaticFileHandler, {"path": SWAGGER_DIR}))
     rules.append((r"/scope", web.RedirectHandler, {"url": "scope/"}))
+    rules.append((r"/scope/(scope_widget\.css)", PageHandler, {"path": WIDGET_DIR}))
     rules.append((r"/scope/(.*)", PageHandler, {"path": str(PAGE_DIR), "default_filename": "index.html"}))
     return rules

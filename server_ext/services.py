@@ -79,9 +79,13 @@ class ScopeServices:
             settings, manager, sessions, downloads, ice, ServerLog(settings.logs_path), executor, assets_quota, origins
         )
 
-    def open_log(self) -> None:
+    def open_log(self, console: bool = False) -> None:
+        """Start the log file; ``console`` also shows Scope's lines in the terminal (whose
+        banner names the file, so this line goes to the file only)."""
         path = self.logs.start(verbose=self.settings.verbose_logging)
         logger.info("Scope server log: %s", path)
+        if console:
+            self.logs.show_in_terminal()
 
     async def start(self) -> None:
         """Work that needs the running event loop (pre-warming the pipeline)."""

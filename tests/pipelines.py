@@ -19,13 +19,17 @@ from scope.models.artifacts import Artifact
 from scope.pipelines import registry
 from scope.pipelines.base import Chunk, LoadContext, Pipeline, PipelineInfo, Stream
 from scope.pipelines.passthrough import PassthroughConfig
+from scope.pipelines.sizes import multiple_of
+
+#: Sizes the pattern pipeline accepts: the same check as the real pipelines, smaller bounds.
+PatternSize = multiple_of(16, 16, 512)
 
 
 class PatternLoadParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    height: int = Field(64, ge=16, le=512, multiple_of=16)
-    width: int = Field(96, ge=16, le=512, multiple_of=16)
+    height: PatternSize = 64
+    width: PatternSize = 96
     seed: int = Field(42, ge=0)
     load_seconds: float = Field(0.0, ge=0, le=30, description="How long loading takes.")
     fail_load: bool = False

@@ -202,20 +202,20 @@ def test_daydream_scope_can_be_closed(tmp_path, args, env):
 def test_loopback_bind_prints_no_exposure_warning(tmp_path):
     with running_scope_server(tmp_path) as server:
         assert server.client().get("/health").status_code == 200
-    assert "WARNING" not in server.output()
+    assert "The Scope API is open" not in server.output()
 
 
 def test_binding_all_interfaces_warns_that_the_api_is_open(tmp_path):
     server = start_scope_server(tmp_path, host="0.0.0.0", port=free_port("0.0.0.0"))
     try:
-        out = server.wait_for_output("WARNING")
+        out = server.wait_for_output("The Scope API is open")
         # Bound to every interface, but the test talks to it through loopback only.
         assert server.url.startswith("http://127.0.0.1:")
         assert server.client().get("/health").status_code == 200
     finally:
         server.stop()
-    lines = [line for line in out.splitlines() if "WARNING" in line]
-    assert any("open" in line and "0.0.0.0" in line for line in lines), out
+    lines = [line for line in out.splitlines() if "The Scope API is open" in line]
+    assert len(lines) == 1 and "0.0.0.0" in lines[0] and lines[0].startswith("[W "), out
 
 
 # -- in-process Jupyter server: the closed (Lab) mode and ScopeApp.open_api ------------------

@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from scope.widgets.scope_widget import DEFAULT_PROMPT
 from tests._subprocess_server import running_scope_server
 from tests.chromium import browser, new_page, page, wait_for, wait_until  # noqa: F401  (fixtures)
 from tests.fakehub import FakeHub
@@ -290,68 +291,96 @@ def test_quickstart_send_and_receive_with_a_canvas(page, server, tmp_path):
     assert page.inner_text("#status") == "Connected - Streaming"
 
 
-# -- the server's own page ----------------------------------------------------------------------
+# -- the server's own page: the notebook widget's view in a page-sized layout -------------------
+
+#: The page's mount point, and the view's controls in it (the class names the widget's tests use too).
+PAGE = ".scope-widget.scope-page"
+PIPELINE, LOAD, INPUT = f"{PAGE} .scope-pipeline", f"{PAGE} .scope-load-pipeline", f"{PAGE} .scope-input"
+START, PAUSE, STOP = f"{PAGE} .scope-start", f"{PAGE} .scope-pause", f"{PAGE} .scope-stop"
+MODELS, PIPELINE_STATUS, PROGRESS = f"{PAGE} .scope-models", f"{PAGE} .scope-pipeline-status", f"{PAGE} .scope-progress"
+PROMPT, SEND_PROMPTS = f"{PAGE} .scope-prompt-text", f"{PAGE} .scope-send-prompts"
+VIDEO, STATS, MESSAGES, BADGE = f"{PAGE} .scope-video", f"{PAGE} .scope-stats", f"{PAGE} .scope-messages", f"{PAGE} .scope-badge"
+DOWNLOAD = f"{PAGE} button:text-is('Download models')"
+WRITE_SYNTHETIC = f"{PAGE} button:text-is('Use synthetic weights')"
+
+
+def text_is(selector: str, text: str) -> str:
+    """A page condition: ``selector``'s text is exactly ``text``."""
+    return f"document.querySelector({json.dumps(selector)})?.textContent === {json.dumps(text)}"
+
+
+def wait_for_status(page, status: str, timeout_ms: float | None = None) -> None:
+    """Wait for the view's state (``data-status``: ready, streaming, paused, stopped, error, ...)."""
+    wait_for(page, f"document.querySelector({json.dumps(PAGE)})?.dataset.status === {json.dumps(status)}", timeout_ms)
+
+
+def wait_for_message(page, text: str, timeout_ms: float | None = None) -> None:
+    wait_for(page, f"document.querySelector({json.dumps(MESSAGES)})?.textContent.includes({json.dumps(text)})", timeout_ms)
+
+
+def open_page(page, url: str, pipeline_id: str) -> None:
+    """Open the page at ``url`` with ``pipeline_id`` chosen."""
+    page.goto(url)
+    wait_for(page, f"document.querySelector({json.dumps(f'{PIPELINE} option[value={pipeline_id!r}]')}) !== null")
+    page.select_option(PIPELINE, pipeline_id)
 
 
 def load_on_page(page, url: str, pipeline_id: str = "passthrough", takes_prompts: bool = False) -> None:
     """Open the page at ``url`` and load a pipeline that needs no model files with it."""
-    page.goto(url)
-    wait_for(page, f"document.querySelector('#pipeline option[value=\"{pipeline_id}\"]') !== null")
-    page.select_option("#pipeline", pipeline_id)
-    wait_for(page, "document.getElementById('models-status').textContent === 'No model files needed.'")
-    assert page.is_hidden("#download")
-    page.click("#load")
-    wait_for(page, f"document.getElementById('pipeline-status').textContent === 'Loaded {pipeline_id}.'")
-    assert page.is_visible("#prompt-form") == takes_prompts
+    open_page(page, url, pipeline_id)
+    wait_for(page, text_is(MODELS, "No model files needed."))
+    assert page.is_hidden(DOWNLOAD)
+    page.click(LOAD)
+    wait_for(page, text_is(PIPELINE_STATUS, f"Loaded {pipeline_id}."))
+    assert page.is_visible(PROMPT) == takes_prompts
 
 
 def load_passthrough_on_page(page, url: str) -> None:
     load_on_page(page, url, "passthrough")
 
 
-STATS_CHUNK = "(/fps · chunk (\\d+) ·/.exec(document.getElementById('stats').textContent) || [null, -1])[1]"
+STATS_CHUNK = f"(/chunk (\\d+) ·/.exec(document.querySelector({json.dumps(STATS)})?.textContent ?? '') || [null, -1])[1]"
 
 
 def page_chunks(page) -> int:
-    """The chunk count the page's status line shows (-1 before the first stats message)."""
+    """The chunk count the page's figures line shows (-1 before the first one)."""
     return int(page.evaluate(STATS_CHUNK))
 
 
 def wait_for_chunks(page, after: int = 0, timeout_ms: float | None = None) -> int:
-    """Wait until the status line reports more than ``after`` chunks; returns the count.
-
-    The count, not the instantaneous state: between chunks a session may briefly report
-    "waiting" for its next input frames.
-    """
+    """Wait until the figures line reports more than ``after`` chunks; returns the count."""
     wait_for(page, f"Number({STATS_CHUNK}) > {after}", timeout_ms)
     return page_chunks(page)
 
 
 def test_scope_page_streams_the_fake_webcam(page, server):
     load_passthrough_on_page(page, server.url + "/scope/")
-    page.select_option("#input", "camera")
-    page.click("#start")
+    # passthrough transforms video: its input starts as the webcam.
+    assert page.input_value(INPUT) == "webcam"
+    page.click(START)
 
     wait_for_chunks(page)
     assert_frames_flow(page)
-    status = page.inner_text("#status-line")
-    assert re.search(r"\d+\.\d fps · chunk \d+ · [\d.]+ ms/chunk · (streaming|waiting)", status), status
-    assert page.inner_text("#connection") == "connected"
-    assert page.inner_text("#input-note") == "Sending your webcam."
-    assert "synthetic weights" not in status and page.is_hidden("#synthetic")
+    wait_for_status(page, "streaming")
+    stats = page.inner_text(STATS)
+    assert re.fullmatch(r"\d+\.\d fps( · \d+ ms latency)? · chunk \d+ · \d+ ms/chunk", stats), stats
+    assert "No webcam" not in messages(page), "the fake camera must have been used"
+    assert page.is_hidden(BADGE), "no synthetic weights here"
     assert len(sessions(server)) == 1
 
-    page.click("#pause")
-    wait_for(page, "document.getElementById('stats').textContent.endsWith('paused')")
-    assert page.inner_text("#pause") == "Resume"
-    paused_at = wait_for_chunks(page)
-    page.click("#pause")
+    page.click(PAUSE)
+    wait_for_status(page, "paused")
+    assert page.inner_text(PAUSE) == "Resume"
+    wait_until(page, lambda: sessions(server)[0]["stats"]["state"] == "paused", "the server to pause the session")
+    paused_at = page_chunks(page)
+    page.click(PAUSE)
+    wait_for_status(page, "streaming")
     wait_for_chunks(page, after=paused_at)
 
-    page.click("#stop")
-    wait_for(page, "document.getElementById('connection').textContent === 'stopped'")
+    page.click(STOP)
+    wait_for_status(page, "stopped")
     wait_until(page, lambda: not sessions(server), "the server to close the session")
-    assert page.is_enabled("#start")
+    assert page.is_enabled(START)
 
 
 def test_scope_page_falls_back_to_a_test_pattern_without_a_webcam(page, server):
@@ -360,26 +389,24 @@ def test_scope_page_falls_back_to_a_test_pattern_without_a_webcam(page, server):
         "Promise.reject(new DOMException('Requested device not found', 'NotFoundError'));"
     )
     load_passthrough_on_page(page, server.url + "/scope/")
-    page.select_option("#input", "camera")
-    page.click("#start")
+    page.click(START)
 
     wait_for_chunks(page)
-    note = page.inner_text("#input-note")
-    assert "No webcam available" in note and "test pattern" in note, note
+    assert "No webcam (Requested device not found): sending a test pattern instead." in messages(page)
     assert_frames_flow(page)
-    wait_for(page, "video.videoWidth === 512 && video.videoHeight === 512")
-    assert_colours_match(page.evaluate(VIDEO_PATCHES, ["#video", QUADRANT_POINTS]), PAGE_PATTERN_COLOURS)
-    page.click("#stop")
+    wait_for(page, f"document.querySelector({json.dumps(VIDEO)}).videoWidth === 512 && document.querySelector({json.dumps(VIDEO)}).videoHeight === 512")
+    assert_colours_match(page.evaluate(VIDEO_PATCHES, [VIDEO, QUADRANT_POINTS]), PAGE_PATTERN_COLOURS)
+    page.click(STOP)
     wait_until(page, lambda: not sessions(server), "the server to close the session")
 
 
 def messages(page) -> str:
-    return page.inner_text("#messages")
+    return page.inner_text(MESSAGES)
 
 
 def picture_level(page) -> float:
     """Grey level of the picture's centre, where ``test-pattern`` paints its prompt's level."""
-    (patch,) = page.evaluate(VIDEO_PATCHES, ["#video", [(0.6, 0.6)]])
+    (patch,) = page.evaluate(VIDEO_PATCHES, [VIDEO, [(0.6, 0.6)]])
     return sum(patch) / 3
 
 
@@ -393,17 +420,22 @@ def assert_picture_follows_prompt(page, text: str) -> None:
         return abs(levels[-1] - wanted) < 12
 
     for _ in range(8):
-        if sample_per_chunk(page, lambda: page_chunks(page), shows_it, 1)[0]:
+        if sample_per_chunk(page, lambda: page_chunks(page), shows_it, 1, VIDEO)[0]:
             return
     raise AssertionError(f"the picture never showed {text!r} (level {wanted}); it showed {levels}")
 
 
+RED_FOX, BLUE_BIRD = "a red fox", "a blue bird"
+
+
 def test_scope_page_prompts_and_shows_the_servers_refusals(page, server):
     """``test-pattern`` takes prompts and paints their level: the page's prompts reach its frames."""
-    red_fox, blue_bird = "a red fox", "a blue bird"
-    levels = [prompt_level({"prompts": [{"text": t}]}) for t in (red_fox, blue_bird)]
+    levels = [prompt_level({"prompts": [{"text": t}]}) for t in (RED_FOX, BLUE_BIRD)]
     assert abs(levels[0] - levels[1]) > 40, levels  # told apart in the picture (12 levels either side)
     load_on_page(page, server.url + "/scope/", "test-pattern", takes_prompts=True)
+    # A pipeline that generates from text starts with no input and the default prompt.
+    assert page.input_value(INPUT) == "none"
+    assert page.input_value(PROMPT) == DEFAULT_PROMPT
 
     # Another client swaps in passthrough: the page's text-mode start is refused by the server.
     with server.client() as client:
@@ -411,38 +443,70 @@ def test_scope_page_prompts_and_shows_the_servers_refusals(page, server):
         wait_until(page, lambda: client.get("/api/v1/pipeline/status").json()["pipeline_id"] == "passthrough",
                    "passthrough to load")
         server.wait_status(client, ("loaded",))
-    page.select_option("#input", "none")
-    page.fill("#prompt", red_fox)
-    page.click("#start")
-    wait_for(page, "document.getElementById('connection').textContent === 'failed to start'")
+    page.fill(PROMPT, RED_FOX)
+    page.click(START)
+    wait_for_status(page, "error")
     assert "input_mode 'text' is not supported by pipeline 'passthrough'" in messages(page)
     assert not sessions(server)
 
-    # Loaded again from the page, test-pattern streams the page's prompt.
-    page.click("#load")
-    wait_for(page, "document.getElementById('pipeline-status').textContent === 'Loaded test-pattern.'")
-    page.click("#start")
+    # Loaded again from the page, test-pattern streams the prompt typed in the box.
+    page.click(LOAD)
+    wait_for(page, text_is(PIPELINE_STATUS, "Loaded test-pattern."))
+    page.click(START)
     wait_for_chunks(page)
     (live,) = sessions(server)
-    assert live["input_mode"] == "text" and live["parameters"]["prompts"] == [{"text": red_fox, "weight": 1.0}]
-    assert_picture_follows_prompt(page, red_fox)
+    assert live["input_mode"] == "text" and live["parameters"]["prompts"] == [{"text": RED_FOX, "weight": 1.0}]
+    assert_picture_follows_prompt(page, RED_FOX)
 
-    page.fill("#prompt", blue_bird)
-    page.click("#send-prompt")
-    wait_for(page, f"document.getElementById('messages').textContent.includes('Prompt sent: {blue_bird}')")
-    assert_picture_follows_prompt(page, blue_bird)
+    page.fill(PROMPT, BLUE_BIRD)
+    page.click(SEND_PROMPTS)
+    wait_for_message(page, f'Prompts sent: "{BLUE_BIRD}"')
+    assert_picture_follows_prompt(page, BLUE_BIRD)
+
+    # An empty prompt is not sent, and the page says why.
+    page.fill(PROMPT, "   ")
+    page.click(SEND_PROMPTS)
+    wait_for_message(page, "Nothing sent: the prompt is empty")
+    assert sessions(server)[0]["parameters"]["prompts"] == [{"text": BLUE_BIRD, "weight": 1.0}]
 
     page.evaluate("window.__dataChannels.at(-1).send(JSON.stringify({noise_scale: 5}))")
-    wait_for(page, "document.getElementById('messages').textContent.includes('Parameters rejected: noise_scale')")
+    wait_for_message(page, "Parameters refused: noise_scale")
     page.evaluate("window.__dataChannels.at(-1).send(JSON.stringify({not_a_parameter: 1}))")
-    wait_for(page, "document.getElementById('messages').textContent.includes('not_a_parameter')")
+    wait_for_message(page, "not_a_parameter")
 
     with server.client() as client:
         session_id = sessions(server)[0]["id"]
         assert client.delete(f"/api/v1/webrtc/sessions/{session_id}").status_code == 204
-    wait_for(page, "document.getElementById('connection').textContent === 'stream stopped'")
+    wait_for_status(page, "stopped")
     assert "Stream stopped." in messages(page)
-    assert page.is_enabled("#start")
+    assert page.is_enabled(START)
+
+
+def test_scope_page_queues_a_transition_asked_for_before_start(page, server):
+    """A transition asked for with no stream waits: the stream starts on the prompt it moves away
+    from, and the transition follows the first chunk (the same path as ``w.transition_to``)."""
+    load_on_page(page, server.url + "/scope/", "test-pattern", takes_prompts=True)
+    offers = []
+    page.on("request", lambda r: offers.append(r.post_data_json) if r.url.endswith("/api/v1/webrtc/offer") else None)
+    page.fill(PROMPT, RED_FOX)
+    page.fill(f"{PAGE} .scope-transition-text", BLUE_BIRD)
+    page.fill(f"{PAGE} .scope-transition-steps", "2")
+    page.click(f"{PAGE} .scope-transition")
+    wait_for_message(page, f'Transition to "{BLUE_BIRD}" queued')
+    assert not sessions(server)
+
+    page.click(START)
+    wait_for_chunks(page)
+    (offer,) = offers
+    assert offer["initialParameters"]["prompts"] == [{"text": RED_FOX, "weight": 1}], offer["initialParameters"]
+    assert "transition" not in offer["initialParameters"]
+    wait_for_message(page, f'Transition to "{BLUE_BIRD}" over 2 chunks.')
+    assert_picture_follows_prompt(page, BLUE_BIRD)
+    # The server ended the transition on its target.
+    wait_until(page, lambda: sessions(server)[0]["parameters"]["prompts"] == [{"text": BLUE_BIRD, "weight": 1.0}],
+               "the session to end on the transition's target")
+    page.click(STOP)
+    wait_until(page, lambda: not sessions(server), "the server to close the session")
 
 
 def models_status(server: ScopeServer, pipeline_id: str) -> dict:
@@ -461,28 +525,26 @@ def test_scope_page_downloads_model_files_with_a_progress_bar(page, server, hub)
     real progress, held part-way by the hub until the page has shown it."""
     pipeline_id = DownloadablePipeline.info.id
     assert models_status(server, pipeline_id)["downloaded"] is False
-    page.goto(server.url + "/scope/")
-    wait_for(page, f"document.querySelector('#pipeline option[value=\"{pipeline_id}\"]') !== null")
-    page.select_option("#pipeline", pipeline_id)
-    wait_for(page, "document.getElementById('models-status').textContent === 'Model files not downloaded.'")
-    assert page.is_visible("#download") and page.is_hidden("#download-progress")
+    open_page(page, server.url + "/scope/", pipeline_id)
+    wait_for(page, text_is(MODELS, "Model files not downloaded."))
+    assert page.is_visible(DOWNLOAD) and page.is_hidden(PROGRESS)
 
     # The last file waits at its first byte: the files before it are counted, and the progress
     # stands still until the hub lets it go on.
     hub.hold_file(EXTRA, "extra.pt")
     try:
-        page.click("#download")
+        page.click(DOWNLOAD)
         wait_until(page, lambda: hub.file_held(EXTRA, "extra.pt"), "the hub to hold extra.pt")
         progress = models_status(server, pipeline_id)["progress"]
         assert progress["is_downloading"] and 0 < progress["percentage"] < 100, progress
-        wait_until(page, lambda: page.inner_text("#models-status") == progress_text(progress),
+        wait_until(page, lambda: page.inner_text(MODELS) == progress_text(progress),
                    f"the page to show {progress_text(progress)!r}")
-        assert page.is_visible("#download-progress") and page.is_hidden("#download")
-        assert page.evaluate("document.getElementById('download-progress').value") == progress["percentage"]
+        assert page.is_visible(PROGRESS) and page.is_hidden(DOWNLOAD)
+        assert page.evaluate(f"document.querySelector({json.dumps(PROGRESS)}).value") == progress["percentage"]
     finally:
         hub.release_file()
-    wait_for(page, "document.getElementById('models-status').textContent === 'Model files downloaded.'")
-    assert page.is_hidden("#download") and page.is_hidden("#download-progress")
+    wait_for(page, text_is(MODELS, "Model files downloaded."))
+    assert page.is_hidden(DOWNLOAD) and page.is_hidden(PROGRESS)
     assert models_status(server, pipeline_id)["downloaded"] is True
     for repo_id, path in NEEDED:
         assert hub.bytes_served(repo_id, path) >= len(HUB_FILES[repo_id][path]), (repo_id, path)
@@ -492,26 +554,155 @@ def test_scope_page_downloads_model_files_with_a_progress_bar(page, server, hub)
 @pytest.mark.timeout(420)
 def test_scope_page_writes_synthetic_weights_then_streams_longlive(page, server):
     """No weights on this server: the page's synthetic button writes them, then longlive streams
-    (at its default size: a chunk can take tens of seconds on a busy CPU)."""
-    page.goto(server.url + "/scope/")
-    wait_for(page, "document.querySelector('#pipeline option[value=longlive]') !== null")
-    page.select_option("#pipeline", "longlive")
-    wait_for(page, "document.getElementById('models-status').textContent === 'Model files not downloaded.'")
-    assert page.is_visible("#download") and page.is_visible("#write-synthetic")
-    page.click("#write-synthetic")
-    wait_for(page, "document.getElementById('models-status').textContent.startsWith('Synthetic weights in place')")
-    assert page.is_hidden("#write-synthetic")
-    page.click("#load")
-    wait_for(page, "document.getElementById('pipeline-status').textContent === 'Loaded longlive.'", 120_000)
-    assert page.is_visible("#synthetic")
-    page.select_option("#input", "none")
-    page.fill("#prompt", "a lighthouse in a storm")
-    page.click("#start")
+    (small, so a chunk is quick on a busy CPU: the first-run test streams the default size)."""
+    open_page(page, server.url + "/scope/", "longlive")
+    wait_for(page, text_is(MODELS, "Model files not downloaded."))
+    assert page.is_visible(DOWNLOAD) and page.is_visible(WRITE_SYNTHETIC)
+    page.click(WRITE_SYNTHETIC)
+    wait_for(page, text_is(MODELS, "Synthetic weights in place."))
+    assert page.is_hidden(WRITE_SYNTHETIC)
+    page.click(f"{PAGE} .scope-load summary")
+    page.locator(f"{PAGE} .scope-load label", has_text="Height").locator("input").fill("64")
+    page.locator(f"{PAGE} .scope-load label", has_text="Width").locator("input").fill("64")
+    page.click(LOAD)
+    wait_for(page, text_is(PIPELINE_STATUS, "Loaded longlive."), 120_000)
+    with server.client() as client:
+        status = client.get("/api/v1/pipeline/status").json()
+    assert (status["load_params"]["height"], status["load_params"]["width"]) == (64, 64), status
+    assert page.is_visible(BADGE)
+    page.fill(PROMPT, "a lighthouse in a storm")
+    page.click(START)
     wait_for_chunks(page, after=1, timeout_ms=120_000)
     assert_frames_flow(page, minimum_growth=12)
-    assert page.is_visible("#synthetic")
-    page.click("#stop")
+    assert page.is_visible(BADGE)
+    assert sessions(server)[0]["parameters"]["prompts"] == [{"text": "a lighthouse in a storm", "weight": 1.0}]
+    page.click(STOP)
     wait_until(page, lambda: not sessions(server), "the server to close the session", timeout=120)
+
+
+# -- the first run: daydream-scope --synthetic, a machine with no webcam, every default ----------
+
+#: Counts calls to the camera and answers as a machine without one does.
+NO_WEBCAM = """
+window.__cameraRequests = 0;
+navigator.mediaDevices.getUserMedia = () => {
+  window.__cameraRequests += 1;
+  return Promise.reject(new DOMException('Requested device not found', 'NotFoundError'));
+};
+"""
+
+#: A 32x32 grey thumbnail of the video, as a list of levels (null before the first frame).
+VIDEO_THUMBNAIL = """(selector) => {
+  const video = document.querySelector(selector);
+  if (!video || !video.videoWidth) return null;
+  const canvas = document.createElement('canvas');
+  canvas.width = 32; canvas.height = 32;
+  const ctx = canvas.getContext('2d');
+  ctx.drawImage(video, 0, 0, 32, 32);
+  const data = ctx.getImageData(0, 0, 32, 32).data;
+  const out = [];
+  for (let i = 0; i < data.length; i += 4) out.push(Math.round((data[i] + data[i + 1] + data[i + 2]) / 3));
+  return out;
+}"""
+
+#: Where the video is, whether the page scrolls sideways, and which boxes of text do (a text
+#: that does not wrap makes its box wider inside than out).
+LAYOUT = """(selector) => {
+  const box = document.querySelector(selector).getBoundingClientRect();
+  const unwrapped = [...document.querySelectorAll('.scope-messages, .scope-messages li, .scope-prompt-text')]
+    .filter((node) => node.scrollWidth > node.clientWidth + 1)
+    .map((node) => `${node.className || node.tagName}: ${node.scrollWidth} > ${node.clientWidth}`);
+  return {left: box.left, top: box.top, right: box.right, bottom: box.bottom, width: box.width,
+          innerWidth, innerHeight, scrollWidth: document.scrollingElement.scrollWidth, unwrapped};
+}"""
+
+@pytest.fixture
+def shots(tmp_path) -> Path:
+    """Where the first run's screenshots go, for a person to look at: ``$SCOPE_TEST_SHOTS`` or a temp dir."""
+    folder = Path(os.environ.get("SCOPE_TEST_SHOTS") or tmp_path / "shots")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def synthetic_server(tmp_path_factory) -> ScopeServer:
+    """``daydream-scope --synthetic`` on a machine with no model files: the documented first run."""
+    with running_scope_server(tmp_path_factory.mktemp("first-run"), "--synthetic") as server:
+        yield server
+
+
+def assert_video_in_view(page) -> dict:
+    layout = page.evaluate(LAYOUT, VIDEO)
+    assert layout["scrollWidth"] <= layout["innerWidth"], f"the page scrolls sideways: {layout}"
+    assert not layout["unwrapped"], f"long text must wrap: {layout['unwrapped']}"
+    assert layout["width"] > 0.4 * layout["innerWidth"], f"the video is not the page's main part: {layout}"
+    assert 0 <= layout["left"] and layout["right"] <= layout["innerWidth"], f"the video leaves the window: {layout}"
+    assert 0 <= layout["top"] and layout["bottom"] <= layout["innerHeight"], f"the video leaves the window: {layout}"
+    return layout
+
+
+@pytest.mark.timeout(420)
+def test_first_run_streams_longlive_with_the_pages_defaults(browser, synthetic_server, shots):
+    """A new user's first minutes: open the page, Load, Start, change nothing; no webcam here."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    context.set_default_timeout(30_000)
+    context.add_init_script(NO_WEBCAM)
+    page = context.new_page()
+    page.console_lines = []
+    page.on("console", lambda message: page.console_lines.append(f"{message.type}: {message.text}"))
+    try:
+        page.goto(synthetic_server.url + "/scope/")
+        wait_for(page, text_is(MODELS, "Model files not downloaded."))
+        # Every default works as is: longlive, text to video, the default prompt.
+        assert page.input_value(PIPELINE) == "longlive"
+        assert page.input_value(INPUT) == "none"
+        assert page.input_value(PROMPT) == DEFAULT_PROMPT
+        # What the widget offers, the page offers: load parameters, prompt blends, transitions,
+        # stream controls, and the links to the documentation.
+        assert {"Height", "Width"} <= set(page.locator(f"{PAGE} .scope-load .scope-field span").all_text_contents())
+        assert page.locator(f"{PAGE} .scope-blend option").all_inner_texts() == ["linear", "slerp"]
+        assert page.is_visible(f"{PAGE} .scope-add-prompt") and page.is_visible(f"{PAGE} .scope-transition")
+        assert {"Denoising Step List", "Noise Scale"} <= set(page.locator(f"{PAGE} .scope-parameters .scope-field span").all_inner_texts())
+        assert [page.is_visible(b) for b in (START, PAUSE, STOP)] == [True, True, True]
+        assert page.evaluate("document.querySelector('a[href=\"../docs\"]').href") == synthetic_server.url + "/docs"
+        guide = page.evaluate("document.querySelector('a[href=\"docs/server.md\"]').href")
+        assert guide == synthetic_server.url + "/scope/docs/server.md"
+        assert_video_in_view(page)
+        page.screenshot(path=str(shots / "page-first-run.png"), full_page=True)
+
+        page.click(LOAD)
+        wait_for(page, text_is(PIPELINE_STATUS, "Loaded longlive."), 180_000)
+        assert page.is_visible(BADGE), "synthetic weights must be said visibly"
+        wait_for(page, text_is(MODELS, "Synthetic weights in place."))
+        assert page.is_hidden(WRITE_SYNTHETIC)
+        page.click(START)
+        wait_for_status(page, "streaming", 120_000)
+        (live,) = sessions(synthetic_server)
+        assert live["input_mode"] == "text"
+        assert live["parameters"]["prompts"] == [{"text": DEFAULT_PROMPT, "weight": 1.0}]
+
+        # Frames change: grabs of the video differ over time.
+        first = wait_until(page, lambda: page.evaluate(VIDEO_THUMBNAIL, VIDEO), "a first video frame", timeout=120)
+        wait_until(page, lambda: page.evaluate(VIDEO_THUMBNAIL, VIDEO) != first, "the video to change", timeout=120)
+        assert page.evaluate("window.__cameraRequests") == 0, "text to video must not ask for a camera"
+
+        # A very long prompt (an unbroken run first, then words) wraps in the editor and in the
+        # messages: the video stays in the window and nothing scrolls sideways.
+        long_prompt = ("x" * 300 + " " + " ".join(["a panda in a park"] * 300))[:5000]
+        page.fill(PROMPT, long_prompt)
+        page.click(SEND_PROMPTS)
+        wait_for_message(page, "(5000 characters)")
+        wait_until(page, lambda: sessions(synthetic_server)[0]["parameters"]["prompts"][0]["text"] == long_prompt,
+                   "the long prompt in the session")
+        assert_video_in_view(page)
+        wait_for_chunks(page, after=0, timeout_ms=120_000)
+        page.screenshot(path=str(shots / "page-streaming.png"), full_page=True)
+
+        page.click(STOP)
+        wait_for_status(page, "stopped")
+        wait_until(page, lambda: not sessions(synthetic_server), "the server to close the session", timeout=120)
+    finally:
+        context.close()
 
 
 # -- the same page inside jupyter lab (Jupyter's auth applies) ----------------------------------
@@ -526,14 +717,17 @@ def test_scope_page_under_jupyter_lab_uses_the_login_cookie_and_xsrf(page, lab_s
     page.on("response", lambda r: writes.append((r.request.method, r.status)) if r.request.method != "GET" else None)
 
     load_passthrough_on_page(page, lab.url + "scope/")
-    page.select_option("#input", "pattern")
-    page.click("#start")
+    assert page.inner_text(f"{PAGE} .scope-server") == lab.url
+    page.select_option(INPUT, "pattern")
+    page.click(START)
     wait_for_chunks(page)
     assert_frames_flow(page, minimum_growth=10)
-    page.click("#stop")
-    wait_for(page, "document.getElementById('connection').textContent === 'stopped'")
+    page.click(STOP)
+    wait_for_status(page, "stopped")
 
-    assert ("POST", 200) in writes and ("DELETE", 204) in writes, writes
+    # Playwright reports responses asynchronously: the DELETE may be reported after the page moved on.
+    wait_until(page, lambda: ("DELETE", 204) in writes, f"the page's DELETE of its session in {writes}")
+    assert ("POST", 200) in writes, writes
     assert not [w for w in writes if w[1] == 403], writes
     with httpx.Client(headers={"Authorization": f"token {lab.token}"}, trust_env=False, timeout=10) as client:
         wait_until(page, lambda: not client.get(lab.url + "api/v1/webrtc/sessions").json()["sessions"], "no sessions")
@@ -546,11 +740,12 @@ def test_scope_page_under_jupyter_lab_with_the_token_in_its_url(browser, lab_ser
     context = page.context
     try:
         page.goto(lab.url + "scope/")
-        wait_for(page, "document.getElementById('pipeline-status').textContent.includes('Not authorised')")
+        wait_for(page, "document.body.innerText.includes('Not authorised')")
         page.goto(lab.url + f"scope/?token={lab.token}")
-        wait_for(page, "document.querySelector('#pipeline option[value=passthrough]') !== null")
-        page.click("#load")
-        wait_for(page, "document.getElementById('pipeline-status').textContent === 'Loaded passthrough.'")
+        wait_for(page, f"document.querySelector({json.dumps(f'{PIPELINE} option[value=passthrough]')}) !== null")
+        page.select_option(PIPELINE, "passthrough")
+        page.click(LOAD)
+        wait_for(page, text_is(PIPELINE_STATUS, "Loaded passthrough."))
         names = {cookie["name"] for cookie in context.cookies()}
         assert "_xsrf" not in names, "the load must have been authorised by the token, not by XSRF"
     finally:
@@ -566,4 +761,16 @@ def test_swagger_ui_renders_offline(page, server):
     summaries = page.locator(".opblock-summary-path").all_inner_texts()
     assert any("/api/v1/pipeline/load" in s for s in summaries)
     assert any("/api/v1/webrtc/offer" in s for s in summaries)
+    # "Try it out" fills in the document's example, and executing it as it is loads the pipeline
+    # (every example is sent by tests/test_docs_examples.py; this checks Swagger UI uses them).
+    document = httpx.get(f"{server.url}/openapi.json").json()
+    example = document["paths"]["/api/v1/pipeline/load"]["post"]["requestBody"]["content"]["application/json"]["example"]
+    load = page.locator("#operations-pipeline-post_Load")
+    load.locator(".opblock-summary").click()
+    load.locator("button.try-out__btn").click()
+    assert json.loads(load.locator("textarea.body-param__text").input_value()) == example
+    load.locator("button.execute").click()
+    status = load.locator(".live-responses-table tbody .response-col_status")
+    status.wait_for(timeout=30_000)
+    assert status.inner_text().strip() == "200"
     assert outside == []

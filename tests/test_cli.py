@@ -14,6 +14,7 @@ from scope import __version__
 from scope.config import ScopeSettings
 from scope.server_ext.application import ScopeApp, ScopeServerApp
 from tests._subprocess_server import (
+    CHECKOUT,
     ScopeServer,
     run_command,
     running_scope_server,
@@ -25,12 +26,15 @@ from tests.polling import wait_until_sync
 # -- commands that do not start a server ---------------------------------------------------
 
 
-def test_version(tmp_path):
+def test_version_names_the_checkouts_commit(tmp_path):
+    """From this checkout (an editable install): the version and the commit git reports."""
     result = run_command("daydream-scope", "--version", root=tmp_path, timeout=30)
     assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
-    assert lines[0] == f"daydream-scope: {__version__}"
-    assert any(re.match(r"git commit: \S+", line) for line in lines[1:]), result.stdout
+    head = subprocess.run(["git", "-C", str(CHECKOUT), "rev-parse", "HEAD"], capture_output=True, text=True)
+    match = re.fullmatch(r"daydream-scope (\S+) \(commit ([0-9a-f]{12})\)\n", result.stdout)
+    assert match, result.stdout
+    assert match.group(1) == __version__
+    assert head.stdout.startswith(match.group(2)), (head.stdout, result.stdout)
 
 
 def test_pipelines_lists_passthrough(tmp_path):
@@ -151,7 +155,7 @@ def test_port_flag_and_root_redirect(cli_server):
         root = client.get("/", follow_redirects=False)
     assert root.status_code in (301, 302)
     assert root.headers["Location"].split("?")[0] == "/scope/"
-    assert "Use Control-C to stop this server" in cli_server.output()
+    assert "press Ctrl-C" in cli_server.output()
 
 
 def test_busy_port_fails_loudly(cli_server, tmp_path):
@@ -164,7 +168,8 @@ def test_busy_port_fails_loudly(cli_server, tmp_path):
         second.stop()
     assert code != 0
     out = second.output()
-    assert str(cli_server.port) in out and "not available" in out, out
+    assert f"port {cli_server.port} is in use" in out, out
+    assert "could not be started" not in out and "Traceback" not in out, out
     with cli_server.client() as client:
         assert client.get("/health").status_code == 200
 

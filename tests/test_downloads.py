@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import random
+import sys
 import threading
 from pathlib import Path
 from types import SimpleNamespace
@@ -16,6 +18,7 @@ from scope.models.artifacts import (
     TAE,
     WAN_1_3B,
     Artifact,
+    format_bytes,
     is_downloaded,
     local_paths,
 )
@@ -411,12 +414,51 @@ def cli_env(hub: FakeHub, monkeypatch: pytest.MonkeyPatch) -> FakeHub:
 def test_cli_downloads_a_registered_pipeline(cli_env, tiny_pipeline, models_dir: Path, capsys):
     assert download_models_main(["-p", "tiny-download-test", "--models-dir", str(models_dir)]) == 0
     out, err = capsys.readouterr()
-    assert "100%" in err and "Test-Org/Tiny-Generator" in err
+    # Not a terminal: one line per artifact, no bar.
+    assert err.splitlines() == [
+        f"{artifact.repo_id}: {format_bytes(sum(len(_content(artifact.repo_id, path)) for path in files))} done"
+        for artifact, files in _fetched_files(tiny_pipeline.artifacts)
+    ], err
     assert "tiny-download-test" in out
     assert is_downloaded(models_dir, tiny_pipeline.artifacts)
     generator = models_dir / "Tiny-Generator" / "models" / "base.pt"
     assert generator.read_bytes() == GENERATOR_FILES["models/base.pt"]
     assert not (models_dir / "Tiny-Generator" / "models" / "other.pt").exists()
+
+
+def _fetched_files(artifacts) -> list[tuple[Artifact, list[str]]]:
+    """Each repo's files in download order, once each (repos sharing files list them once)."""
+    seen: set[tuple[str, str]] = set()
+    out: list[tuple[Artifact, list[str]]] = []
+    for artifact in artifacts:
+        files = [p for p in _content_paths(artifact) if (artifact.repo_id, p) not in seen]
+        seen.update((artifact.repo_id, p) for p in files)
+        if files:
+            out.append((artifact, files))
+    return out
+
+
+def _content_paths(artifact: Artifact) -> list[str]:
+    repo = {WAN_REPO: WAN_FILES, AE_REPO: AE_FILES, GENERATOR.repo_id: GENERATOR_FILES}[artifact.repo_id]
+    return [p for p in repo if any(p == f or p.startswith(f.rstrip("/") + "/") for f in artifact.files)]
+
+
+def test_cli_progress_through_a_pipe_is_one_line_per_artifact(
+    cli_env, tiny_pipeline, models_dir: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """``download_models ... 2>&1 | cat``: one line per artifact, nothing a bar redraws."""
+    read_end, write_end = os.pipe()
+    with open(read_end, encoding="utf-8") as reader, open(write_end, "w", encoding="utf-8") as writer:
+        with monkeypatch.context() as patched:
+            patched.setattr(sys, "stderr", writer)
+            patched.setattr(sys, "stdout", writer)
+            code = download_models_main(["-p", "tiny-download-test", "--models-dir", str(models_dir)])
+        writer.close()
+        shown = reader.read()
+    assert code == 0, shown
+    assert "\r" not in shown and "B/s" not in shown and "it/s" not in shown, shown
+    per_artifact = [line for line in shown.splitlines() if line.endswith(" done")]
+    assert [line.split(":")[0] for line in per_artifact] == [a.repo_id for a, _ in _fetched_files(tiny_pipeline.artifacts)]
 
 
 def test_cli_uses_the_default_models_dir(

@@ -69,6 +69,18 @@ async def test_unsupported_load_params_get_422_naming_the_field(api, load_params
     assert (await api("GET", "api/v1/pipeline/status")).json["status"] == "not_loaded"
 
 
+@pytest.mark.parametrize(
+    "field,value,advice",
+    [("height", 17, "use 16 or 32"), ("width", 8, "use 16"), ("width", 4000, "use 2048")],
+)
+async def test_size_error_names_the_nearest_valid_values(api, field, value, advice):
+    reply = await api("POST", "api/v1/pipeline/load", {"pipeline_id": "longlive", "load_params": {field: value}})
+    assert reply.status == 422, reply.body
+    [error] = reply.json["detail"]
+    assert error["loc"] == ["body", "load_params", field]
+    assert error["msg"] == f"must be a multiple of 16 from 16 to 2048: {advice}"
+
+
 async def test_text_stream_reports_synthetic_and_follows_prompt_changes(api):
     status = await load(api, SMALL)
     assert status["synthetic"] is True and status["load_params"]["height"] == 64

@@ -212,6 +212,28 @@ def test_bad_load_parameters_name_the_field(synthetic_models, params, field):
     assert caught.value.errors[0]["loc"][0] == field
 
 
+@pytest.mark.parametrize(
+    "value,advice",
+    [(17, "use 16 or 32"), (330, "use 320 or 336"), (8, "use 16"), (2047, "use 2032 or 2048"), (4096, "use 2048")],
+)
+def test_size_error_names_the_nearest_valid_values(tmp_path, value, advice):
+    with pytest.raises(ParameterErrors) as caught:
+        scope.load_pipeline("longlive", models_dir=tmp_path, width=value)
+    assert caught.value.errors == [
+        {"loc": ["width"], "msg": f"must be a multiple of 16 from 16 to 2048: {advice}", "type": "multiple_of"}
+    ]
+    assert advice in str(caught.value)
+
+
+def test_size_bounds_themselves_are_valid():
+    from scope.pipelines.longlive import LongLiveLoadParams
+
+    params = LongLiveLoadParams(height=16, width=2048)
+    assert (params.height, params.width) == (16, 2048)
+    schema = LongLiveLoadParams.model_json_schema()["properties"]["width"]
+    assert (schema["minimum"], schema["maximum"], schema["multipleOf"]) == (16, 2048, 16)
+
+
 def test_missing_files_fail_with_the_download_command(tmp_path):
     with pytest.raises(FileNotFoundError, match="download_models --pipeline longlive"):
         scope.load_pipeline("longlive", models_dir=tmp_path)

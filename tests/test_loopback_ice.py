@@ -223,8 +223,8 @@ class TestChromium:
                 page = new_page(chromium)
                 context = page.context
                 test_browser.load_passthrough_on_page(page, scope_server_process.url + "/scope/")
-                page.select_option("#input", "camera")
-                page.click("#start")
+                assert page.input_value(test_browser.INPUT) == "webcam"
+                page.click(test_browser.START)
                 test_browser.wait_for_chunks(page)
                 test_browser.assert_frames_flow(page)
                 pair = chromium_wait_until(
@@ -232,7 +232,7 @@ class TestChromium:
                     "a succeeded candidate pair",
                 )
                 assert pair["local"] == "127.0.0.1" and pair["remote"] == "127.0.0.1", pair
-                page.click("#stop")
+                page.click(test_browser.STOP)
                 context.close()
             finally:
                 chromium.close()

@@ -46,11 +46,14 @@ def needed_front_end_files() -> set[str]:
     todo = list(PAGE_ENTRIES)
     while todo:
         name = todo.pop()
+        if name in WIDGET_FILES or name.startswith(("../", "docs/")):
+            continue  # the widget's stylesheet (served from scope/widgets), or a server route (/docs, the guides)
         if name not in found:
             found.add(name)
             todo += [a or b for a, b in PAGE_REFERENCE.findall((page / name).read_text())]
-    assert {"app.js", "api.js", "stream.js", "style.css"} <= found, found
-    return {f"scope/server_ext/static/page/{name}" for name in found} | {f"scope/widgets/{name}" for name in WIDGET_FILES}
+    assert {"page.js", "page-model.js", "api.js", "stream.js", "style.css"} <= found, found
+    guides = {f"scope/docs/{path.name}" for path in (REPO / "docs").glob("*.md")}
+    return {f"scope/server_ext/static/page/{name}" for name in found} | {f"scope/widgets/{name}" for name in WIDGET_FILES} | guides
 
 
 def run(command: list[str], *, timeout: float, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -114,16 +117,36 @@ def assert_scope_served_behind_token(server: ScopeServer) -> None:
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory) -> Path:
-    """A wheel built offline from a copy of the sources (the checkout itself stays untouched)."""
+def built_wheel(tmp_path_factory) -> tuple[Path, str]:
+    """A wheel built offline from a copy of the sources made a git clone of its own (the
+    checkout itself stays untouched), and the commit that copy is at."""
     work = tmp_path_factory.mktemp("wheel")
     source = work / "src"
     shutil.copytree(REPO, source, ignore=COPY_IGNORE)
+    git = ["git", "-C", str(source), "-c", "user.name=Scope Tests", "-c", "user.email=tests@scope.invalid",
+           "-c", "commit.gpgsign=false", "-c", "core.hooksPath=/dev/null"]
+    run([*git, "init", "-q"], timeout=60, cwd=work)
+    run([*git, "add", "-A"], timeout=60, cwd=work)
+    run([*git, "commit", "-q", "-m", "sources as tested"], timeout=60, cwd=work)
+    commit = run([*git, "rev-parse", "--short=12", "HEAD"], timeout=60, cwd=work).stdout.strip()
     out = work / "dist"
     run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
          "--disable-pip-version-check", "-w", str(out), str(source)], timeout=180, cwd=work)
     (built,) = out.glob("daydream_scope-*.whl")
-    return built
+    return built, commit
+
+
+@pytest.fixture(scope="module")
+def wheel(built_wheel) -> Path:
+    return built_wheel[0]
+
+
+def test_wheel_records_the_commit_it_was_built_from(built_wheel):
+    """``pip install .`` of a clone knows its commit: the build writes it into the package."""
+    wheel, commit = built_wheel
+    recorded = zipfile.ZipFile(wheel).read("scope/_build.py").decode()
+    assert f"COMMIT = {commit!r}" in recorded, recorded
+    assert not (REPO / "scope" / "_build.py").exists(), "the build wrote into the sources"
 
 
 def test_wheel_contents(wheel):
@@ -151,7 +174,7 @@ def test_wheel_contents(wheel):
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
-def test_installed_wheel_enables_the_extension(wheel, tmp_path):
+def test_installed_wheel_enables_the_extension(wheel, built_wheel, tmp_path):
     venv = tmp_path / "venv"
     run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], timeout=60, cwd=tmp_path)
     python = venv / "bin" / "python"
@@ -160,6 +183,9 @@ def test_installed_wheel_enables_the_extension(wheel, tmp_path):
          "--disable-pip-version-check", str(wheel)], timeout=120, cwd=tmp_path)
     assert (venv / "etc" / "jupyter" / "jupyter_server_config.d" / EXTENSION_CONFIG_FILE).is_file()
     assert (venv / "bin" / "daydream-scope").is_file()
+    version = run([str(venv / "bin" / "daydream-scope"), "--version"], timeout=60, cwd=tmp_path,
+                  env=isolated_env(tmp_path / "home"))
+    assert version.stdout == f"daydream-scope {__version__} (commit {built_wheel[1]})\n", version.stdout
 
     env = isolated_env(tmp_path / "home")
     where = run([str(python), "-c", "import scope.server_ext as m; print(m.__file__)"], timeout=60, env=env, cwd=tmp_path)

@@ -5,6 +5,9 @@ What the front end does with them runs in a real JupyterLab (``test_widget_lab.p
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import traitlets
 from pydantic import Field
@@ -13,6 +16,7 @@ from scope.params import StreamParameters
 
 from scope.widgets import ScopeWidget
 from scope.widgets import scope_widget
+from scope.widgets.scope_widget import DEFAULT_PROMPT
 
 
 def test_prompts_accept_the_data_channels_forms():
@@ -72,6 +76,17 @@ def test_server_urls_end_with_a_slash_and_the_kernels_own_server_is_same_origin(
     assert ScopeWidget().server == ""
 
 
+def test_a_view_reports_the_page_server_it_uses(monkeypatch):
+    """``server=""`` reads back as the URL the view resolved; Python's own settings still collapse."""
+    monkeypatch.setattr("scope.serving.parent_jupyter_server", lambda: {"url": "http://localhost:8888/"})
+    w = ScopeWidget(server="http://127.0.0.1:8888/")
+    assert (w.server, w._page_server) == ("", True)
+    w.set_state({"server": "http://localhost:8888/"})  # what the view sends once drawn
+    assert (w.server, w._page_server) == ("http://localhost:8888/", True)
+    w.server = "http://127.0.0.1:8000"
+    assert (w.server, w._page_server) == ("http://127.0.0.1:8000/", False)
+
+
 def test_the_front_end_is_plain_files_shipped_with_the_package():
     w = ScopeWidget()
     assert str(w._esm).endswith("export default { render };\n")
@@ -114,7 +129,48 @@ def test_traitlets_added_from_the_model_are_validated_by_it():
     with pytest.raises(traitlets.TraitError, match="vace_context_scale"):
         w.vace_context_scale = 2.5
     assert w.vace_context_scale is None
-    assert ScopeWidget().prompts == [] and ScopeWidget().prompts is not ScopeWidget().prompts
+    assert ScopeWidget().prompts == [{"text": DEFAULT_PROMPT, "weight": 1.0}]
+    assert ScopeWidget().prompts is not ScopeWidget().prompts
+
+
+def test_the_default_prompt_is_the_specs_example():
+    """One definition, shared by the widget and the server's page (which reads the widget's state)."""
+    spec = Path(__file__).resolve().parents[2] / "shared" / "spec" / "server.md"
+    assert f'text: "{DEFAULT_PROMPT}"' in spec.read_text()
+    assert scope_widget.initial_state()["prompts"] == [{"text": DEFAULT_PROMPT, "weight": 1.0}]
+
+
+@pytest.mark.parametrize("value", ["", "   ", ["a fox", ""], [{"text": " ", "weight": 1}]])
+def test_an_empty_prompt_is_refused_saying_why(value):
+    w = ScopeWidget(prompts="a fox")
+    with pytest.raises(traitlets.TraitError, match=r"prompts(\.\d\.text)?: the prompt is empty, so there is nothing to generate from"):
+        w.prompts = value
+    assert w.prompts == [{"text": "a fox", "weight": 1.0}]
+
+
+def test_no_prompts_means_none_chosen():
+    """``[]`` is allowed: nothing is sent, and Start asks for a prompt (checked in Lab)."""
+    w = ScopeWidget()
+    w.prompts = []
+    assert w.prompts == [] and w.get_state()["prompts"] == []
+
+
+def test_a_transition_before_the_stream_says_where_it_starts():
+    """The view that starts the stream later begins on ``from_prompts``, then moves."""
+    w = ScopeWidget(prompts="a harbour")
+    w.transition_to("a harbour at night")
+    assert w._transition["from_prompts"] == [{"text": "a harbour", "weight": 1.0}]
+    assert w.prompts == [{"text": "a harbour at night", "weight": 1.0}]
+
+
+def test_the_page_starts_from_the_widgets_own_state():
+    """``/scope/widget-state.json``: ScopeWidget's traitlets only, with the list the view sends."""
+    state = scope_widget.initial_state()
+    assert state["_stream_traits"] == list(scope_widget.STREAM_TRAITS)
+    assert state["input_source"] == "none" and state["pipeline_id"] == "longlive"
+    assert not {"_esm", "_css", "layout", "_model_name"} & set(state)
+    w = ScopeWidget()
+    assert {name: w.get_state()[name] for name in state} == state
 
 
 @pytest.mark.usefixtures("jp_serverapp")
@@ -127,3 +183,12 @@ async def test_the_view_modules_are_served_to_any_origin(api):
         assert "javascript" in reply.headers["Content-Type"]
     view = (await api("GET", "scope/widget.js")).body.decode()
     assert 'model.get("_stream_traits")' in view, "the view sends the traitlets Python names"
+
+
+@pytest.mark.usefixtures("jp_serverapp")
+async def test_the_page_is_served_the_widgets_state_and_stylesheet(api):
+    """The page mounts the widget's view: the same starting state and stylesheet, from the package."""
+    reply = await api("GET", "scope/widget-state.json")
+    assert json.loads(reply.body) == scope_widget.initial_state()
+    css = await api("GET", "scope/scope_widget.css")
+    assert css.body.decode() == (Path(scope_widget.__file__).parent / "scope_widget.css").read_text()

@@ -8,6 +8,7 @@ Lab server's Scope endpoints with the login cookie and the XSRF header.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -298,7 +299,7 @@ def test_widget_downloads_models_with_a_progress_bar_then_streams(page, lab, tmp
             "from scope.widgets import ScopeWidget\n"
             f"w = ScopeWidget(server={scope.url!r}, pipeline_id='longlive', load_params={{'height': 32, 'width': 32}})\n"
             "w",
-            "w.start()",
+            "w.prompts = []\nw.start()",
             "w.prompts = 'a lighthouse'\nw.start()",
         ))
         run_cell(page, 0)
@@ -361,9 +362,14 @@ NOTEBOOK_OUTPUTS = """() => {
 QUICK_START = Path(__file__).resolve().parent.parent / "notebooks" / "01_quick_start.ipynb"
 
 
+#: What the quick start's status cell prints once its wait returns.
+STATUS_LINE = re.compile(r"status='([^']*)' fps=([\d.]+) chunk=(\d+) synthetic=(\w+)")
+
+
 def test_quick_start_notebook_runs_in_lab_with_its_widget_streaming(page, lab):
     """The real quick-start notebook, run top to bottom: ``scope.serve()`` answers the Lab server
-    itself, the widget streams from it same-origin, and the client cells read frames from it."""
+    itself, the widget streams from it same-origin, its status cell reads what the view reports
+    (it waits for it), and the client cells read frames from the same server."""
     shutil.copy(QUICK_START, lab.root / QUICK_START.name)
     page.goto(lab.url + f"lab?token={lab.token}", wait_until="commit")
     page.goto(lab.url + f"lab/workspaces/{uuid.uuid4().hex}/tree/{QUICK_START.name}")
@@ -371,7 +377,9 @@ def test_quick_start_notebook_runs_in_lab_with_its_widget_streaming(page, lab):
     page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
 
     wait_for(page, "document.querySelector('.scope-widget')?.dataset.status === 'streaming'")
-    assert page.inner_text(".scope-widget .scope-server") == lab.url, "the widget must use the page's own server"
+    # textContent: Lab skips drawing cells scrolled out of view, and innerText of those is ''.
+    server = page.evaluate("document.querySelector('.scope-widget .scope-server').textContent")
+    assert server == lab.url, "the widget must use the page's own server"
     wait_until(page, lambda: page.evaluate(VIDEO_MEAN), "a first video frame")
 
     def outputs() -> str:
@@ -383,3 +391,37 @@ def test_quick_start_notebook_runs_in_lab_with_its_widget_streaming(page, lab):
     assert '"output_type":"error"' not in outputs(), outputs()[-3000:]
     assert repr(lab.url) in outputs(), "scope.serve() must answer the Lab server"
     assert "frames: (24, 160, 288, 3) uint8" in outputs(), "the client reads frames from the same server"
+
+    # The status cell right after the widget, run in the same "Run All": it waited for the view's
+    # reports, so it reads the stream as the widget shows it, and the server the view resolved.
+    readings = STATUS_LINE.search(outputs())
+    assert readings, outputs()[-3000:]
+    status, fps, chunk, synthetic = readings.groups()
+    assert (status, synthetic) == ("streaming", "True") and float(fps) > 0 and int(chunk) > 0, readings.group(0)
+    assert f"server: {lab.url}" in outputs(), "w.server reports the page's own server"
+
+    # The view goes away (its output cleared): Python reads that it no longer streams.
+    cells = page.evaluate("window.jupyterapp.shell.currentWidget.content.widgets.length")
+    page.evaluate(
+        """([widgetCell, cells]) => {
+          const notebook = window.jupyterapp.shell.currentWidget.content;
+          notebook.activeCellIndex = widgetCell;
+          window.jupyterapp.commands.execute('notebook:clear-cell-output');
+          notebook.activeCellIndex = cells - 1;
+          window.jupyterapp.commands.execute('notebook:insert-cell-below');
+          notebook.activeCell.model.sharedModel.setSource(
+            'await w.wait_for("closed", timeout=60)\\nprint("after clearing:", repr(w.status), w._view_count, w._view_seen)');
+          window.jupyterapp.commands.execute('notebook:run-cell');
+        }""",
+        [quick_start_cell("ScopeWidget("), cells],
+    )
+    wait_until(page, lambda: "after clearing:" in outputs() or '"output_type":"error"' in outputs(),
+               "the kernel to read the closed view", timeout=60, interval_ms=500)
+    # (No views left, after one was counted: ipywidgets counts the views it draws.)
+    assert "after clearing: 'closed' 0 True" in outputs(), outputs()[-3000:]
+
+
+def quick_start_cell(text: str) -> int:
+    """The index (among all cells) of the quick start's first code cell containing ``text``."""
+    cells = nbformat.read(QUICK_START, as_version=4).cells
+    return next(i for i, cell in enumerate(cells) if cell.cell_type == "code" and text in cell.source)

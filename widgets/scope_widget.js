@@ -17,8 +17,10 @@ function pageServerBase() {
 }
 
 function serverOf(model) {
-  const server = model.get("server");
-  if (server) return { base: server, sameOrigin: new URL(server).origin === location.origin };
+  if (!model.get("_page_server")) {
+    const server = model.get("server");
+    return { base: server, sameOrigin: new URL(server).origin === location.origin };
+  }
   const base = pageServerBase();
   return base ? { base, sameOrigin: true } : null;
 }
@@ -39,6 +41,11 @@ async function render({ model, el }) {
   const where = serverOf(model);
   if (!where) {
     return showProblem(model, el, "No Jupyter server hosts this page: create the widget with ScopeWidget(server=\"http://host:8000\").");
+  }
+  if (model.get("server") !== where.base) {
+    // Python reads the server in use: the page's own, as this browser reaches it.
+    model.set("server", where.base);
+    model.save_changes();
   }
   el.textContent = `Connecting to Scope at ${where.base} ...`;
   let view;

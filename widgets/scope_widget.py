@@ -6,11 +6,15 @@ standalone ``daydream-scope`` (``server="http://localhost:8000"``). The kernel o
 traitlets, so Python and the controls drive the same stream::
 
     w = ScopeWidget(pipeline_id="longlive", prompts="a red fox in the snow", autostart=True)
-    w                                    # shows the controls and the video
+    display(w)                           # shows the controls and the video
     w.prompts = [{"text": "a city at night", "weight": 1.0}]
     w.transition_to("a forest at dawn", steps=8)
-    w.paused = True
-    w.status, w.fps, w.chunk             # read back from the browser
+    await w.wait_for("streaming")        # lets the browser's reports in while it waits
+    w.status, w.fps, w.chunk, w.server   # read back from the browser
+
+The readings arrive as messages from the view, which the kernel takes in between cells or while
+a cell awaits (:mod:`scope.widgets.waiting`); a cell that reads them without waiting sees the
+values from before it started.
 
 The stream-parameter traitlets are generated from the data channel's parameter model, and
 validated with it, so a bad value fails in the cell that sets it, naming the field, and a new
@@ -23,11 +27,13 @@ import copy
 import itertools
 import types
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import anywidget
 import traitlets
 from pydantic import BaseModel, ValidationError
+
+from scope.widgets import waiting
 
 from scope.client.auth import normalise_base_url, serves_url
 from scope.params import ONE_SHOT_KEYS, StreamParameters, describe_errors, validation_errors
@@ -39,8 +45,16 @@ HERE = Path(__file__).parent
 #: methods (``reset_cache``), since a traitlet's value persists.
 OWN_API = frozenset({"input_mode", "transition"}) | ONE_SHOT_KEYS
 
+#: The prompt a new widget (and the server's ``/scope/`` page) starts with, so the first Start
+#: generates something: the API spec's own example prompt.
+DEFAULT_PROMPT = "A 3D animated scene. A **panda** walks along a path towards the camera in a park on a spring day."
+
 #: Initial values other than None ("the server's default").
-TRAIT_DEFAULTS: dict[str, Any] = {"prompts": [], "prompt_interpolation_method": "linear", "paused": False}
+TRAIT_DEFAULTS: dict[str, Any] = {
+    "prompts": [{"text": DEFAULT_PROMPT, "weight": 1.0}],
+    "prompt_interpolation_method": "linear",
+    "paused": False,
+}
 
 
 def stream_trait_names(model: type[BaseModel] = StreamParameters) -> tuple[str, ...]:
@@ -82,6 +96,22 @@ def _parameter_value(name: str, value: Any) -> Any:
     return parsed.model_dump(mode="json")[name]
 
 
+def _prompts_value(value: Any) -> Any:
+    """Prompts as the data channel takes them, refusing an empty text (it would generate from nothing).
+
+    ``[]`` stays allowed: "no prompts chosen", so nothing is sent and Start asks for one.
+    """
+    prompts = _parameter_value("prompts", value)
+    for index, prompt in enumerate(prompts or []):
+        if not prompt["text"].strip():
+            where = "prompts" if isinstance(value, str) else f"prompts.{index}.text"
+            raise traitlets.TraitError(
+                f"{where}: the prompt is empty, so there is nothing to generate from; "
+                "give it text (or set prompts = [] to choose none)"
+            )
+    return prompts
+
+
 def _server_url(value: str) -> str:
     """"" for the page's own Jupyter server (also when ``value`` names the kernel's own server)."""
     value = (value or "").strip()
@@ -102,7 +132,13 @@ class ScopeWidget(anywidget.AnyWidget, StreamParameterTraits):
     _css = HERE / "scope_widget.css"
 
     # Where and what -------------------------------------------------------------------
-    server = traitlets.Unicode("", help="Scope server URL; '' is the Jupyter server hosting the page.").tag(sync=True)
+    server = traitlets.Unicode(
+        "",
+        help="Scope server URL; '' (or the kernel's own Jupyter server) is the Jupyter server hosting the page, "
+        "whose URL a view reports here once shown.",
+    ).tag(sync=True)
+    #: The view uses the Jupyter server hosting the page (same origin): ``server`` was set to ''.
+    _page_server = traitlets.Bool(True).tag(sync=True)
     pipeline_id = traitlets.Unicode("longlive", help="Pipeline to load and stream.").tag(sync=True)
     load_params = traitlets.Dict(help="Load parameters (the pipeline's load schema).").tag(sync=True)
     autostart = traitlets.Bool(False, help="Load the pipeline (if needed) and stream as soon as shown.").tag(sync=True)
@@ -119,7 +155,12 @@ class ScopeWidget(anywidget.AnyWidget, StreamParameterTraits):
     _command = traitlets.Dict().tag(sync=True)
 
     # Read back from the front end ------------------------------------------------------
-    status = traitlets.Unicode("not shown", help="Widget state: e.g. loading, streaming, stopped, error.").tag(sync=True)
+    status = traitlets.Unicode(
+        "not shown",
+        help="What the view reports: 'not shown' until one is drawn, then 'idle', 'loading', 'ready', "
+        "'connecting', 'streaming', 'paused', 'stopped', 'error', 'unavailable', and 'closed' once the view "
+        "goes away (its output cleared or its cell re-run).",
+    ).tag(sync=True)
     pipeline_status = traitlets.Unicode("", help="The server's pipeline status.").tag(sync=True)
     models = traitlets.Unicode("", help="'downloaded', 'synthetic', 'missing' or 'downloading'.").tag(sync=True)
     synthetic = traitlets.Bool(False, help="The stream comes from synthetic (random) weights.").tag(sync=True)
@@ -131,16 +172,56 @@ class ScopeWidget(anywidget.AnyWidget, StreamParameterTraits):
     error = traitlets.Unicode("", help="The last error, in words; '' when none.").tag(sync=True)
     messages = traitlets.List(traitlets.Unicode(), help="Recent messages, newest last.").tag(sync=True)
 
+    #: Views drawn in the front end (ipywidgets counts them when this is a number).
+    _view_count = traitlets.Int(0, allow_none=True).tag(sync=True)
+
     _ids = itertools.count(1)
+    _displayed = False  # the kernel has sent a view of it to be displayed
+    _view_seen = False  # a front end has drawn a view of it
+    _view_reporting = False  # a front end's update is being applied
+
+    def __init__(self, **kwargs: Any) -> None:
+        waiting.acknowledge_comm_messages()  # else the view's reports can stall (see there)
+        super().__init__(**kwargs)
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        self._displayed = True
+        return super()._repr_mimebundle_(**kwargs)
+
+    @traitlets.observe("_view_count")
+    def _count_views(self, change: dict) -> None:
+        if change["new"]:
+            self._view_seen = True
+            waiting.view_drawn()
+        elif change["old"]:
+            self.status = "closed"  # the last view went away (its own report may come a moment later)
+
+    def set_state(self, sync_data: dict) -> None:
+        """An update from a view; its ``server`` is the URL it resolved and is kept as reported."""
+        self._view_reporting = True
+        try:
+            super().set_state(sync_data)
+        finally:
+            self._view_reporting = False
 
     # Validation: the data channel's own model -------------------------------------------
     @traitlets.validate(*STREAM_TRAITS)
     def _validate_parameter(self, proposal: dict) -> Any:
-        return _parameter_value(proposal["trait"].name, proposal["value"])
+        name = proposal["trait"].name
+        if name == "prompts":
+            return _prompts_value(proposal["value"])
+        return _parameter_value(name, proposal["value"])
 
     @traitlets.validate("server")
     def _validate_server(self, proposal: dict) -> str:
+        if self._view_reporting:
+            return proposal["value"]
         return _server_url(proposal["value"])
+
+    @traitlets.observe("server")
+    def _choose_page_server(self, change: dict) -> None:
+        if not self._view_reporting:
+            self._page_server = not change["new"]
 
     @traitlets.validate("input_source")
     def _validate_input_source(self, proposal: dict) -> str:
@@ -151,12 +232,17 @@ class ScopeWidget(anywidget.AnyWidget, StreamParameterTraits):
 
     # Actions -------------------------------------------------------------------------
     def transition_to(self, prompts: Any, steps: int = 8, method: str = "linear") -> None:
-        """Move the live stream to ``prompts`` over ``steps`` chunks (0 switches at once)."""
+        """Move the stream to ``prompts`` over ``steps`` chunks (0 switches at once).
+
+        Asked before the stream starts, it waits: the stream starts on the current prompts and
+        the transition follows its first chunk.
+        """
         transition = _parameter_value(
             "transition",
             {"target_prompts": prompts, "num_steps": steps, "temporal_interpolation_method": method},
         )
-        self._transition = {"id": next(self._ids), **transition}
+        # ``from_prompts`` lets a view that starts the stream later begin where the move starts.
+        self._transition = {"id": next(self._ids), "from_prompts": self.prompts, **transition}
         # The stream ends on the target; the front end does not resend it as a jump.
         self.prompts = transition["target_prompts"]
 
@@ -178,3 +264,38 @@ class ScopeWidget(anywidget.AnyWidget, StreamParameterTraits):
 
     def _send_command(self, name: str) -> None:
         self._command = {"id": next(self._ids), "name": name}
+
+    # Waiting for the view ------------------------------------------------------------------
+    async def wait_for(self, *statuses: str, timeout: float = 120.0) -> str:
+        """Wait until ``status`` is one of ``statuses``; answers it. ``await w.wait_for("streaming")``.
+
+        The view's reports arrive while this waits. Raises ``NoViewError`` at once when no view
+        can report (none shown, or a headless run), RuntimeError when the view reports an error,
+        TimeoutError after ``timeout`` seconds.
+        """
+        await waiting.wait_until(
+            self, lambda w: w.status in statuses, timeout, "status " + " or ".join(map(repr, statuses))
+        )
+        return self.status
+
+    async def wait_until(self, condition: Callable[[ScopeWidget], bool], timeout: float = 120.0) -> None:
+        """Wait until ``condition(w)`` holds, e.g. ``await w.wait_until(lambda w: w.chunk >= 3)``.
+
+        Raises as :meth:`wait_for` does.
+        """
+        await waiting.wait_until(self, condition, timeout, "the condition")
+
+
+def initial_state() -> dict[str, Any]:
+    """A new ScopeWidget's synced state, as the front end receives it (the ``/scope/`` page's model).
+
+    Only ScopeWidget's own traitlets: those of its anywidget and ipywidgets base classes (layout,
+    the module's code) mean nothing outside a notebook.
+    """
+    own = set(ScopeWidget.class_trait_names(sync=True)) - set(anywidget.AnyWidget.class_trait_names(sync=True))
+    widget = ScopeWidget()
+    try:
+        state = widget.get_state()
+    finally:
+        widget.close()
+    return {name: state[name] for name in sorted(own)}

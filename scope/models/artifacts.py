@@ -114,3 +114,13 @@ def is_downloaded(models_dir: Path, artifacts: Sequence[Artifact]) -> bool:
     if missing:
         logger.debug("missing model files: %s", ", ".join(map(str, missing)))
     return not missing
+
+
+def format_bytes(count: int) -> str:
+    """``1.5 GiB``: sizes as progress lines and messages show them."""
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024:
+            return f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"

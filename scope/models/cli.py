@@ -1,4 +1,5 @@
-"""``download_models``: fetch a pipeline's weights from the command line, with a progress bar.
+"""``download_models``: fetch a pipeline's weights from the command line, with a progress bar
+(on a terminal; one line per artifact when the output is a pipe or a file).
 
 Exit codes: 0 done (or nothing to do), 1 download failed, 2 bad usage or unknown pipeline,
 130 interrupted (partial files are kept, so running it again resumes).
@@ -11,10 +12,10 @@ import logging
 import sys
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 from scope.config import DEFAULT_MODELS_DIR, ScopeSettings
-from scope.models.artifacts import PIPELINE_ARTIFACTS, Artifact
+from scope.models.artifacts import PIPELINE_ARTIFACTS, Artifact, format_bytes
 
 if TYPE_CHECKING:
     from scope.models.download import Progress
@@ -80,8 +81,41 @@ class _ProgressBar:
             bar.set_description_str(progress.current_artifact, refresh=False)
         bar.update(progress.bytes_done - bar.n)
 
-    def close(self) -> None:
+    def close(self, complete: bool = True) -> None:
         self._bar.close()
+
+
+class _ProgressLines:
+    """Progress for a pipe or a log file: one line per artifact as it finishes.
+
+    A bar redrawn with carriage returns turns into fragments there (``0.00B [00:00, ?B/s]``).
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._label: str | None = None
+        self._start = self._done = 0
+
+    def update(self, progress: Progress) -> None:
+        if progress.current_artifact and progress.current_artifact != self._label:
+            self._finish("done")
+            self._label, self._start = progress.current_artifact, self._done
+        if progress.bytes_done:  # 0 comes with a new total (listing), not with bytes going back
+            self._done = progress.bytes_done
+
+    def _finish(self, state: str) -> None:
+        """The line of the artifact just left; one that got no bytes (only listed) has none."""
+        if self._label is not None and self._done > self._start:
+            print(f"{self._label}: {format_bytes(self._done - self._start)} {state}", file=self._stream, flush=True)
+        self._label = None
+
+    def close(self, complete: bool = True) -> None:
+        self._finish("done" if complete else "stopped")
+
+
+def _progress() -> _ProgressBar | _ProgressLines:
+    """A bar on a terminal, plain lines anywhere else."""
+    return _ProgressBar() if sys.stderr.isatty() else _ProgressLines(sys.stderr)
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -128,15 +162,15 @@ def download_models_main(argv: list[str] | None = None) -> int:
         print(f"Writing synthetic weights for '{pipeline_id}' into {models_dir}")
     else:
         print(f"Downloading models for '{pipeline_id}' from {manager.endpoint} into {models_dir}")
-    bar = _ProgressBar()
+    bar = _progress()
     try:
         manager.download(pipeline_id, artifacts, on_progress=bar.update, synthetic=args.synthetic)
     except KeyboardInterrupt:
-        bar.close()
+        bar.close(complete=False)
         print("Interrupted; partial files are kept and the next run resumes them.", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:
-        bar.close()
+        bar.close(complete=False)
         logger.debug("download failed", exc_info=True)
         print(f"ERROR: {exc}", file=sys.stderr)
         return EXIT_FAILED

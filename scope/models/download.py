@@ -26,7 +26,7 @@ from urllib.parse import quote
 
 import httpx
 
-from scope.models.artifacts import INCOMPLETE_SUFFIX, Artifact, local_path
+from scope.models.artifacts import INCOMPLETE_SUFFIX, Artifact, format_bytes, local_path
 from scope.models.synthetic.writer import clear_marker, is_synthetic_file, write_synthetic
 
 logger = logging.getLogger(__name__)
@@ -137,15 +137,6 @@ def _lock_for(dest: Path) -> threading.Lock:
     key = dest.resolve()
     with _file_locks_guard:
         return _file_locks.setdefault(key, threading.Lock())
-
-
-def _format_bytes(count: int) -> str:
-    value = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024:
-            return f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"
 
 
 def _describe(exc: BaseException) -> str:
@@ -330,12 +321,13 @@ class DownloadManager:
     ) -> None:
         """The synthetic source: same progress record, files written locally instead of fetched."""
         reporter = _Reporter(lambda **c: self._publish(pipeline_id, **c), on_progress)
+        repo_of_dir = {artifact.local_dir: artifact.repo_id for artifact in artifacts}
         written = 0
 
         def on_file(path: Path, size: int) -> None:
             nonlocal written
             written += size
-            reporter.artifact(path.parent.name)
+            reporter.artifact(repo_of_dir[path.relative_to(self.models_dir).parts[0]])
             reporter.total(written)
             reporter.file_done(size)
 
@@ -353,7 +345,7 @@ class DownloadManager:
         total = sum(remote.size for remote in plan)
         reporter.total(total)
         self._check_disk_space(plan)
-        logger.info("Downloading %s: %d files, %s", pipeline_id, len(plan), _format_bytes(total))
+        logger.info("Downloading %s: %d files, %s", pipeline_id, len(plan), format_bytes(total))
         with self._http_client() as client:
             for remote in plan:
                 reporter.artifact(remote.repo_id)
@@ -417,9 +409,9 @@ class DownloadManager:
         free = shutil.disk_usage(self.models_dir).free
         if free < missing + DISK_MARGIN_BYTES:
             raise NotEnoughDiskSpace(
-                f"not enough disk space in {self.models_dir}: {_format_bytes(missing)} ({missing} bytes) "
-                f"still to download plus a {_format_bytes(DISK_MARGIN_BYTES)} margin, "
-                f"but only {_format_bytes(free)} ({free} bytes) free"
+                f"not enough disk space in {self.models_dir}: {format_bytes(missing)} ({missing} bytes) "
+                f"still to download plus a {format_bytes(DISK_MARGIN_BYTES)} margin, "
+                f"but only {format_bytes(free)} ({free} bytes) free"
             )
 
     def _http_client(self) -> httpx.Client:

@@ -17,6 +17,7 @@ from scope.models.synthetic.writer import uses_synthetic
 from scope.params import MAX_SEED, LoraPath, StreamParameters
 from scope.pipelines.base import LoadContext, Pipeline, PipelineInfo, Stream
 from scope.pipelines.registry import register
+from scope.pipelines.sizes import multiple_of
 from scope.pipelines.wan.causal_stream import STREAM_PARAMETERS, CausalStream, CausalStreamSettings
 from scope.pipelines.wan.components import WanComponents, WanPaths
 from scope.pipelines.wan.config_schema import VaeType, WanPipelineConfig
@@ -34,10 +35,8 @@ DEFAULT_HEIGHT, DEFAULT_WIDTH, DEFAULT_SEED = 320, 576, 42
 DEFAULT_STEPS = [1000, 750, 500, 250]
 
 
-def _multiple_of_16(value: int) -> int:
-    if value % 16:
-        raise ValueError(f"must be a multiple of 16 (e.g. {max(16, value // 16 * 16)})")
-    return value
+#: Height and width: the VAE downsamples by 8 and the generator patches latents by 2.
+FrameSize = multiple_of(16, 16, 2048)
 
 
 class LoraConfig(BaseModel):
@@ -53,8 +52,8 @@ class LongLiveLoadParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    height: int = Field(DEFAULT_HEIGHT, ge=16, le=2048, description="Output height in pixels (a multiple of 16).")
-    width: int = Field(DEFAULT_WIDTH, ge=16, le=2048, description="Output width in pixels (a multiple of 16).")
+    height: FrameSize = Field(DEFAULT_HEIGHT, description="Output height in pixels (a multiple of 16).")
+    width: FrameSize = Field(DEFAULT_WIDTH, description="Output width in pixels (a multiple of 16).")
     seed: int = Field(DEFAULT_SEED, ge=0, le=MAX_SEED, description="Base seed (0..2**63-1); each chunk uses seed + its start frame, mod 2**64.")
     quantization: Literal["fp8_e4m3fn"] | None = Field(
         None, description="Store the generator's linear weights in fp8 (computed in the compute dtype)."
@@ -65,8 +64,6 @@ class LongLiveLoadParams(BaseModel):
     lora_merge_mode: Literal["permanent_merge", "runtime_peft"] = Field(
         "permanent_merge", description="How user LoRAs are applied."
     )
-
-    _sizes = field_validator("height", "width")(lambda cls, v: _multiple_of_16(v))
 
     @field_validator("vace_enabled")
     @classmethod

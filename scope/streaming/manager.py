@@ -12,6 +12,7 @@ import asyncio
 import gc
 import logging
 import sys
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from scope.models.artifacts import is_downloaded
+from scope.models.artifacts import format_bytes, is_downloaded
 from scope.models.synthetic.writer import write_synthetic
 from scope.pipelines.base import LoadContext, Pipeline
 from scope.pipelines.registry import get_pipeline_class
@@ -115,6 +116,9 @@ class PipelineManager:
 
     async def _load(self, cls: type[Pipeline], params: BaseModel, target: LoadTarget) -> None:
         loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        logger.info("loading pipeline %s", target.pipeline_id)
+        logger.debug("pipeline %s load parameters: %s", target.pipeline_id, target.load_params)
         await self._release_current()
         try:
             if self.synthetic_fallback and cls.artifacts:
@@ -130,7 +134,7 @@ class PipelineManager:
         self.pipeline = pipeline
         self.generation += 1
         self.status = LOADED
-        logger.info("pipeline %s loaded", target.pipeline_id)
+        logger.info("pipeline %s loaded in %.1f s", target.pipeline_id, time.monotonic() - started)
         self._notify("loaded", f"Pipeline {target.pipeline_id} loaded")
 
     async def _release_current(self) -> None:
@@ -167,9 +171,15 @@ class PipelineManager:
 
 def ensure_synthetic(models_dir, artifacts) -> None:
     """Write synthetic weights when some of a pipeline's files are missing."""
-    if not is_downloaded(models_dir, artifacts):
-        logger.info("weights missing in %s: writing synthetic ones", models_dir)
-        write_synthetic(models_dir, artifacts)
+    if is_downloaded(models_dir, artifacts):
+        return
+    logger.info("weights missing in %s: writing synthetic ones", models_dir)
+    started, sizes = time.monotonic(), []
+    write_synthetic(models_dir, artifacts, on_file=lambda path, size: sizes.append(size))
+    logger.info(
+        "synthetic weights written: %d files, %s, in %.1f s",
+        len(sizes), format_bytes(sum(sizes)), time.monotonic() - started,
+    )
 
 
 def _free(pipeline: Pipeline) -> None:

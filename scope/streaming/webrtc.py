@@ -166,7 +166,11 @@ class SessionService:
         for warning in warnings:
             session.send(warning)
         session.start(self.connect_timeout)
-        logger.info("session %s started (%d active)", session.id, len(self.sessions))
+        logger.info(
+            "session %s opened: pipeline %s, mode %s (%d active)",
+            session.id, self.manager.target.pipeline_id if self.manager.target else None,
+            params["input_mode"], len(self.sessions),
+        )
         return {"sdp": answer.sdp, "type": answer.type, "sessionId": session.id}
 
     async def _negotiate(self, pc: RTCPeerConnection, session: StreamSession, sdp: str):
@@ -222,7 +226,7 @@ class SessionService:
 
     def _forget(self, session: StreamSession) -> None:
         self.sessions.pop(session.id, None)
-        logger.info("session %s closed (%d active)", session.id, len(self.sessions))
+        logger.info("session %s closed after %d chunk(s) (%d active)", session.id, session.chunks, len(self.sessions))
 
     async def close(self, session_id: str) -> None:
         session = self.sessions.get(session_id)

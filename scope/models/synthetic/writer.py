@@ -258,13 +258,13 @@ def _write_all(models_dir, artifacts, seed, on_file) -> list[Path]:
             if dest in written:
                 continue
             if _is_real(dest):
-                logger.info("keeping real file %s", dest)
+                logger.debug("keeping real file %s", dest)
                 continue
             entry_seed = _entry_seed(seed, artifact.repo_id, entry)
             _write_entry(dest, WRITERS[(artifact.repo_id, entry)], entry_seed)
             written.append(dest)
             size = sum(f.stat().st_size for f in _entry_files(dest))
-            logger.info("wrote synthetic %s (%d bytes)", dest, size)
+            logger.debug("wrote synthetic %s (%d bytes)", dest, size)
             if on_file is not None:
                 on_file(dest, size)
     return written

@@ -87,10 +87,13 @@ class WanComponents:
 
         device, dtype = compute_device()
         logger.info("loading Wan components on %s (%s)", device, dtype)
+        logger.info("loading the diffusion transformer (%s)", paths.generator.name)
         generator = load_generator(
             paths.config, paths.generator, lora_path=paths.lora, device=device, dtype=dtype, quantization=quantization
         )
+        logger.info("loading the VAE (%s)", vae_type)
         vae = load_vae(vae_type, models_dir, device=device, dtype=dtype)
+        logger.info("loading the text encoder")
         text_encoder = TextEncoder.load(paths.text_encoder, paths.tokenizer, device=device, dtype=dtype)
         return cls(generator, vae, text_encoder, device, dtype)
 

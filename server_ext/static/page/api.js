@@ -102,4 +102,5 @@ export function pipelineStatusText(status) {
 
 /** The page's own server: the base URL it was served below, and a `?token=` in its URL. */
 export const apiBase = serverBase();
-export const api = createApi({ base: apiBase, token: new URLSearchParams(location.search).get("token") });
+export const pageToken = new URLSearchParams(location.search).get("token");
+export const api = createApi({ base: apiBase, token: pageToken });

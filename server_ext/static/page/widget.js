@@ -1,5 +1,6 @@
 // The notebook widget's view (`scope.widgets.ScopeWidget`), imported by its anywidget module
-// from the server it streams from, so the widget always speaks that server's API.
+// from the server it streams from, so the widget always speaks that server's API. The server's
+// own `/scope/` page mounts this same view over a model of its own (`page.js`).
 //
 // The model's traitlets are the one state: the controls set them, Python sets them, and a
 // change of a stream parameter goes out on the data channel, taking effect on the next chunk.
@@ -41,8 +42,21 @@ function element(tag, props = {}, ...children) {
   return node;
 }
 
-export function render({ model, el, base, sameOrigin }) {
-  const view = new WidgetView(model, el, base, createApi({ base, sameOrigin }));
+/** The input a pipeline starts with: none for one that generates from text, else the webcam
+ * (a test pattern stands in when there is none). */
+export function defaultInput(schema) {
+  return schema.default_mode === "text" ? "none" : "webcam";
+}
+
+/** A prompt in a message: quoted, a long one cut short (the editor holds the whole text). */
+function quoted(text, limit = 160) {
+  return text.length > limit ? `"${text.slice(0, limit)}..." (${text.length} characters)` : `"${text}"`;
+}
+
+const promptsText = (prompts) => prompts.map((p) => quoted(p.text)).join(" + ");
+
+export function render({ model, el, base, sameOrigin, token = null }) {
+  const view = new WidgetView(model, el, base, createApi({ base, sameOrigin, token }));
   view.init();
   return () => view.dispose();
 }
@@ -59,6 +73,11 @@ class WidgetView {
     this.stream = null;
     this.source = null;
     this.transitionTarget = null;
+    /** A transition asked for before the stream had a chunk: {transition, from} (see sendTransition). */
+    this.pendingTransition = null;
+    this.chunkSeen = false;
+    /** Parameters asked for after a queued transition: sent right after it, in order. */
+    this.heldSends = [];
     this.extraParameters = {};
     this.controls = {};
     this.polls = { models: 0, pipeline: 0 };
@@ -112,33 +131,40 @@ class WidgetView {
     ui.blend.addEventListener("change", () => this.setTrait("prompt_interpolation_method", ui.blend.value));
     ui.input.addEventListener("change", () => this.setTrait("input_source", ui.input.value));
     ui.pipeline.addEventListener("change", () => {
-      this.setTrait("pipeline_id", ui.pipeline.value);
+      const schema = this.schemas[ui.pipeline.value];
+      if (schema) this.setTrait("input_source", defaultInput(schema));
       this.setTrait("load_params", {});
+      this.setTrait("pipeline_id", ui.pipeline.value);
     });
 
+    // Two columns: what is watched (video, figures, messages) and what is set. In a notebook both
+    // fold into one column (the stylesheet orders their parts); a page lays them side by side.
     this.el.classList.add("scope-widget");
     this.el.replaceChildren(
-      element("header", {}, element("strong", { textContent: "Scope" }), ui.server, ui.synthetic),
-      element("section", { className: "scope-row" },
-        ui.pipeline, ui.models, ui.download, ui.writeSynthetic, ui.progress),
-      ui.description,
-      element("details", { className: "scope-load" }, element("summary", { textContent: "Load parameters" }), ui.loadForm),
-      element("section", { className: "scope-row" }, ui.load, ui.pipelineStatus),
-      element("section", { className: "scope-row" }, element("span", { textContent: "Input" }), ui.input, ui.start, ui.pause, ui.reset, ui.stop),
-      element("div", { className: "scope-screen" }, ui.video, ui.placeholder),
-      ui.stats,
-      element("section", { className: "scope-prompt-editor" },
-        ui.prompts,
-        element("div", { className: "scope-row" },
-          b("+ prompt", () => this.setTrait("prompts", [...this.readPrompts(), { text: "", weight: 1 }])),
-          element("span", { textContent: "blend" }), ui.blend,
-          b("Send prompts", () => this.setTrait("prompts", this.readPrompts().filter((p) => p.text.trim())), { className: "scope-send-prompts" })),
-        element("div", { className: "scope-row" },
-          ui.transitionText, element("span", { textContent: "over" }), ui.transitionSteps,
-          element("span", { textContent: "chunks" }), ui.transitionMethod,
-          b("Transition", () => this.transitionFromControls()))),
-      element("details", { className: "scope-parameters", open: true }, element("summary", { textContent: "Stream parameters" }), ui.parameters),
-      ui.messages,
+      element("header", {}, element("strong", { className: "scope-title", textContent: "Scope" }), ui.server, ui.synthetic),
+      element("div", { className: "scope-view" },
+        element("div", { className: "scope-screen" }, ui.video, ui.placeholder),
+        ui.stats,
+        ui.messages),
+      element("div", { className: "scope-controls" },
+        element("div", { className: "scope-setup" },
+          element("section", { className: "scope-row" },
+            ui.pipeline, ui.models, ui.download, ui.writeSynthetic, ui.progress),
+          ui.description,
+          element("details", { className: "scope-load" }, element("summary", { textContent: "Load parameters" }), ui.loadForm),
+          element("section", { className: "scope-row" }, ui.load, ui.pipelineStatus),
+          element("section", { className: "scope-row" }, element("span", { textContent: "Input" }), ui.input, ui.start, ui.pause, ui.reset, ui.stop)),
+        ui.promptEditor = element("section", { className: "scope-prompt-editor" },
+          ui.prompts,
+          element("div", { className: "scope-row" },
+            b("+ prompt", () => ui.prompts.append(this.promptRow({ text: "", weight: 1 })), { className: "scope-add-prompt" }),
+            element("span", { textContent: "blend" }), ui.blend,
+            b("Send prompts", () => this.sendPromptsFromEditor(), { className: "scope-send-prompts" })),
+          element("div", { className: "scope-row" },
+            ui.transitionText, element("span", { textContent: "over" }), ui.transitionSteps,
+            element("span", { textContent: "chunks" }), ui.transitionMethod,
+            b("Transition", () => this.transitionFromControls(), { className: "scope-transition" }))),
+        element("details", { className: "scope-parameters", open: true }, element("summary", { textContent: "Stream parameters" }), ui.parameters)),
     );
     this.updateButtons();
   }
@@ -149,7 +175,8 @@ class WidgetView {
     const model = this.model;
     this.ui.server.textContent = this.base;
     for (const name of this.streamTraits) model.on(`change:${name}`, () => this.traitChanged(name));
-    model.on("change:_transition", () => this.sendTransition());
+    // The value the change carried: another view may have taken (cleared) the request since.
+    model.on("change:_transition", (_model, value) => this.sendTransition(value));
     model.on("change:_command", () => this.command(model.get("_command")));
     model.on("change:pipeline_id", () => this.showPipeline());
     model.on("change:load_params", () => this.showLoadParams());
@@ -178,11 +205,18 @@ class WidgetView {
     }
     await this.fillInputs();
     await this.showPipeline();
+    this.sendTransition(); // asked for before this view existed: queued for its stream
     const status = await this.followPipeline();
     if (model.get("autostart") && !this.disposed) await this.autostart(status);
   }
 
+  /** The view goes away (its output cleared, its cell re-run): its stream ends and Python reads "closed". */
   dispose() {
+    try {
+      this.setTraits({ status: "closed", session_id: "", fps: 0 });
+    } catch {
+      // The model went with its kernel: nobody is left to tell.
+    }
     this.disposed = true;
     this.polls.models += 1;
     this.polls.pipeline += 1;
@@ -246,6 +280,7 @@ class WidgetView {
     }
     ui.pipeline.value = schema.id;
     ui.description.textContent = schema.description ?? "";
+    ui.promptEditor.hidden = !schema.supports_prompts;
     this.buildLoadForm(schema);
     this.buildParameterControls(schema);
     this.fillInputModes(schema);
@@ -357,7 +392,10 @@ class WidgetView {
       this.fail("error", `Load refused: ${error.message}`);
       return null;
     }
-    return this.followPipeline();
+    const status = await this.followPipeline();
+    // A server run with --synthetic writes missing weights on load: show the files as they are now.
+    if (status?.status === "loaded" && schema.requires_models && this.selected() === schema) await this.showModels(schema);
+    return status;
   }
 
   /** Poll the pipeline status until it settles; answers the last status. */
@@ -412,7 +450,7 @@ class WidgetView {
 
   async fillInputs() {
     const ui = this.ui;
-    ui.input.append(new Option("text only", "none"), new Option("webcam", "webcam"), new Option("test pattern", "pattern"));
+    ui.input.append(new Option("none (text to video)", "none"), new Option("webcam", "webcam"), new Option("test pattern", "pattern"));
     try {
       const { assets } = await this.api("GET", "api/v1/assets?type=video");
       for (const asset of assets) {
@@ -431,6 +469,7 @@ class WidgetView {
   fillInputModes(schema) {
     const takesText = schema.supported_modes.includes("text");
     for (const option of this.ui.input.options) option.disabled = option.value === "none" && !takesText;
+    if (!takesText && this.model.get("input_source") === "none") this.setTrait("input_source", defaultInput(schema));
   }
 
   async openSource(schema) {
@@ -471,6 +510,8 @@ class WidgetView {
       if (value === null || (name === "prompts" && !value.length)) continue;
       parameters[name] = value;
     }
+    // A queued transition starts from the prompts it moves away from.
+    if (this.pendingTransition?.from?.length) parameters.prompts = this.pendingTransition.from;
     if (!this.selected()?.supports_prompts) delete parameters.prompts;
     return parameters;
   }
@@ -479,11 +520,15 @@ class WidgetView {
     if (this.stream) return;
     const schema = this.schemas[this.loaded?.pipeline_id];
     if (!schema) return this.fail("error", "Load a pipeline before starting the stream.");
+    if (schema.supports_prompts) this.commitEditor();
     if (schema.supports_prompts && !this.model.get("prompts").some((p) => p.text.trim())) {
       return this.fail("error", `${schema.id} generates from prompts: type one above (or set w.prompts) before starting.`);
     }
+    if (!schema.supports_prompts) this.pendingTransition = null;
     this.setStatus("connecting");
     this.lastFrames = null;
+    this.chunkSeen = false;
+    this.heldSends = [];
     const stream = new ScopeStream(
       {
         onVideo: (media) => this.showVideo(media),
@@ -555,7 +600,12 @@ class WidgetView {
     switch (message.type) {
       case "stats":
         this.ui.synthetic.hidden = !message.synthetic;
-        return this.setTraits({ chunk: message.chunk, chunk_ms: message.chunk_ms, synthetic: Boolean(message.synthetic) });
+        this.setTraits({ chunk: message.chunk, chunk_ms: message.chunk_ms, synthetic: Boolean(message.synthetic) });
+        if (message.chunk > 0 && !this.chunkSeen) {
+          this.chunkSeen = true;
+          this.sendPendingTransition();
+        }
+        return;
       case "parameters_rejected": {
         const text = `Parameters refused: ${describeErrors(message.errors)}`;
         this.setTraits({ error: text });
@@ -610,6 +660,10 @@ class WidgetView {
   /** Send a parameters message; says so plainly when there is no open stream to take it. */
   send(parameters) {
     if (!this.stream) return false;
+    if (this.pendingTransition && !this.chunkSeen && !("transition" in parameters)) {
+      this.heldSends.push(parameters); // asked for after the queued transition: it goes first
+      return true;
+    }
     if (this.stream.send(parameters)) return true;
     this.log(`Not sent (${Object.keys(parameters).join(", ")}): the data channel is not open yet.`, "warning");
     return false;
@@ -627,21 +681,38 @@ class WidgetView {
     if (value === null || (name === "prompts" && !value.length)) return;
     if (name === "prompts" && this.transitionTarget === JSON.stringify(value)) return; // reached by the transition
     this.transitionTarget = null;
-    this.send({ [name]: value });
+    if (this.send({ [name]: value }) && name === "prompts") this.log(`Prompts sent: ${promptsText(value)}`);
   }
 
-  sendTransition() {
-    const { id, ...transition } = this.model.get("_transition");
+  /**
+   * A transition asked for (`w.transition_to`, or the Transition button). A stream with a chunk
+   * out takes it at once; before that (no stream yet, or still connecting) it is queued: the
+   * stream starts on the prompts it moves away from and the transition follows its first chunk.
+   * Taken, the request is cleared, so a view shown later does not repeat it.
+   */
+  sendTransition(request = this.model.get("_transition")) {
+    const { id, from_prompts: from, ...transition } = request ?? {};
     if (!transition.target_prompts) return;
     this.transitionTarget = JSON.stringify(transition.target_prompts);
-    if (this.send({ transition })) {
-      this.log(`Transition to "${transition.target_prompts.map((p) => p.text).join(" + ")}" over ${transition.num_steps} chunks.`);
-    }
+    this.pendingTransition = { transition, from: from ?? this.model.get("prompts") };
+    if (this.stream && this.chunkSeen) return this.sendPendingTransition();
+    this.log(`Transition to ${promptsText(transition.target_prompts)} queued: it follows the stream's first chunk.`);
+  }
+
+  sendPendingTransition() {
+    if (!this.pendingTransition) return;
+    const { transition } = this.pendingTransition;
+    if (!this.send({ transition })) return;
+    this.pendingTransition = null;
+    for (const held of this.heldSends.splice(0)) this.send(held);
+    this.setTraits({ _transition: {} });
+    this.log(`Transition to ${promptsText(transition.target_prompts)} over ${transition.num_steps} chunks.`);
   }
 
   transitionFromControls() {
     const text = this.ui.transitionText.value.trim();
-    if (!text) return;
+    if (!text) return this.log("No transition: type the prompt to move to first.", "warning");
+    if (!this.stream) this.commitEditor(); // a queued transition starts from what the editor shows
     const transition = {
       target_prompts: [{ text, weight: 1 }],
       num_steps: Number(this.ui.transitionSteps.value) || 0,
@@ -664,19 +735,45 @@ class WidgetView {
 
   showPrompts() {
     const prompts = this.model.get("prompts");
-    const rows = (prompts.length ? prompts : [{ text: "", weight: 1 }]).map((prompt, index) => {
-      const text = element("input", { type: "text", value: prompt.text, placeholder: "Describe the video", className: "scope-prompt-text" });
-      const weight = element("input", { type: "number", min: 0, step: "any", value: prompt.weight ?? 1, className: "scope-prompt-weight" });
-      text.addEventListener("keydown", (event) => {
-        if (event.key === "Enter") this.setTrait("prompts", this.readPrompts().filter((p) => p.text.trim()));
-      });
-      const remove = element("button", {
-        type: "button", textContent: "×", title: "Remove this prompt",
-        onclick: () => this.setTrait("prompts", this.readPrompts().filter((_, i) => i !== index)),
-      });
-      return element("div", { className: "scope-prompt" }, text, weight, remove);
+    this.ui.prompts.replaceChildren(...(prompts.length ? prompts : [{ text: "", weight: 1 }]).map((p) => this.promptRow(p)));
+  }
+
+  /** One editable prompt; an empty one lives in the editor only, never in the `prompts` trait. */
+  promptRow(prompt) {
+    const text = element("textarea", { rows: 2, value: prompt.text, placeholder: "Describe the video", className: "scope-prompt-text" });
+    const weight = element("input", { type: "number", min: 0, step: "any", value: prompt.weight ?? 1, className: "scope-prompt-weight" });
+    text.addEventListener("keydown", (event) => {
+      if (event.key === "Enter" && !event.shiftKey) {
+        event.preventDefault();
+        this.sendPromptsFromEditor();
+      }
     });
-    this.ui.prompts.replaceChildren(...rows);
+    const row = element("div", { className: "scope-prompt" }, text, weight);
+    row.append(element("button", {
+      type: "button", textContent: "×", title: "Remove this prompt",
+      onclick: () => {
+        row.remove();
+        this.setTrait("prompts", this.readPrompts().filter((p) => p.text.trim()));
+        if (!this.ui.prompts.children.length) this.showPrompts();
+      },
+    }));
+    return row;
+  }
+
+  /** What the prompt editor shows becomes `prompts` (typed but not sent, it still counts at Start). */
+  commitEditor() {
+    const typed = this.readPrompts().filter((p) => p.text.trim());
+    if (JSON.stringify(typed) !== JSON.stringify(this.model.get("prompts"))) this.setTrait("prompts", typed);
+  }
+
+  /** "Send prompts": the editor's non-empty prompts become `prompts` (and go to a live stream). */
+  sendPromptsFromEditor() {
+    const prompts = this.readPrompts().filter((p) => p.text.trim());
+    if (!prompts.length) {
+      return this.log("Nothing sent: the prompt is empty. Type what the video should show, then send.", "warning");
+    }
+    if (JSON.stringify(prompts) !== JSON.stringify(this.model.get("prompts"))) return this.setTrait("prompts", prompts);
+    if (this.send({ prompts })) this.log(`Prompts sent: ${promptsText(prompts)}`); // the same again: resent
   }
 
   readPrompts() {

@@ -1,0 +1,1 @@
+"""The guides, shipped in the package so ``/scope/docs/`` serves those of the installed version."""
