@@ -35,29 +35,39 @@ async def _connected_pair() -> tuple[RTCPeerConnection, RTCPeerConnection, objec
     return sender, receiver, channel
 
 
-async def _send_after_ice_dropped(caplog) -> list[logging.LogRecord]:
-    """Replay the departure window; the records logged while its failed task is collected."""
+async def _send_after_ice_dropped(caplog, reported) -> list[logging.LogRecord]:
+    """Replay the departure window; the records logged until ``reported(record)`` holds for one."""
     sender, receiver, channel = await _connected_pair()
     try:
         ice = sender.sctp.transport.transport._connection
         ice._nominated.clear()
         caplog.clear()
         channel.send("stats")
-        await asyncio.sleep(0)  # the flush task runs and fails
-        await asyncio.sleep(0)
-        gc.collect()  # a failed task nobody awaited is reported when collected
-        await asyncio.sleep(0)
+
+        def collected() -> bool:
+            gc.collect()  # a failed task nobody awaited is reported when it is collected
+            return any(reported(record) for record in caplog.records)
+
+        await wait_until(collected, timeout=30, what="the failed send task to be reported")
         return list(caplog.records)
     finally:
         await receiver.close()
         await sender.close()
 
 
+def _never_retrieved(record: logging.LogRecord) -> bool:
+    return NEVER_RETRIEVED in record.getMessage()
+
+
+def _departure_line(record: logging.LogRecord) -> bool:
+    return record.name == "scope.streaming" and "went away" in record.getMessage()
+
+
 async def test_without_the_handler_the_departure_window_prints_a_traceback(caplog):
     """The scenario is real: aiortc's failed send task reaches asyncio's error report."""
     caplog.set_level(logging.DEBUG)
-    records = await _send_after_ice_dropped(caplog)
-    errors = [r for r in records if r.levelno >= logging.ERROR and NEVER_RETRIEVED in r.getMessage()]
+    records = await _send_after_ice_dropped(caplog, _never_retrieved)
+    errors = [r for r in records if r.levelno >= logging.ERROR and _never_retrieved(r)]
     assert errors, [r.getMessage() for r in records]
     assert isinstance(errors[0].exc_info[1], ConnectionError)
 
@@ -68,12 +78,12 @@ async def test_with_the_handler_it_is_one_debug_line(caplog):
     closed_connections.install(loop)
     try:
         caplog.set_level(logging.DEBUG)
-        records = await _send_after_ice_dropped(caplog)
+        caplog.set_level(logging.DEBUG, logger="scope.streaming")  # a server run earlier set "scope" to INFO
+        records = await _send_after_ice_dropped(caplog, _departure_line)
     finally:
         loop.set_exception_handler(previous)
     assert not [r for r in records if r.levelno >= logging.WARNING], [r.getMessage() for r in records]
-    debug = [r for r in records if r.name == "scope.streaming" and "went away" in r.getMessage()]
-    assert len(debug) == 1, [r.getMessage() for r in records]
+    assert len([r for r in records if _departure_line(r)]) == 1, [r.getMessage() for r in records]
 
 
 async def test_other_unhandled_exceptions_still_reach_the_previous_handler():

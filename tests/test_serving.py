@@ -67,7 +67,7 @@ def test_serve_says_why_a_server_could_not_start(environment):
         with pytest.raises(serving.ServeError) as failed:
             scope.serve(url, timeout=60)
     message = str(failed.value)
-    assert "exited" in message and "not available" in message, message
+    assert "exited" in message and f"port {url.split(':')[-1].rstrip('/')} is in use" in message, message
     assert serving._started == {}
 
 
