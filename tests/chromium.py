@@ -21,6 +21,21 @@ CHROMIUM = Path(os.environ.get("SCOPE_TEST_CHROMIUM") or shutil.which("chromium"
 #: Default bound of each page action and wait.
 TIMEOUT_MS = 30_000
 
+#: The video element ``selector`` names, drawn at 32x32: its RGB levels in a flat list (null
+#: before the first frame). Two readings that differ mean the picture moved.
+VIDEO_PIXELS = """(selector) => {
+  const video = document.querySelector(selector);
+  if (!video || !video.videoWidth) return null;
+  const canvas = document.createElement('canvas');
+  canvas.width = 32; canvas.height = 32;
+  const ctx = canvas.getContext('2d');
+  ctx.drawImage(video, 0, 0, 32, 32);
+  const data = ctx.getImageData(0, 0, 32, 32).data;
+  const out = [];
+  for (let i = 0; i < data.length; i += 4) out.push(data[i], data[i + 1], data[i + 2]);
+  return out;
+}"""
+
 CHROMIUM_ARGS = (
     "--no-sandbox",
     # Raw IP host candidates instead of mDNS names the server would spend a second resolving.

@@ -18,7 +18,7 @@ import pytest
 
 from scope.widgets.scope_widget import DEFAULT_PROMPT
 from tests._subprocess_server import running_scope_server
-from tests.chromium import browser, new_page, page, wait_for, wait_until  # noqa: F401  (fixtures)
+from tests.chromium import VIDEO_PIXELS, browser, new_page, page, wait_for, wait_until  # noqa: F401  (fixtures)
 from tests.fakehub import FakeHub
 from tests.pipelines import DownloadablePipeline, prompt_level
 from tests.servers import ScopeServer
@@ -591,19 +591,8 @@ navigator.mediaDevices.getUserMedia = () => {
 };
 """
 
-#: A 32x32 grey thumbnail of the video, as a list of levels (null before the first frame).
-VIDEO_THUMBNAIL = """(selector) => {
-  const video = document.querySelector(selector);
-  if (!video || !video.videoWidth) return null;
-  const canvas = document.createElement('canvas');
-  canvas.width = 32; canvas.height = 32;
-  const ctx = canvas.getContext('2d');
-  ctx.drawImage(video, 0, 0, 32, 32);
-  const data = ctx.getImageData(0, 0, 32, 32).data;
-  const out = [];
-  for (let i = 0; i < data.length; i += 4) out.push(Math.round((data[i] + data[i + 1] + data[i + 2]) / 3));
-  return out;
-}"""
+#: A 32x32 thumbnail of the video (null before the first frame).
+VIDEO_THUMBNAIL = VIDEO_PIXELS
 
 #: Where the video is, whether the page scrolls sideways, and which boxes of text do (a text
 #: that does not wrap makes its box wider inside than out).

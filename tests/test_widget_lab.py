@@ -19,7 +19,7 @@ import pytest
 
 from tests._subprocess_server import free_port, running_scope_server
 from tests.fakehub import FakeHub
-from tests.chromium import browser, page, wait_for, wait_until  # noqa: F401  (fixtures)
+from tests.chromium import VIDEO_PIXELS, browser, page, wait_for, wait_until  # noqa: F401  (fixtures)
 from tests.subprocess_only import jp_asyncio_loop, jp_server_cleanup  # noqa: F401  (autouse fixtures)
 
 pytestmark = [
@@ -31,19 +31,8 @@ pytestmark = [
 WIDGET = '[data-status]'
 NEW_PROMPT = "a blue whale in the deep sea"
 
-#: Mean colour of the widget's video, drawn onto a canvas (null before the first frame).
-VIDEO_MEAN = """() => {
-  const video = document.querySelector('.scope-widget video');
-  if (!video || !video.videoWidth) return null;
-  const canvas = document.createElement('canvas');
-  canvas.width = 32; canvas.height = 32;
-  const ctx = canvas.getContext('2d');
-  ctx.drawImage(video, 0, 0, 32, 32);
-  const data = ctx.getImageData(0, 0, 32, 32).data;
-  const out = [];
-  for (let i = 0; i < data.length; i += 4) out.push(data[i], data[i + 1], data[i + 2]);
-  return out;
-}"""
+#: The widget's video at 32x32, as RGB levels (null before the first frame).
+VIDEO_MEAN = f"() => ({VIDEO_PIXELS})('.scope-widget video')"
 
 
 def notebook(*sources: str) -> str:
