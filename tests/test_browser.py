@@ -649,6 +649,8 @@ def test_first_run_streams_longlive_with_the_pages_defaults(browser, synthetic_s
         # What the widget offers, the page offers: load parameters, prompt blends, transitions,
         # stream controls, and the links to the documentation.
         assert {"Height", "Width"} <= set(page.locator(f"{PAGE} .scope-load .scope-field span").all_text_contents())
+        height = page.locator(f"{PAGE} .scope-load .scope-field", has_text="Height").locator("input")
+        assert [height.get_attribute(a) for a in ("min", "max", "step")] == ["16", "2048", "16"]
         assert page.locator(f"{PAGE} .scope-blend option").all_inner_texts() == ["linear", "slerp"]
         assert page.is_visible(f"{PAGE} .scope-add-prompt") and page.is_visible(f"{PAGE} .scope-transition")
         assert {"Denoising Step List", "Noise Scale"} <= set(page.locator(f"{PAGE} .scope-parameters .scope-field span").all_inner_texts())

@@ -89,7 +89,7 @@ export function schemaControl(name, property, defs, onChange) {
   const integer = schema.type === "integer" || resolve(schema.items, defs).type === "integer";
   if (schema.type === "integer" || schema.type === "number") {
     input.type = "number";
-    input.step = integer ? "1" : "any";
+    input.step = schema.multipleOf ?? (integer ? "1" : "any"); // sizes: the browser steps 16, 32, ...
     if (schema.minimum !== undefined) input.min = schema.minimum;
     if (schema.maximum !== undefined) input.max = schema.maximum;
   } else {
