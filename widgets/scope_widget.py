@@ -33,10 +33,9 @@ import anywidget
 import traitlets
 from pydantic import BaseModel, ValidationError
 
-from scope.widgets import waiting
-
 from scope.client.auth import normalise_base_url, serves_url
 from scope.params import ONE_SHOT_KEYS, StreamParameters, describe_errors, validation_errors
+from scope.widgets import waiting
 
 HERE = Path(__file__).parent
 

@@ -31,6 +31,9 @@ const NEEDS_SUPPORT = {
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
+/** Equal as JSON values (prompts, load parameters). */
+const same = (a, b) => JSON.stringify(a) === JSON.stringify(b);
+
 function element(tag, props = {}, ...children) {
   const node = document.createElement(tag);
   for (const [key, value] of Object.entries(props)) {
@@ -437,7 +440,7 @@ class WidgetView {
   loadedAsWanted() {
     if (!this.loaded || this.loaded.pipeline_id !== this.model.get("pipeline_id")) return false;
     const have = this.loaded.load_params ?? {};
-    return Object.entries(this.model.get("load_params")).every(([k, v]) => JSON.stringify(have[k]) === JSON.stringify(v));
+    return Object.entries(this.model.get("load_params")).every(([k, v]) => same(have[k], v));
   }
 
   async autostart(status) {
@@ -753,7 +756,7 @@ class WidgetView {
       type: "button", textContent: "×", title: "Remove this prompt",
       onclick: () => {
         row.remove();
-        this.setTrait("prompts", this.readPrompts().filter((p) => p.text.trim()));
+        this.setTrait("prompts", this.typedPrompts());
         if (!this.ui.prompts.children.length) this.showPrompts();
       },
     }));
@@ -762,18 +765,23 @@ class WidgetView {
 
   /** What the prompt editor shows becomes `prompts` (typed but not sent, it still counts at Start). */
   commitEditor() {
-    const typed = this.readPrompts().filter((p) => p.text.trim());
-    if (JSON.stringify(typed) !== JSON.stringify(this.model.get("prompts"))) this.setTrait("prompts", typed);
+    const typed = this.typedPrompts();
+    if (!same(typed, this.model.get("prompts"))) this.setTrait("prompts", typed);
   }
 
   /** "Send prompts": the editor's non-empty prompts become `prompts` (and go to a live stream). */
   sendPromptsFromEditor() {
-    const prompts = this.readPrompts().filter((p) => p.text.trim());
+    const prompts = this.typedPrompts();
     if (!prompts.length) {
       return this.log("Nothing sent: the prompt is empty. Type what the video should show, then send.", "warning");
     }
-    if (JSON.stringify(prompts) !== JSON.stringify(this.model.get("prompts"))) return this.setTrait("prompts", prompts);
+    if (!same(prompts, this.model.get("prompts"))) return this.setTrait("prompts", prompts);
     if (this.send({ prompts })) this.log(`Prompts sent: ${promptsText(prompts)}`); // the same again: resent
+  }
+
+  /** The editor's prompts that have text: what `prompts` may hold. */
+  typedPrompts() {
+    return this.readPrompts().filter((p) => p.text.trim());
   }
 
   readPrompts() {
