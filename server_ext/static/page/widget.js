@@ -338,6 +338,8 @@ class WidgetView {
     const poll = ++this.polls.models;
     const ui = this.ui;
     ui.download.hidden = ui.writeSynthetic.hidden = ui.progress.hidden = true;
+    // The previous pipeline's line must not stand for this one's while its status is on the way.
+    ui.models.textContent = "Checking model files…";
     if (!schema.requires_models) {
       ui.models.textContent = "No model files needed.";
       return this.setTraits({ models: "downloaded" });
