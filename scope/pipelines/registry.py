@@ -15,7 +15,12 @@ from pydantic import BaseModel
 from scope.pipelines.base import Pipeline
 
 #: Modules of the built-in pipelines, in the order they are listed.
-BUILTIN_MODULES = ("scope.pipelines.passthrough", "scope.pipelines.longlive")
+BUILTIN_MODULES = (
+    "scope.pipelines.passthrough",
+    "scope.pipelines.longlive",
+    "scope.pipelines.reward_forcing",
+    "scope.pipelines.memflow",
+)
 
 _registry: dict[str, type[Pipeline]] = {}
 _builtins_loaded = False

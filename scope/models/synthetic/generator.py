@@ -142,6 +142,17 @@ def write_longlive_generator(
     return path
 
 
+def write_flat_generator(
+    path: str | Path, config: WanConfig, seed: int, dtype: torch.dtype = torch.float32
+) -> Path:
+    """A flat container (Reward Forcing's): `{"model.<wan key>": tensor}`, no `generator` entry."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = generator_state_dict(config, seed, dtype=dtype)
+    torch.save({f"model.{key}": value for key, value in state.items()}, path)
+    return path
+
+
 def lora_targets(config: WanConfig) -> dict[str, tuple[int, int]]:
     """The 10 LoRA-targeted linears per block, as `blocks.{i}.<path>` -> (out_features, in_features)."""
     dim, ffn = config.dim, config.ffn_dim

@@ -24,6 +24,8 @@ from scope.models.artifacts import (
     LIGHTTAE,
     LIGHTVAE,
     LONGLIVE_GENERATOR,
+    MEMFLOW_GENERATOR,
+    REWARD_FORCING_GENERATOR,
     TAE,
     UMT5_ENCODER,
     VACE,
@@ -96,11 +98,19 @@ def _vace(path: Path, seed: int) -> None:
     write_vace_module(path, SYNTHETIC_WAN_CONFIG, seed)
 
 
-def _longlive_generator(path: Path, seed: int) -> None:
+def _nested_generator(path: Path, seed: int) -> None:
+    """LongLive's and MemFlow's container: the weights under ``generator``, ``model.`` prefixed."""
     from scope.models.synthetic.generator import write_longlive_generator
     from scope.pipelines.wan.config import SYNTHETIC_WAN_CONFIG
 
     write_longlive_generator(path, SYNTHETIC_WAN_CONFIG, seed)
+
+
+def _flat_generator(path: Path, seed: int) -> None:
+    from scope.models.synthetic.generator import write_flat_generator
+    from scope.pipelines.wan.config import SYNTHETIC_WAN_CONFIG
+
+    write_flat_generator(path, SYNTHETIC_WAN_CONFIG, seed)
 
 
 def _peft_lora(path: Path, seed: int) -> None:
@@ -108,6 +118,14 @@ def _peft_lora(path: Path, seed: int) -> None:
     from scope.pipelines.wan.config import SYNTHETIC_WAN_CONFIG
 
     write_peft_lora(path, SYNTHETIC_WAN_CONFIG, seed)
+
+
+def _flat_peft_lora(path: Path, seed: int) -> None:
+    """MemFlow's adapter file: the PEFT state dict itself, not under ``generator_lora``."""
+    from scope.models.synthetic.generator import write_peft_lora
+    from scope.pipelines.wan.config import SYNTHETIC_WAN_CONFIG
+
+    write_peft_lora(path, SYNTHETIC_WAN_CONFIG, seed, nested=False)
 
 
 WRITERS: dict[tuple[str, str], Writer] = {
@@ -119,8 +137,11 @@ WRITERS: dict[tuple[str, str], Writer] = {
     (LIGHTVAE.repo_id, LIGHTVAE.files[0]): _lightvae,
     (TAE.repo_id, TAE.files[0]): _tae,
     (LIGHTTAE.repo_id, LIGHTTAE.files[0]): _lighttae,
-    (LONGLIVE_GENERATOR.repo_id, "models/longlive_base.pt"): _longlive_generator,
+    (LONGLIVE_GENERATOR.repo_id, "models/longlive_base.pt"): _nested_generator,
     (LONGLIVE_GENERATOR.repo_id, "models/lora.pt"): _peft_lora,
+    (REWARD_FORCING_GENERATOR.repo_id, "rewardforcing.pt"): _flat_generator,
+    (MEMFLOW_GENERATOR.repo_id, "base.pt"): _nested_generator,
+    (MEMFLOW_GENERATOR.repo_id, "lora.pt"): _flat_peft_lora,
 }
 
 

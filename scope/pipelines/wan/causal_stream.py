@@ -11,8 +11,9 @@ evolves lives here, so streams over one set of weights never disturb each other.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -20,6 +21,7 @@ import torch
 from scope.pipelines.base import Chunk, Stream
 from scope.pipelines.wan.components import WanComponents
 from scope.pipelines.wan.frames import frames_to_video, video_to_frames
+from scope.pipelines.wan.kv_cache import EvictionHook, FrameMemory, GeneratorCache
 from scope.pipelines.wan.noise_controller import NoiseController
 from scope.pipelines.wan.scheduler import FlowMatchSchedule
 
@@ -48,13 +50,34 @@ def chunk_seed(seed: int, start_frame: int) -> int:
 
 @dataclass(frozen=True)
 class CausalStreamSettings:
-    """A pipeline's constants (its model.yaml)."""
+    """A pipeline's constants (its model.yaml) and the mechanics it differs by.
+
+    The defaults are LongLive's: keys at absolute positions, every denoising step writes the
+    cache, no eviction hook, no frame memory.
+    """
 
     frames_per_block: int
     local_attn_size: int
     sink_size: int
     timestep_shift: float
     recache_on_prompt_change: bool
+    #: Keys cached without RoPE, the window rotated from position 0 (Reward Forcing).
+    relative_positions: bool = False
+    #: Whether denoising steps write the cache; if not, only the clean pass and the re-cache do (MemFlow).
+    denoising_commits: bool = True
+    #: Called with the tokens each roll evicts (Reward Forcing's EMA sink).
+    on_evict: EvictionHook | None = None
+    #: Builds a stream's frame memory: `memory(num_layers, frame_seq_len)` (MemFlow's bank).
+    memory: Callable[[int, int], StreamMemory] | None = None
+    #: Latent frames of the first video chunk the next chunk overwrites (Reward Forcing: 1).
+    first_video_chunk_overlap: int = 0
+
+
+class StreamMemory(FrameMemory, Protocol):
+    """A frame memory that also follows the stream's chunks."""
+
+    def before_clean_pass(self, chunk_index: int) -> None:
+        """The clean pass of chunk `chunk_index` (counted from the last reset) comes next."""
 
 
 class CausalStream(Stream):
@@ -74,7 +97,6 @@ class CausalStream(Stream):
         video_defaults: dict[str, Any],
     ):
         from scope.pipelines.wan.conditioning import PromptConditioner
-        from scope.pipelines.wan.kv_cache import GeneratorCache
 
         self.components = components
         self.settings = settings
@@ -86,18 +108,25 @@ class CausalStream(Stream):
         #: ``noise_scale`` / ``noise_controller`` in video mode when the caller leaves them out.
         self.video_defaults = dict(video_defaults)
         self.schedule = FlowMatchSchedule(settings.timestep_shift)
+        config = components.generator.config
+        self.memory = settings.memory(config.num_layers, self.frame_seq_len) if settings.memory else None
         self.cache = GeneratorCache(
-            components.generator.config,
+            config,
             frame_seq_len=self.frame_seq_len,
             capacity_frames=settings.local_attn_size,
             sink_frames=settings.sink_size,
             device=components.device,
             dtype=components.dtype,
+            relative_positions=settings.relative_positions,
+            on_evict=settings.on_evict,
+            memory=self.memory,
         )
         self.vae_state = components.vae.new_state()
         self.conditioner = PromptConditioner(self._encode_prompts)
         self.noise_controller = NoiseController()
         self.current_start_frame = 0
+        #: Chunks since the last reset.
+        self.chunk_index = 0
         self.recache_buffer = self._empty_recache_buffer()
         self.embedding: torch.Tensor | None = None
         self.noise_scale: float | None = None
@@ -128,6 +157,7 @@ class CausalStream(Stream):
         self.vae_state.reset()
         self.noise_controller.reset()
         self.current_start_frame = 0
+        self.chunk_index = 0
         self.recache_buffer = self._empty_recache_buffer()
 
     def frames_needed(self, params: dict[str, Any]) -> int:
@@ -190,6 +220,8 @@ class CausalStream(Stream):
         if recache:
             self._recache()
         x0 = self._denoise(latents, steps, rng)
+        if self.memory is not None:
+            self.memory.before_clean_pass(self.chunk_index)
         self._forward(x0, torch.zeros_like(self._timesteps(x0, 0)))  # the clean pass fills the cache
         timings["dit_ms"] = _elapsed_ms(started, self.components.device)
 
@@ -206,22 +238,31 @@ class CausalStream(Stream):
             "recached": recache,
             **timings,
         }
-        self.current_start_frame += x0.shape[1]
+        self.current_start_frame += self._advance(x0.shape[1], first_video_chunk=video is not None and info["current_start_frame"] == 0)
+        self.chunk_index += 1
         return Chunk(frames=frames_out, transition_active=update.transition_active, info=info)
 
     def _timesteps(self, latents: torch.Tensor, value: int) -> torch.Tensor:
         return torch.full(latents.shape[:2], value, device=latents.device, dtype=torch.long)
 
-    def _forward(self, latents: torch.Tensor, timestep: torch.Tensor, start_frame: int | None = None) -> torch.Tensor:
+    def _advance(self, frames: int, *, first_video_chunk: bool) -> int:
+        """Latent frames the counter moves on by after a chunk of `frames`."""
+        return frames - self.settings.first_video_chunk_overlap if first_video_chunk else frames
+
+    def _forward(
+        self, latents: torch.Tensor, timestep: torch.Tensor, start_frame: int | None = None, *, commit: bool = True
+    ) -> torch.Tensor:
         start = self.current_start_frame if start_frame is None else start_frame
-        return self.components.generator(latents, timestep, self.embedding, cache=self.cache, start_frame=start)
+        return self.components.generator(
+            latents, timestep, self.embedding, cache=self.cache, start_frame=start, commit=commit
+        )
 
     def _denoise(self, latents: torch.Tensor, steps: list[int], rng: torch.Generator) -> torch.Tensor:
         """The few-step loop: predict x0, re-noise to the next step's level with the chunk's RNG."""
         x0 = latents
         for index, step in enumerate(steps):
             timestep = self._timesteps(latents, step)
-            flow = self._forward(latents, timestep)
+            flow = self._forward(latents, timestep, commit=self.settings.denoising_commits)
             x0 = self.schedule.to_x0(flow, latents, timestep)
             if index + 1 < len(steps):
                 noise = self._randn((latents.shape[1], *latents.shape[2:]), rng).unsqueeze(0)

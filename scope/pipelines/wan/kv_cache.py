@@ -17,11 +17,23 @@ The new queries attend to the sink plus the most recent `window - sink` tokens e
 commits it after all layers ran; every layer reads only its own buffer and all layers share the
 same indices, so updating each layer's buffer in place just before its attention is equivalent
 and avoids a full-buffer copy per layer.
+
+Three generalisations serve LongLive's siblings, each off by default (LongLive uses none):
+
+* `relative_positions`: keys are stored without RoPE; the attention layer rotates the attended
+  window at frame positions `0..N-1` and the queries at its last positions (Reward Forcing), so
+  positions stay bounded however long the stream runs;
+* `on_evict`: called with the tokens a roll drops, after the write (Reward Forcing's EMA sink);
+* `commit=False` on a forward: it attends to the buffer as the write *would* leave it, built
+  from slices, and changes nothing (MemFlow's denoising steps); and `memory`, frames attended
+  between the sink and the window (MemFlow's memory bank).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -62,13 +74,34 @@ class LayerKV:
         return self.k.shape[1]
 
 
+#: Called on a roll as `on_evict(layer, evicted_k, evicted_v, sink_tokens)`, after the write.
+EvictionHook = Callable[[LayerKV, torch.Tensor, torch.Tensor, int], None]
+
+
+class FrameMemory(Protocol):
+    """Frames a layer attends to between the sink and the window, kept by the pipeline's rules."""
+
+    def before_attention(self, index: int, text_keys: Callable[[], torch.Tensor]) -> None:
+        """Layer `index` is about to attend; `text_keys()` gives its cross-attention keys."""
+
+    def frames(self, index: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Keys and values to attend to (None when empty)."""
+
+    def written(self, index: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """A committed forward wrote these new tokens into layer `index`."""
+
+    def reset(self) -> None:
+        """The stream starts again."""
+
+
 class GeneratorCache:
     """Self-attention K/V (sink + rolling window) and cross-attention K/V for every layer.
 
     `capacity_frames`: buffer length; `sink_frames`: frames at the start of the buffer that a roll
     never evicts; `window_frames`: how many frames the queries see (sink included), defaults to the
     capacity; `rolling=False` disables eviction (a plain growing cache, LongLive's `local_attn_size
-    == -1`), in which case writing past the capacity is an error.
+    == -1`), in which case writing past the capacity is an error. `relative_positions`,
+    `on_evict` and `memory`: see the module docstring.
     """
 
     def __init__(
@@ -83,6 +116,9 @@ class GeneratorCache:
         dtype: torch.dtype = torch.float32,
         window_frames: int | None = None,
         rolling: bool = True,
+        relative_positions: bool = False,
+        on_evict: EvictionHook | None = None,
+        memory: FrameMemory | None = None,
     ):
         if frame_seq_len <= 0 or capacity_frames <= 0:
             raise ValueError("frame_seq_len and capacity_frames must be positive")
@@ -97,6 +133,11 @@ class GeneratorCache:
         self.sink_frames = sink_frames
         self.window_frames = window_frames
         self.rolling = rolling
+        if relative_positions and memory is not None:
+            raise ValueError("a frame memory needs keys stored at absolute positions")
+        self.relative_positions = relative_positions
+        self.on_evict = on_evict
+        self.memory = memory
         self.batch = batch
         self.dtype = dtype
         shape = (batch, capacity_frames * frame_seq_len, config.num_heads, config.head_dim)
@@ -134,6 +175,8 @@ class GeneratorCache:
             layer.v.zero_()
             layer.global_end = 0
             layer.local_end = 0
+        if self.memory is not None:
+            self.memory.reset()
         self.reset_cross()
 
     def reset_cross(self) -> None:
@@ -165,35 +208,87 @@ class GeneratorCache:
         return WritePlan(current_end, evicted, rolled, local_start, local_end, write_start, recompute)
 
     def write_and_window(
-        self, index: int, current_start: int, k: torch.Tensor, v: torch.Tensor
+        self, index: int, current_start: int, k: torch.Tensor, v: torch.Tensor, *, commit: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Commit this forward's keys/values for layer `index`; return the keys/values to attend to."""
+        """Apply this forward's write to layer `index`; return the keys/values to attend to.
+
+        With `commit=False` nothing changes: the window is read from the buffer as the write
+        would leave it.
+        """
         layer = self.layers[index]
         plan = self.plan(layer, current_start, k.shape[1])
+        if not commit:
+            return self._window(layer.k, index, 0, plan, k), self._window(layer.v, index, 1, plan, v)
+        sink = self.sink_tokens
+        evicted = None
+        if plan.evicted > 0 and self.on_evict is not None:
+            taken = slice(sink, sink + plan.evicted)
+            evicted = layer.k[:, taken].clone(), layer.v[:, taken].clone()
         if plan.rolled > 0 and plan.evicted > 0:
-            _shift_left(layer.k, self.sink_tokens, plan.evicted, plan.rolled)
-            _shift_left(layer.v, self.sink_tokens, plan.evicted, plan.rolled)
+            _shift_left(layer.k, sink, plan.evicted, plan.rolled)
+            _shift_left(layer.v, sink, plan.evicted, plan.rolled)
+        src = slice(plan.source_offset, plan.source_offset + max(0, plan.local_end - plan.write_start))
         if plan.local_end > plan.write_start:
-            src = slice(plan.source_offset, plan.source_offset + plan.local_end - plan.write_start)
             layer.k[:, plan.write_start : plan.local_end].copy_(k[:, src])
             layer.v[:, plan.write_start : plan.local_end].copy_(v[:, src])
+        if evicted is not None:
+            self.on_evict(layer, evicted[0], evicted[1], sink)
         if not plan.recompute:
             layer.global_end = plan.current_end
             layer.local_end = plan.local_end
-        return self._window(layer.k, plan.local_end), self._window(layer.v, plan.local_end)
+        if self.memory is not None:
+            self.memory.written(index, k[:, src], v[:, src])
+        return self._window(layer.k, index, 0, plan), self._window(layer.v, index, 1, plan)
 
-    def _window(self, buf: torch.Tensor, local_end: int) -> torch.Tensor:
-        """The sink followed by the newest `window - sink` tokens up to `local_end`.
+    def window_bounds(self, local_end: int) -> tuple[int, int]:
+        """`(sink_end, start)`: the window is `[0, sink_end) ++ [start, local_end)`.
 
         Upstream always takes the full sink slice; before the sink is filled it would include
-        never-written (zero) slots, which no LongLive schedule reaches. Here the sink slice stops
-        at `local_end`, so only written tokens are attended to.
+        never-written (zero) slots, which no schedule of these pipelines reaches. Here the sink
+        slice stops at `local_end`, so only written tokens are attended to.
         """
         sink = min(self.sink_tokens, local_end)
-        start = max(sink, local_end - (self.window_tokens - self.sink_tokens))
-        if start == sink:
-            return buf[:, :local_end]
-        return torch.cat([buf[:, :sink], buf[:, start:local_end]], dim=1)
+        return sink, max(sink, local_end - (self.window_tokens - self.sink_tokens))
+
+    def _window(
+        self, buf: torch.Tensor, index: int, which: int, plan: WritePlan, new: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The sink, the memory's frames (`which`: 0 keys, 1 values), then the newest tokens up
+        to the plan's `local_end`; with `new` given, read as that uncommitted write would leave
+        the buffer."""
+        sink, start = self.window_bounds(plan.local_end)
+        remembered = self.memory.frames(index) if self.memory is not None else None
+        if new is None and remembered is None and start == sink:
+            return buf[:, : plan.local_end]
+        pieces = self._pieces(buf, plan, new, 0, sink)
+        if remembered is not None:
+            pieces.append(remembered[which])
+        pieces += self._pieces(buf, plan, new, start, plan.local_end)
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
+
+    def _pieces(
+        self, buf: torch.Tensor, plan: WritePlan, new: torch.Tensor | None, lo: int, hi: int
+    ) -> list[torch.Tensor]:
+        """Slices making up slots `[lo, hi)` of `buf`, or, with `new`, of `buf` after `plan`'s
+        roll and write."""
+        if hi <= lo:
+            return []
+        if new is None:
+            return [buf[:, lo:hi]]
+        sink = self.sink_tokens
+        rolling = plan.rolled > 0 and plan.evicted > 0
+        cuts = {lo, hi}
+        cuts.update(c for c in (sink, sink + plan.rolled, plan.write_start, plan.local_end) if lo < c < hi)
+        edges = sorted(cuts)
+        pieces = []
+        for a, b in zip(edges, edges[1:]):
+            if plan.write_start <= a < plan.local_end:
+                pieces.append(new[:, a - plan.local_start : b - plan.local_start])
+            elif rolling and sink <= a < sink + plan.rolled:
+                pieces.append(buf[:, a + plan.evicted : b + plan.evicted])
+            else:
+                pieces.append(buf[:, a:b])
+        return pieces
 
 
 def _shift_left(buf: torch.Tensor, start: int, by: int, count: int) -> None:

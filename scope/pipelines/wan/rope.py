@@ -7,6 +7,7 @@ written at, so each chunk's queries and keys are rotated at `start_frame + i`.
 from __future__ import annotations
 
 from collections import OrderedDict
+from functools import cached_property
 
 import torch
 from torch import nn
@@ -89,6 +90,25 @@ class WanRotaryEmbedding(nn.Module):
         if len(self._grids) > self.cache_size:
             self._grids.popitem(last=False)
         return grid
+
+
+class FrameRope:
+    """The frequencies of one forward's grid: at its own frames, or at any other frame range."""
+
+    def __init__(self, rope: WanRotaryEmbedding, start_frame: int, frames: int, height: int, width: int, device):
+        self.rope = rope
+        self.start_frame, self.frames = start_frame, frames
+        self.height, self.width, self.device = height, width, device
+
+    @cached_property
+    def freqs(self) -> torch.Tensor:
+        """At the forward's absolute frames `start_frame .. start_frame + frames - 1`."""
+        return self.at(self.start_frame)
+
+    def at(self, start_frame: int, frames: int | None = None) -> torch.Tensor:
+        """At frames `start_frame ..` (`frames` of them; by default the forward's count)."""
+        count = self.frames if frames is None else frames
+        return self.rope.freqs(start_frame, count, self.height, self.width, self.device)
 
 
 def apply_rope(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:

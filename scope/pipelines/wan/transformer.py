@@ -16,7 +16,7 @@ from torch import nn
 
 from .config import WanConfig
 from .kv_cache import GeneratorCache
-from .rope import WanRotaryEmbedding, apply_rope
+from .rope import FrameRope, WanRotaryEmbedding, apply_rope
 
 # kernel(q, k, v, mask): q [B, Lq, H, D], k/v [B, Lk, H, D], mask None or broadcastable to
 # [B, H, Lq, Lk] (bool: True takes part; float: added to the logits) -> [B, Lq, H, D].
@@ -82,25 +82,38 @@ class WanAttentionProjections(nn.Module):
 
 
 class WanSelfAttention(WanAttentionProjections):
-    """Self-attention with q/k RMSNorm and RoPE; reads and writes the stream's cache when given one."""
+    """Self-attention with q/k RMSNorm and RoPE; reads and writes the stream's cache when given one.
+
+    With a cache of relative positions the keys are cached as computed and the attended window
+    is rotated at frame positions `0..N-1`, the queries at the window's last positions.
+    """
 
     def forward(
         self,
         x: torch.Tensor,
-        freqs: torch.Tensor,
+        rope: FrameRope,
         *,
         cache: GeneratorCache | None = None,
         index: int = 0,
         current_start: int = 0,
         mask: torch.Tensor | None = None,
+        commit: bool = True,
     ) -> torch.Tensor:
         b, n, _ = x.shape
         shape = (b, n, self.num_heads, self.head_dim)
-        q = apply_rope(self.norm_q(self.q(x)).view(shape), freqs)
-        k = apply_rope(self.norm_k(self.k(x)).view(shape), freqs)
+        q = self.norm_q(self.q(x)).view(shape)
+        k = self.norm_k(self.k(x)).view(shape)
         v = self.v(x).view(shape)
-        if cache is not None:
-            k, v = cache.write_and_window(index, current_start, k, v)
+        if cache is not None and cache.relative_positions:
+            k, v = cache.write_and_window(index, current_start, k, v, commit=commit)
+            window, frames = k.shape[1] // cache.frame_seq_len, rope.frames
+            q = apply_rope(q, rope.at(window - frames))
+            k = apply_rope(k, rope.at(0, window))
+        else:
+            q = apply_rope(q, rope.freqs)
+            k = apply_rope(k, rope.freqs)
+            if cache is not None:
+                k, v = cache.write_and_window(index, current_start, k, v, commit=commit)
         return self.o(attention(q, k, v, mask).flatten(2))
 
 
@@ -122,6 +135,13 @@ class WanCrossAttention(WanAttentionProjections):
     ) -> torch.Tensor:
         b, n, _ = x.shape
         q = self.norm_q(self.q(x)).view(b, n, self.num_heads, self.head_dim)
+        slot = self.cached_kv(context, cache, index)
+        return self.o(attention(q, slot[0], slot[1]).flatten(2))
+
+    def cached_kv(
+        self, context: torch.Tensor | None, cache: GeneratorCache | None, index: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The text keys/values of layer `index`: from the cache, or computed (and cached)."""
         slot = cache.cross[index] if cache is not None else None
         if slot is None:
             if context is None:
@@ -129,7 +149,7 @@ class WanCrossAttention(WanAttentionProjections):
             slot = self.context_kv(context)
             if cache is not None:
                 cache.cross[index] = slot
-        return self.o(attention(q, slot[0], slot[1]).flatten(2))
+        return slot
 
 
 class WanBlock(nn.Module):
@@ -152,20 +172,23 @@ class WanBlock(nn.Module):
         self,
         x: torch.Tensor,
         e0: torch.Tensor,
-        freqs: torch.Tensor,
+        rope: FrameRope,
         context: torch.Tensor | None,
         *,
         cache: GeneratorCache | None = None,
         index: int = 0,
         current_start: int = 0,
         mask: torch.Tensor | None = None,
+        commit: bool = True,
     ) -> torch.Tensor:
         b, n, c = x.shape
         frames = e0.shape[1]
         per_frame = (b, frames, n // frames, c)
         shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation.unsqueeze(1) + e0).chunk(6, dim=2)
         h = (self._norm(x).view(per_frame) * (1 + scale1) + shift1).view(b, n, c)
-        y = self.self_attn(h, freqs, cache=cache, index=index, current_start=current_start, mask=mask)
+        if cache is not None and cache.memory is not None:
+            cache.memory.before_attention(index, lambda: self.cross_attn.cached_kv(context, cache, index)[0])
+        y = self.self_attn(h, rope, cache=cache, index=index, current_start=current_start, mask=mask, commit=commit)
         x = x + (y.view(per_frame) * gate1).view(b, n, c)
         x = x + self.cross_attn(self.norm3(x), context, cache=cache, index=index)
         h = (self._norm(x).view(per_frame) * (1 + scale2) + shift2).view(b, n, c)
@@ -195,9 +218,10 @@ class CausalWanTransformer(nn.Module):
     """The Wan2.1 text-to-video generator, streaming-capable.
 
     `forward(latents [B,F,16,h,w], timestep [B,F], context [B,L,text_dim] | None, *, cache,
-    start_frame, attention_mask) -> flow [B,F,16,h,w]`. Without a cache it is a plain forward
-    over the given frames (RoPE from `start_frame`, optional token mask); with a cache it applies
-    the cache's write rule at token `start_frame * frame_seq_len` and attends to its window.
+    start_frame, attention_mask, commit) -> flow [B,F,16,h,w]`. Without a cache it is a plain
+    forward over the given frames (RoPE from `start_frame`, optional token mask); with a cache it
+    applies the cache's write rule at token `start_frame * frame_seq_len` and attends to its
+    window (`commit=False`: reads the window as the write would leave it, changing nothing).
     """
 
     def __init__(self, config: WanConfig):
@@ -262,6 +286,7 @@ class CausalWanTransformer(nn.Module):
         cache: GeneratorCache | None = None,
         start_frame: int = 0,
         attention_mask: torch.Tensor | None = None,
+        commit: bool = True,
     ) -> torch.Tensor:
         if latents.ndim != 5:
             raise ValueError(f"latents must be [B, F, C, h, w], got {tuple(latents.shape)}")
@@ -294,10 +319,11 @@ class CausalWanTransformer(nn.Module):
                 if context is None:
                     raise ValueError("context is required unless the cache holds the cross-attention K/V")
                 text = self.text_embedding(context.to(dtype))
-            freqs = self.rope.freqs(start_frame, frames, gh, gw, x.device)
+            rope = FrameRope(self.rope, start_frame, frames, gh, gw, x.device)
             for index, block in enumerate(self.blocks):
                 x = block(
-                    x, e0, freqs, text, cache=cache, index=index, current_start=current_start, mask=attention_mask
+                    x, e0, rope, text, cache=cache, index=index, current_start=current_start, mask=attention_mask,
+                    commit=commit,
                 )
             x = self.head(x, e.unflatten(0, (b, frames)).unsqueeze(2))
             return self._unpatchify(x, frames, gh, gw)

@@ -1,0 +1,133 @@
+"""What every causal Wan2.1 text-to-video pipeline shares: load parameters, the loader, streams.
+
+LongLive, Reward Forcing and MemFlow differ only in their checkpoint files, their
+:class:`CausalStreamSettings` and a few defaults; each module states just those on a subclass
+of :class:`CausalWanPipeline`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from scope.models.artifacts import Artifact
+from scope.models.synthetic.writer import uses_synthetic
+from scope.params import MAX_SEED, LoraPath, StreamParameters
+from scope.pipelines.base import LoadContext, Pipeline, Stream
+from scope.pipelines.sizes import multiple_of
+from scope.pipelines.wan.causal_stream import STREAM_PARAMETERS, CausalStream, CausalStreamSettings
+from scope.pipelines.wan.components import WanComponents, WanPaths
+from scope.pipelines.wan.config_schema import VaeType
+
+#: The defaults the three share, for their load parameters and configuration schemas alike.
+DEFAULT_HEIGHT, DEFAULT_WIDTH, DEFAULT_SEED = 320, 576, 42
+DEFAULT_STEPS = [1000, 750, 500, 250]
+#: What the UI switches to in video mode (the schema's ``mode_defaults``).
+VIDEO_MODE_DEFAULTS = {"height": 512, "width": 512, "denoising_steps": [1000, 750], "noise_scale": 0.7, "noise_controller": True}
+
+#: Height and width: the VAE downsamples by 8 and the generator patches latents by 2.
+FrameSize = multiple_of(16, 16, 2048)
+
+
+class LoraConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: LoraPath
+    scale: float = Field(1.0, ge=-10, le=10)
+    merge_mode: Literal["permanent_merge", "runtime_peft"] | None = None
+
+
+class CausalLoadParams(BaseModel):
+    """Load parameters of a causal Wan pipeline; changing any of them means loading again."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    height: FrameSize = Field(DEFAULT_HEIGHT, description="Output height in pixels (a multiple of 16).")
+    width: FrameSize = Field(DEFAULT_WIDTH, description="Output width in pixels (a multiple of 16).")
+    seed: int = Field(DEFAULT_SEED, ge=0, le=MAX_SEED, description="Base seed (0..2**63-1); each chunk uses seed + its start frame, mod 2**64.")
+    quantization: Literal["fp8_e4m3fn"] | None = Field(
+        None, description="Store the generator's linear weights in fp8 (computed in the compute dtype)."
+    )
+    vae_type: VaeType = Field("wan", description="Autoencoder: full Wan VAE, LightVAE, TAE or LightTAE.")
+    vace_enabled: bool = Field(False, description="VACE conditioning (not available yet).")
+    loras: list[LoraConfig] | None = Field(None, description="User LoRAs (not available yet).")
+    lora_merge_mode: Literal["permanent_merge", "runtime_peft"] = Field(
+        "permanent_merge", description="How user LoRAs are applied."
+    )
+
+    @field_validator("vace_enabled")
+    @classmethod
+    def _no_vace(cls, value: bool) -> bool:
+        if value:
+            raise ValueError("VACE is not available yet; leave vace_enabled false")
+        return value
+
+    @field_validator("loras")
+    @classmethod
+    def _no_loras(cls, value: list[LoraConfig] | None) -> list[LoraConfig] | None:
+        if value:
+            raise ValueError("user LoRAs are not available yet; leave loras empty")
+        return value
+
+
+class CausalParameters(StreamParameters):
+    """Stream parameters of a causal Wan pipeline: all are validated, but VACE, LoRA scales and
+    the KV-cache bias are not available yet, so a client that sends them is told they are unused."""
+
+    takes = STREAM_PARAMETERS
+
+
+class CausalWanPipeline(Pipeline):
+    """A causal Wan2.1 generator streamed chunk by chunk; subclasses name their files and settings."""
+
+    load_params_model = CausalLoadParams
+    parameters_model = CausalParameters
+    mode_defaults = {"video": VIDEO_MODE_DEFAULTS}
+    #: The model.yaml constants and mechanics of the pipeline.
+    settings: ClassVar[CausalStreamSettings]
+    #: ``(artifact, path in the repo)`` of the generator checkpoint and of its built-in LoRA.
+    generator_file: ClassVar[tuple[Artifact, str]]
+    lora_file: ClassVar[tuple[Artifact, str] | None] = None
+    default_steps: ClassVar[list[int]] = DEFAULT_STEPS
+
+    def __init__(self, load_params: CausalLoadParams, components: WanComponents, synthetic: bool):
+        super().__init__(load_params)
+        self.components = components
+        self._synthetic = synthetic
+
+    @classmethod
+    def load(cls, load_params: BaseModel, context: LoadContext) -> "CausalWanPipeline":
+        paths = WanPaths.resolve(context.models_dir, generator=cls.generator_file, lora=cls.lora_file)
+        paths.check(cls.info.id)
+        components = WanComponents.load(
+            paths, context.models_dir, vae_type=load_params.vae_type, quantization=load_params.quantization
+        )
+        return cls(load_params, components, uses_synthetic(context.models_dir, cls.artifacts))
+
+    def stream_settings(self) -> CausalStreamSettings:
+        """The settings a new stream runs with (a load parameter may change them)."""
+        return self.settings
+
+    def open_stream(self) -> Stream:
+        params = self.load_params
+        return CausalStream(
+            self.components,
+            self.stream_settings(),
+            height=params.height,
+            width=params.width,
+            seed=params.seed,
+            default_steps=self.default_steps,
+            video_defaults={k: self.mode_defaults["video"][k] for k in ("noise_scale", "noise_controller")},
+        )
+
+    def unload(self) -> None:
+        self.components.release()
+
+    @property
+    def synthetic(self) -> bool:
+        return self._synthetic
+
+    @property
+    def loaded_lora_adapters(self) -> list[dict[str, Any]] | None:
+        return []
