@@ -66,10 +66,10 @@ def forward_flops(config, query_tokens: int, key_tokens: int) -> float:
 # Helpers -------------------------------------------------------------------------------------
 
 
-def load(models_dir: Path, width: int, height: int, vae_type: str = "wan"):
+def load(models_dir: Path, width: int, height: int, vae_type: str = "wan", pipeline_id: str = "longlive", **params: Any):
     import scope
 
-    return scope.load_pipeline("longlive", models_dir=models_dir, height=height, width=width, vae_type=vae_type)
+    return scope.load_pipeline(pipeline_id, models_dir=models_dir, height=height, width=width, vae_type=vae_type, **params)
 
 
 def rss_mb() -> float:
@@ -77,7 +77,8 @@ def rss_mb() -> float:
 
 
 def stream_tensor_bytes(stream) -> int:
-    """Bytes of every tensor the stream holds (KV and cross caches, re-cache window, VAE caches)."""
+    """Bytes of every tensor the stream holds (KV and cross caches, re-cache window, VAE caches,
+    and a frame memory such as MemFlow's bank)."""
     seen: set[int] = set()
     total = 0
 
@@ -100,7 +101,7 @@ def stream_tensor_bytes(stream) -> int:
             for item in vars(value).values():
                 visit(item, depth + 1)
 
-    for name in ("cache", "vae_state", "recache_buffer", "conditioner", "embedding", "noise_controller"):
+    for name in ("cache", "memory", "vae_state", "recache_buffer", "conditioner", "embedding", "noise_controller"):
         visit(getattr(stream, name, None))
     return total
 
@@ -108,28 +109,30 @@ def stream_tensor_bytes(stream) -> int:
 # Sections ------------------------------------------------------------------------------------
 
 
-def chunk_split(pipeline, chunks: int) -> dict[str, Any]:
-    stream = pipeline.open_stream()
+def timed_chunk(stream, **params: Any) -> dict[str, Any]:
+    """One chunk's wall time, its text / DiT / VAE split and its frame count."""
     started = time.perf_counter()
-    first = stream.generate(prompts=PROMPTS[0])  # first chunk: 9 frames, text encoding
-    first_ms = (time.perf_counter() - started) * 1000
-    rows = []
-    for _ in range(chunks):
-        started = time.perf_counter()
-        chunk = stream.generate()
-        wall = (time.perf_counter() - started) * 1000
-        rows.append({**{k: chunk.info[k] for k in ("text_ms", "dit_ms", "vae_ms")}, "wall_ms": wall, "frames": len(chunk.frames)})
+    chunk = stream.generate(**params)
+    wall = (time.perf_counter() - started) * 1000
+    return {**{k: chunk.info[k] for k in ("text_ms", "dit_ms", "vae_ms")}, "wall_ms": wall, "frames": len(chunk.frames)}
+
+
+def split_figures(first: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians of the timed chunks, the FPS they give, and the first chunk apart."""
     wall = [r["wall_ms"] for r in rows]
     frames = rows[0]["frames"]
     result = {k: median_ms([r[k] for r in rows]) for k in ("text_ms", "dit_ms", "vae_ms", "wall_ms")}
     result["wall_spread_ms"] = spread(wall)
     result["frames_per_chunk"] = frames
     result["fps"] = round(frames / (statistics.median(wall) / 1000), 2)
-    result["first_chunk"] = {
-        "wall_ms": round(first_ms, 1), "frames": len(first.frames),
-        **{k: round(first.info[k], 1) for k in ("text_ms", "dit_ms", "vae_ms")},
-    }
+    result["first_chunk"] = {k: (round(v, 1) if k != "frames" else v) for k, v in first.items()}
     return result
+
+
+def chunk_split(pipeline, chunks: int) -> dict[str, Any]:
+    stream = pipeline.open_stream()
+    first = timed_chunk(stream, prompts=PROMPTS[0])  # first chunk: 9 frames, text encoding
+    return split_figures(first, [timed_chunk(stream) for _ in range(chunks)])
 
 
 def long_run(pipeline, total: int, early: int = 30, window: int = 5) -> dict[str, Any]:

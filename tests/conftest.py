@@ -136,9 +136,13 @@ async def wait_for_status(api, wanted: str, timeout: float = 60.0) -> dict:
     return await wait_until(lambda s: s["status"] == wanted, timeout, f"pipeline status {wanted!r}", value=read)
 
 
+#: The pipelines whose synthetic weights :func:`synthetic_models` holds.
+SYNTHETIC_PIPELINES = ("longlive", "reward-forcing", "memflow")
+
+
 @pytest.fixture(scope="session")
 def synthetic_models(tmp_path_factory):
-    """A models directory holding synthetic ``longlive`` weights, written once per test run.
+    """A models directory holding synthetic weights of the causal Wan pipelines, written once per run.
 
     Tests only read it; a test that writes into a models directory uses its own.
     """
@@ -146,5 +150,6 @@ def synthetic_models(tmp_path_factory):
     from scope.models.synthetic.writer import write_synthetic
 
     root = tmp_path_factory.mktemp("synthetic-models")
-    write_synthetic(root, PIPELINE_ARTIFACTS["longlive"])
+    for pipeline_id in SYNTHETIC_PIPELINES:
+        write_synthetic(root, PIPELINE_ARTIFACTS[pipeline_id])
     return root

@@ -555,7 +555,12 @@ def test_scope_page_downloads_model_files_with_a_progress_bar(page, server, hub)
 def test_scope_page_writes_synthetic_weights_then_streams_longlive(page, server):
     """No weights on this server: the page's synthetic button writes them, then longlive streams
     (small, so a chunk is quick on a busy CPU: the first-run test streams the default size)."""
-    open_page(page, server.url + "/scope/", "longlive")
+    # The load form is the chosen pipeline's: memflow's has its memory bank switch, on by default.
+    open_page(page, server.url + "/scope/", "memflow")
+    memory_bank = page.locator(f"{PAGE} .scope-load .scope-field", has_text="Memory Bank").locator("input[type=checkbox]")
+    assert memory_bank.is_checked()
+    page.select_option(PIPELINE, "longlive")
+    wait_for(page, f"!document.querySelector({json.dumps(f'{PAGE} .scope-load')}).textContent.includes('Memory Bank')")
     wait_for(page, text_is(MODELS, "Model files not downloaded."))
     assert page.is_visible(DOWNLOAD) and page.is_visible(WRITE_SYNTHETIC)
     page.click(WRITE_SYNTHETIC)
@@ -644,6 +649,8 @@ def test_first_run_streams_longlive_with_the_pages_defaults(browser, synthetic_s
         wait_for(page, text_is(MODELS, "Model files not downloaded."))
         # Every default works as is: longlive, text to video, the default prompt.
         assert page.input_value(PIPELINE) == "longlive"
+        offered = page.locator(f"{PIPELINE} option").evaluate_all("options => options.map((o) => o.value)")
+        assert {"longlive", "reward-forcing", "memflow"} <= set(offered), offered
         assert page.input_value(INPUT) == "none"
         assert page.input_value(PROMPT) == DEFAULT_PROMPT
         # What the widget offers, the page offers: load parameters, prompt blends, transitions,

@@ -1,4 +1,5 @@
-"""The spec's Quick Start page, byte for byte, streaming ``longlive`` on synthetic weights.
+"""The spec's Quick Start page, byte for byte, streaming ``longlive`` on synthetic weights, and
+with only its ``pipeline_id`` changed, ``reward-forcing`` and ``memflow``.
 
 ``daydream-scope --synthetic`` writes the weights on the page's load request (nothing else is
 prepared), as the README tells a user without a GPU to do. Chromium runs the page from
@@ -49,9 +50,9 @@ def picture_mean(page) -> list[float]:
     return [statistics.fmean(p[c] for p in pixels) for c in range(3)]
 
 
-def thumbnail(page) -> tuple[int, ...]:
-    """A 16x9 grey thumbnail of the picture."""
-    return tuple(round(sum(p) / 3) for p in page.evaluate(SCALED_PIXELS, [16, 9]))
+def thumbnail(page, size: tuple[int, int] = (16, 9)) -> tuple[int, ...]:
+    """A grey thumbnail of the picture, 16x9 unless ``size`` says otherwise."""
+    return tuple(round(sum(p) / 3) for p in page.evaluate(SCALED_PIXELS, list(size)))
 
 
 @pytest.fixture(scope="module")
@@ -111,8 +112,10 @@ def send(page, message: dict) -> None:
     page.evaluate(f"window.__dataChannels.at(-1).send({json.dumps(json.dumps(message))})")
 
 
-def open_quickstart(page, server, tmp_path) -> None:
+def open_quickstart(page, server, tmp_path, pipeline_id: str = "longlive") -> None:
+    """The page, pointed at ``server``, with ``pipeline_id`` in its load request."""
     html = replace_once(quickstart_html(), 'const API_BASE = "http://localhost:8000";', f'const API_BASE = "{server.url}";')
+    html = replace_once(html, 'pipeline_id: "longlive"', f'pipeline_id: "{pipeline_id}"')
     path = tmp_path / "index.html"
     path.write_text(html)
     page.goto(path.as_uri())
@@ -149,6 +152,28 @@ def test_quickstart_page_streams_longlive_and_follows_prompts(page, server, tmp_
     params = session(server)["parameters"]
     assert "transition" not in params and params["prompts"][0]["text"] == "a forest fire at night"
     assert page.inner_text("#status") == "Connected - Streaming"
+
+
+@pytest.mark.parametrize("pipeline_id", ["reward-forcing", "memflow"])
+def test_quickstart_page_with_only_the_pipeline_id_changed_streams_it(page, server, tmp_path, pipeline_id):
+    """At the page's 576x320. Prompts and transitions behave as above: the causal core serves them
+    alike for the three (and the server tests check a prompt change moves each one's pictures)."""
+    open_quickstart(page, server, tmp_path, pipeline_id)
+    wait_until(page, lambda: page.inner_text("#status") == "Connected - Streaming", "the page to stream", timeout=180)
+    assert_frames_flow(page, minimum_growth=12)
+    wait_for(page, "video.videoWidth === 576 && video.videoHeight === 320")
+    with server.client() as client:
+        status = client.get("/api/v1/pipeline/status").json()
+    assert status["status"] == "loaded" and status["pipeline_id"] == pipeline_id and status["synthetic"] is True
+    assert (status["load_params"]["height"], status["load_params"]["width"]) == (320, 576)
+    live = session(server)
+    assert live["pipeline_id"] == pipeline_id and live["stats"]["synthetic"] is True
+    # The picture of one chunk against the next: measured 7.5 to 9 levels apart, where a stream
+    # repeating one frame gives 0.05.
+    first = thumbnail(page, (64, 36))
+    [later] = per_chunk(page, server, lambda: thumbnail(page, (64, 36)), 1)
+    change = statistics.fmean(abs(a - b) for a, b in zip(first, later))
+    assert change > 2.0, f"the picture does not change from chunk to chunk ({change:.2f} levels)"
 
 
 #: Video-to-video runs at a small size: what is tested is that the stream runs on the page's input.

@@ -37,13 +37,13 @@ def test_version_names_the_checkouts_commit(tmp_path):
     assert head.stdout.startswith(match.group(2)), (head.stdout, result.stdout)
 
 
-def test_pipelines_lists_passthrough(tmp_path):
+def test_pipelines_lists_the_built_in_pipelines(tmp_path):
     result = run_command("daydream-scope", "pipelines", root=tmp_path, timeout=30)
     assert result.returncode == 0, result.stderr
     match = re.search(r"^(\d+) pipeline\(s\) available:", result.stdout, re.MULTILINE)
     assert match, result.stdout
     listed = re.findall(r"^\s+-\s+(\S+)$", result.stdout, re.MULTILINE)
-    assert "passthrough" in listed
+    assert {"passthrough", "longlive", "reward-forcing", "memflow"} <= set(listed), listed
     assert int(match.group(1)) == len(listed)
 
 

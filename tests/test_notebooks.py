@@ -133,9 +133,31 @@ def _server_gone(port: int, timeout: float = 30.0) -> None:
     )
 
 
-def execute(name: str, root: Path, models: Path, read: dict[str, str]) -> Executed:
-    """Run ``notebooks/<name>`` in a fresh kernel below ``root``, then evaluate ``read``'s
-    expressions (name: Python expression) in that kernel; returns the notebook and the values."""
+def settings_cell(notebook: Any) -> tuple[int, dict[str, Any]]:
+    """The index of the notebook's one cell tagged ``parameters`` and the values it assigns."""
+    tagged = [i for i, cell in enumerate(notebook.cells) if "parameters" in cell.metadata.get("tags", [])]
+    assert len(tagged) == 1, "one cell must be tagged 'parameters'"
+    settings: dict[str, Any] = {}
+    exec(notebook.cells[tagged[0]].source, settings)
+    return tagged[0], settings
+
+
+def with_parameters(notebook: Any, parameters: dict[str, Any]) -> None:
+    """Override a notebook's settings the way papermill does: a cell assigning ``parameters``
+    right after the cell tagged ``parameters`` (which must assign each of them already)."""
+    index, settings = settings_cell(notebook)
+    assert set(parameters) <= set(settings), f"not set in the parameters cell: {set(parameters) - set(settings)}"
+    source = "\n".join(f"{key} = {value!r}" for key, value in parameters.items())
+    injected = nbformat.v4.new_code_cell(source, metadata={"tags": ["injected-parameters"]})
+    notebook.cells.insert(index + 1, injected)
+
+
+def execute(
+    name: str, root: Path, models: Path, read: dict[str, str], parameters: dict[str, Any] | None = None
+) -> Executed:
+    """Run ``notebooks/<name>`` in a fresh kernel below ``root`` (with ``parameters`` overriding its
+    settings), then evaluate ``read``'s expressions (name: Python expression) in that kernel;
+    returns the notebook and the values."""
     work = root / "work"
     work.mkdir(parents=True)
     shutil.copytree(models, root / "models")
@@ -150,6 +172,8 @@ def execute(name: str, root: Path, models: Path, read: dict[str, str]) -> Execut
         },
     )
     notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
+    if parameters:
+        with_parameters(notebook, parameters)
     items = ", ".join(f"{key!r}: ({expression})" for key, expression in read.items())
     notebook.cells.append(nbformat.v4.new_code_cell(READ_CELL.format(items=items)))
     client = NotebookClient(
@@ -169,7 +193,8 @@ def execute(name: str, root: Path, models: Path, read: dict[str, str]) -> Execut
     reading = notebook.cells.pop()
     printed = [o.text for o in reading.outputs if o.output_type == "stream" and o.name == "stdout"]
     assert printed, f"the kernel's values were not read: {reading.outputs}"
-    return Executed(notebook, json.loads(printed[-1]), port, root)
+    # The kernel may send one printed line in several stream messages (its flush timer).
+    return Executed(notebook, json.loads("".join(printed).strip().splitlines()[-1]), port, root)
 
 
 def started_its_own_server(run: Executed) -> None:
@@ -183,13 +208,14 @@ def started_its_own_server(run: Executed) -> None:
 
 
 def test_notebooks_are_stored_clean():
-    """Five notebooks, valid nbformat v4, no outputs or execution counts, the python3 kernel."""
+    """Six notebooks, valid nbformat v4, no outputs or execution counts, the python3 kernel."""
     assert ALL == [
         "01_quick_start.ipynb",
         "02_parameters_and_transitions.ipynb",
         "03_video_to_video.ipynb",
         "04_recording_and_measuring.ipynb",
         "05_in_kernel_api.ipynb",
+        "06_comparing_longlive_siblings.ipynb",
     ]
     for name in ALL:
         notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
@@ -255,6 +281,68 @@ def test_in_kernel_api(tmp_path, synthetic_models):
     assert "embedding == its text: True" in run.stdout(run.cell_with("prompt_embeds"))
     assert "unloaded" in run.stdout(run.cell_with("pipeline.unload()"))
     assert run.images() >= 2
+
+
+# 06: comparing LongLive's siblings ------------------------------------------------------
+
+SIBLINGS = "06_comparing_longlive_siblings.ipynb"
+#: A short run for the suite; the switch comes once the window (4 chunks) holds only prompt A.
+SHORT = {"CHUNKS": 8, "SWITCH_AT": 5, "AFTER_SWITCH": 3}
+VARIANTS = ["longlive", "reward-forcing", "memflow", "memflow, memory_bank=False"]
+
+
+def test_siblings_notebook_defaults_to_a_long_run():
+    """Stored, the notebook runs a few hundred chunks, short of the restart at latent frame 1021."""
+    _, settings = settings_cell(nbformat.read(NOTEBOOKS / SIBLINGS, as_version=4))
+    assert 200 <= settings["CHUNKS"] <= 341
+    assert settings["SYNTHETIC"] is True and settings["PROMPT_A"] != settings["PROMPT_B"]
+
+
+def test_comparing_longlive_siblings(tmp_path, synthetic_models):
+    run = execute(SIBLINGS, tmp_path, synthetic_models, {
+        "labels": "list(results)", "drift": "drift", "restarts": "restarts",
+        "from_a": "from_a", "to_b": "to_b", "recached": "recached", "response": "response",
+        "bank_effect": "bank_effect", "timing": "timing",
+        "long_frames": "{k: r['long']['last'].shape for k, r in results.items()}",
+    }, parameters=SHORT)
+    v = run.values
+    chunks, switch = SHORT["CHUNKS"], SHORT["SWITCH_AT"]
+    assert not list((tmp_path / "logs").glob("daydream-scope-*.out")), "the in-kernel API needs no server"
+    assert v["labels"] == VARIANTS
+    # Missing sibling weights were written synthetic into the kernel's models directory.
+    assert (tmp_path / "models" / "Reward-Forcing-T2V-1.3B" / "rewardforcing.pt").exists()
+
+    for label in VARIANTS:
+        # One drift value per chunk of the long run (the injected count), 0 only at the start.
+        drift = v["drift"][label]
+        assert len(drift) == chunks and drift[0] == 0 and min(drift[1:]) > 1, (label, drift)
+        assert v["long_frames"][label] == [chunks, 64, 96, 3]
+        assert v["restarts"][label] == []
+
+        # Before the switch the switch run is the A-only stream; the switch shows on its chunk.
+        from_a, to_b = v["from_a"][label], v["to_b"][label]
+        assert len(from_a) == len(to_b) == switch + SHORT["AFTER_SWITCH"]
+        assert from_a[:switch] == [0] * switch, (label, from_a)
+        assert from_a[switch] > 3, (label, from_a)
+        # ... and the stream ends close to the one that had prompt B all along.
+        assert to_b[-1] < to_b[switch - 1] / 4, (label, to_b)
+        assert v["response"][label]["at_switch"] == round(from_a[switch], 2)
+        assert v["response"][label]["settled_after"] is not None
+
+        assert {"text_ms", "dit_ms", "vae_ms"} == set(v["timing"][label])
+
+    # LongLive and MemFlow re-cache at the switch; Reward Forcing only swaps the text.
+    assert v["recached"] == {"longlive": [switch], "reward-forcing": [],
+                             "memflow": [switch], "memflow, memory_bank=False": [switch]}
+    # The bank is empty for the first chunk and attended to from the second on.
+    bank = v["bank_effect"]
+    assert len(bank) == chunks and bank[0] == 0 and min(bank[1:]) > 0, bank
+
+    printed = run.stdout(run.cell_with("settled(to_b[label])"))
+    assert all(label in printed for label in VARIANTS)
+    assert "never" in printed.splitlines()[2], "reward-forcing's row: no re-cache"
+    for text in ("distance to the first chunk", "axvline(SWITCH_AT", "imshow", "DiT ms per chunk"):
+        assert run.images(run.cell_with(text)) == 1, text
 
 
 # 01: quick start ------------------------------------------------------------------------

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from scope.pipelines import longlive, passthrough
+from scope.pipelines import longlive, memflow, passthrough, reward_forcing
+from scope.pipelines.wan import causal_pipeline
 from scope.pipelines.config_schema import PipelineConfig
 from scope.pipelines.registry import all_schemas, pipeline_classes
 
@@ -22,7 +23,12 @@ def test_every_pipeline_extends_the_base_configuration():
 
 @pytest.mark.parametrize(
     ("pipeline_id", "title", "extra"),
-    [("passthrough", "PassthroughConfig", []), ("longlive", "LongLiveConfig", ["vae_type"])],
+    [
+        ("passthrough", "PassthroughConfig", []),
+        ("longlive", "LongLiveConfig", ["vae_type"]),
+        ("reward-forcing", "RewardForcingConfig", ["vae_type"]),
+        ("memflow", "MemFlowConfig", ["vae_type"]),
+    ],
 )
 def test_the_served_schema_keeps_its_shape_and_describes_every_field(pipeline_id, title, extra):
     schema = all_schemas()["pipelines"][pipeline_id]["config_schema"]
@@ -33,12 +39,19 @@ def test_the_served_schema_keeps_its_shape_and_describes_every_field(pipeline_id
     assert schema["properties"]["height"]["minimum"] == 1
 
 
-def test_longlive_takes_its_defaults_from_its_own_constants():
-    config, load = longlive.LongLiveConfig(), longlive.LongLiveLoadParams()
+CAUSAL = [longlive.LongLivePipeline, reward_forcing.RewardForcingPipeline, memflow.MemFlowPipeline]
+
+
+@pytest.mark.parametrize("pipeline", CAUSAL, ids=lambda cls: cls.info.id)
+def test_causal_pipelines_take_their_defaults_from_the_shared_constants(pipeline):
+    config, load = pipeline.config_model(), pipeline.load_params_model()
     assert (config.height, config.width, config.base_seed) == (load.height, load.width, load.seed) == (320, 576, 42)
-    assert config.denoising_steps == longlive.DEFAULT_STEPS == [1000, 750, 500, 250]
-    steps = all_schemas()["pipelines"]["longlive"]["config_schema"]["properties"]["denoising_steps"]
+    assert config.denoising_steps == pipeline.default_steps == causal_pipeline.DEFAULT_STEPS == [1000, 750, 500, 250]
+    steps = all_schemas()["pipelines"][pipeline.info.id]["config_schema"]["properties"]["denoising_steps"]
     assert steps["type"] == "array" and steps["default"] == [1000, 750, 500, 250], "a Wan step list is never null"
+
+
+def test_passthrough_takes_its_defaults_from_its_own_constants():
     assert passthrough.PassthroughConfig().height == passthrough.PassthroughLoadParams().height == 512
 
 

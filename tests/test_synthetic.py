@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from scope.models.artifacts import LONGLIVE_GENERATOR, PIPELINE_ARTIFACTS, is_downloaded, local_path, local_paths
 from scope.models.download import DownloadManager
@@ -18,10 +19,24 @@ from scope.models.synthetic.writer import (
     write_synthetic,
 )
 from tests._subprocess_server import run_command, running_scope_server
+from tests.conftest import SYNTHETIC_PIPELINES
 from tests.fakehub import FakeHub
 from tests.polling import wait_until
 
 LONGLIVE = PIPELINE_ARTIFACTS["longlive"]
+#: Each pipeline's checkpoint files as the real repositories ship them: the entry the tensors sit
+#: under (None: the file is the state dict itself) and the prefix every key starts with.
+CHECKPOINT_LAYOUTS = {
+    "longlive": {
+        "LongLive-1.3B/models/longlive_base.pt": ("generator", "model."),
+        "LongLive-1.3B/models/lora.pt": ("generator_lora", "base_model.model.blocks."),
+    },
+    "reward-forcing": {"Reward-Forcing-T2V-1.3B/rewardforcing.pt": (None, "model.")},
+    "memflow": {
+        "MemFlow/base.pt": ("generator", "model."),
+        "MemFlow/lora.pt": (None, "base_model.model.blocks."),
+    },
+}
 
 
 def digest(root: Path) -> dict[str, str]:
@@ -32,9 +47,23 @@ def digest(root: Path) -> dict[str, str]:
     }
 
 
-def test_every_artifact_entry_is_written_in_its_real_place_with_a_marker(synthetic_models):
-    assert is_downloaded(synthetic_models, LONGLIVE)
-    for path in local_paths(synthetic_models, LONGLIVE):
+def check_checkpoint_layouts(models_dir: Path, pipeline_id: str) -> None:
+    for name, (entry, prefix) in CHECKPOINT_LAYOUTS[pipeline_id].items():
+        state = torch.load(models_dir / name, map_location="cpu", weights_only=True)
+        if entry is not None:
+            assert list(state) == [entry], f"{name}: {list(state)[:3]}"
+            state = state[entry]
+        assert state and all(k.startswith(prefix) and isinstance(v, torch.Tensor) for k, v in state.items()), name
+        if "lora" in name:
+            assert any(k.endswith(".lora_A.weight") for k in state) and any(k.endswith(".lora_B.weight") for k in state)
+        assert is_synthetic_file(models_dir / name)
+
+
+@pytest.mark.parametrize("pipeline_id", SYNTHETIC_PIPELINES)
+def test_every_artifact_entry_is_written_in_its_real_place_with_a_marker(synthetic_models, pipeline_id):
+    artifacts = PIPELINE_ARTIFACTS[pipeline_id]
+    assert is_downloaded(synthetic_models, artifacts)
+    for path in local_paths(synthetic_models, artifacts):
         files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file() and not p.name.endswith(MARKER_SUFFIX)]
         assert files, path
         for file in files:
@@ -44,15 +73,19 @@ def test_every_artifact_entry_is_written_in_its_real_place_with_a_marker(synthet
     assert (tokenizer / "tokenizer.json").is_file() and (tokenizer / "tokenizer_config.json").is_file()
     config = json.loads((synthetic_models / "Wan2.1-T2V-1.3B" / "config.json").read_text())
     assert {"dim", "ffn_dim", "num_heads", "num_layers", "text_len"} <= set(config)
-    assert uses_synthetic(synthetic_models, LONGLIVE)
+    assert uses_synthetic(synthetic_models, artifacts)
+    check_checkpoint_layouts(synthetic_models, pipeline_id)
 
 
-def test_writing_is_deterministic_for_a_seed(tmp_path, synthetic_models):
-    write_synthetic(tmp_path / "a", LONGLIVE)
-    assert digest(tmp_path / "a") == digest(synthetic_models)
-    write_synthetic(tmp_path / "b", LONGLIVE, seed=1)
-    differing = [k for k, v in digest(tmp_path / "b").items() if digest(tmp_path / "a").get(k) != v]
-    assert any(k.endswith("longlive_base.pt") for k in differing)
+@pytest.mark.parametrize("pipeline_id", SYNTHETIC_PIPELINES)
+def test_writing_is_deterministic_for_a_seed(tmp_path, synthetic_models, pipeline_id):
+    artifacts = PIPELINE_ARTIFACTS[pipeline_id]
+    write_synthetic(tmp_path / "a", artifacts)
+    written = digest(tmp_path / "a")
+    assert written and written.items() <= digest(synthetic_models).items()
+    write_synthetic(tmp_path / "b", artifacts, seed=1)
+    differing = [k for k, v in digest(tmp_path / "b").items() if written.get(k) != v]
+    assert set(CHECKPOINT_LAYOUTS[pipeline_id]) <= set(differing)
 
 
 def test_real_files_are_never_overwritten(tmp_path):
@@ -76,25 +109,32 @@ def test_a_real_download_replaces_synthetic_files(tmp_path, fake_hub: FakeHub, s
     assert uses_synthetic(tmp_path, LONGLIVE)
 
 
-def test_download_models_synthetic_command(tmp_path):
-    result = run_command("download_models", "--pipeline", "longlive", "--synthetic", root=tmp_path, timeout=120)
+@pytest.mark.parametrize("pipeline_id", SYNTHETIC_PIPELINES)
+def test_download_models_synthetic_command(tmp_path, pipeline_id):
+    result = run_command("download_models", "--pipeline", pipeline_id, "--synthetic", root=tmp_path, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "synthetic" in result.stdout.lower()
-    assert is_downloaded(tmp_path / "models", LONGLIVE) and uses_synthetic(tmp_path / "models", LONGLIVE)
+    artifacts = PIPELINE_ARTIFACTS[pipeline_id]
+    assert is_downloaded(tmp_path / "models", artifacts) and uses_synthetic(tmp_path / "models", artifacts)
+    check_checkpoint_layouts(tmp_path / "models", pipeline_id)
+    others = set(CHECKPOINT_LAYOUTS) - {pipeline_id}
+    assert not any((tmp_path / "models" / name).exists() for other in others for name in CHECKPOINT_LAYOUTS[other])
 
 
+@pytest.mark.parametrize("pipeline_id", SYNTHETIC_PIPELINES)
 @pytest.mark.usefixtures("jp_serverapp")
-async def test_models_download_endpoint_writes_synthetic_weights(api, scope_dirs, test_pipelines):
-    before = (await api("GET", "api/v1/models/status?pipeline_id=longlive")).json
+async def test_models_download_endpoint_writes_synthetic_weights(api, scope_dirs, test_pipelines, pipeline_id):
+    before = (await api("GET", f"api/v1/models/status?pipeline_id={pipeline_id}")).json
     assert before == {"downloaded": False, "progress": None, "synthetic": False}
-    reply = await api("POST", "api/v1/models/download", {"pipeline_id": "longlive", "synthetic": True})
+    reply = await api("POST", "api/v1/models/download", {"pipeline_id": pipeline_id, "synthetic": True})
     assert reply.status == 200 and "Synthetic" in reply.json["message"]
 
     async def read_status() -> dict:
-        return (await api("GET", "api/v1/models/status?pipeline_id=longlive")).json
+        return (await api("GET", f"api/v1/models/status?pipeline_id={pipeline_id}")).json
 
-    status = await wait_until(lambda s: s["downloaded"], 60, "synthetic longlive weights", value=read_status)
+    status = await wait_until(lambda s: s["downloaded"], 60, f"synthetic {pipeline_id} weights", value=read_status)
     assert status["synthetic"] is True, status
+    check_checkpoint_layouts(scope_dirs["models"], pipeline_id)
     # A pipeline whose files have no synthetic writer is refused by name.
     refused = await api("POST", "api/v1/models/download", {"pipeline_id": "test-download", "synthetic": True})
     assert refused.status == 422 and refused.json["detail"][0]["loc"] == ["body", "synthetic"]

@@ -14,7 +14,7 @@ from torch import nn
 from scope.models.synthetic.generator import (
     generator_state_dict,
     peft_lora_state_dict,
-    write_longlive_generator,
+    write_generator,
     write_peft_lora,
     write_vace_module,
     write_wan_config,
@@ -74,7 +74,7 @@ def expected_1_3b_shapes() -> dict[str, tuple[int, ...]]:
 @pytest.fixture
 def files(tmp_path):
     config = write_wan_config(tmp_path / "Wan2.1-T2V-1.3B" / "config.json", CONFIG)
-    generator = write_longlive_generator(tmp_path / "LongLive" / "models" / "longlive_base.pt", CONFIG, seed=3)
+    generator = write_generator(tmp_path / "LongLive" / "models" / "longlive_base.pt", CONFIG, seed=3)
     lora = write_peft_lora(tmp_path / "LongLive" / "models" / "lora.pt", CONFIG, seed=4, rank=4)
     return config, generator, lora
 

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from scope.models.synthetic.generator import generator_state_dict, write_longlive_generator, write_wan_config
+from scope.models.synthetic.generator import generator_state_dict, write_generator, write_wan_config
 from scope.pipelines.wan.config import SYNTHETIC_WAN_CONFIG, WanConfig
 from scope.pipelines.wan.kv_cache import GeneratorCache
 from scope.pipelines.wan.loading import load_generator
@@ -276,7 +276,7 @@ def test_matches_diffusers_wan_transformer(tmp_path):
     from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
 
     config_path = write_wan_config(tmp_path / "config.json", CONFIG)
-    generator_path = write_longlive_generator(tmp_path / "longlive_base.pt", CONFIG, seed=11)
+    generator_path = write_generator(tmp_path / "longlive_base.pt", CONFIG, seed=11)
     ours = load_generator(config_path, generator_path)
 
     raw = torch.load(generator_path, map_location="cpu", weights_only=True)["generator"]

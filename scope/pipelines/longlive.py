@@ -9,18 +9,9 @@ under the new prompt ("KV re-cache") so the scene follows the new text without a
 from __future__ import annotations
 
 from scope.models.artifacts import LONGLIVE_GENERATOR, PIPELINE_ARTIFACTS
-from scope.pipelines.base import PipelineInfo
 from scope.pipelines.registry import register
-from scope.pipelines.wan.causal_pipeline import (
-    DEFAULT_HEIGHT,
-    DEFAULT_SEED,
-    DEFAULT_STEPS,
-    DEFAULT_WIDTH,
-    CausalLoadParams,
-    CausalWanPipeline,
-)
+from scope.pipelines.wan.causal_pipeline import CausalLoadParams, CausalWanPipeline, causal_config, causal_info
 from scope.pipelines.wan.causal_stream import CausalStreamSettings
-from scope.pipelines.wan.config_schema import WanPipelineConfig
 
 #: LongLive's model.yaml.
 SETTINGS = CausalStreamSettings(
@@ -36,34 +27,17 @@ class LongLiveLoadParams(CausalLoadParams):
     """Load parameters of ``longlive`` (those every causal Wan pipeline has)."""
 
 
-LongLiveConfig = WanPipelineConfig.variant(
-    "LongLiveConfig",
-    "The configuration schema advertised for ``longlive`` (UI hints and defaults).",
-    height=DEFAULT_HEIGHT,
-    width=DEFAULT_WIDTH,
-    base_seed=DEFAULT_SEED,
-    denoising_steps=DEFAULT_STEPS,
-)
+LongLiveConfig = causal_config("LongLiveConfig", "longlive")
 
 
 @register
 class LongLivePipeline(CausalWanPipeline):
-    info = PipelineInfo(
+    info = causal_info(
         id="longlive",
         name="LongLive",
         description="Long interactive text-to-video on Wan2.1-1.3B: a frame sink, a short local "
         "attention window and KV re-cache on prompt switches.",
-        supported_modes=("text", "video"),
-        default_mode="text",
         docs_url="https://github.com/daydreamlive/scope/blob/main/src/scope/core/pipelines/longlive/docs/usage.md",
-        estimated_vram_gb=20.0,
-        requires_models=True,
-        supports_lora=False,
-        supports_vace=False,
-        supports_cache_management=True,
-        supports_quantization=True,
-        min_dimension=16,
-        modified=True,
     )
     load_params_model = LongLiveLoadParams
     config_model = LongLiveConfig

@@ -19,18 +19,9 @@ import torch
 from pydantic import Field
 
 from scope.models.artifacts import MEMFLOW_GENERATOR, PIPELINE_ARTIFACTS
-from scope.pipelines.base import PipelineInfo
 from scope.pipelines.registry import register
-from scope.pipelines.wan.causal_pipeline import (
-    DEFAULT_HEIGHT,
-    DEFAULT_SEED,
-    DEFAULT_STEPS,
-    DEFAULT_WIDTH,
-    CausalLoadParams,
-    CausalWanPipeline,
-)
+from scope.pipelines.wan.causal_pipeline import CausalLoadParams, CausalWanPipeline, causal_config, causal_info
 from scope.pipelines.wan.causal_stream import CausalStreamSettings
-from scope.pipelines.wan.config_schema import WanPipelineConfig
 
 #: MemFlow's model.yaml: frames per layer in the bank, and every how many chunks one is recorded.
 BANK_SIZE, RECORD_INTERVAL = 3, 3
@@ -140,34 +131,17 @@ class MemFlowLoadParams(CausalLoadParams):
     )
 
 
-MemFlowConfig = WanPipelineConfig.variant(
-    "MemFlowConfig",
-    "The configuration schema advertised for ``memflow`` (UI hints and defaults).",
-    height=DEFAULT_HEIGHT,
-    width=DEFAULT_WIDTH,
-    base_seed=DEFAULT_SEED,
-    denoising_steps=DEFAULT_STEPS,
-)
+MemFlowConfig = causal_config("MemFlowConfig", "memflow")
 
 
 @register
 class MemFlowPipeline(CausalWanPipeline):
-    info = PipelineInfo(
+    info = causal_info(
         id="memflow",
         name="MemFlow",
         description="Long text-to-video on Wan2.1-1.3B from Kling: LongLive's training and "
         "inference with a memory bank of past frames chosen by relevance to the prompt.",
-        supported_modes=("text", "video"),
-        default_mode="text",
         docs_url="https://github.com/daydreamlive/scope/blob/main/src/scope/core/pipelines/memflow/docs/usage.md",
-        estimated_vram_gb=20.0,
-        requires_models=True,
-        supports_lora=False,
-        supports_vace=False,
-        supports_cache_management=True,
-        supports_quantization=True,
-        min_dimension=16,
-        modified=True,
     )
     load_params_model = MemFlowLoadParams
     config_model = MemFlowConfig

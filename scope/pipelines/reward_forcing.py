@@ -14,18 +14,9 @@ from dataclasses import dataclass
 import torch
 
 from scope.models.artifacts import PIPELINE_ARTIFACTS, REWARD_FORCING_GENERATOR
-from scope.pipelines.base import PipelineInfo
 from scope.pipelines.registry import register
-from scope.pipelines.wan.causal_pipeline import (
-    DEFAULT_HEIGHT,
-    DEFAULT_SEED,
-    DEFAULT_STEPS,
-    DEFAULT_WIDTH,
-    CausalLoadParams,
-    CausalWanPipeline,
-)
+from scope.pipelines.wan.causal_pipeline import CausalLoadParams, CausalWanPipeline, causal_config, causal_info
 from scope.pipelines.wan.causal_stream import CausalStreamSettings
-from scope.pipelines.wan.config_schema import WanPipelineConfig
 from scope.pipelines.wan.kv_cache import LayerKV
 
 #: The sink's memory of itself per eviction (the reference's `compression_alpha`).
@@ -73,34 +64,17 @@ class RewardForcingLoadParams(CausalLoadParams):
     """Load parameters of ``reward-forcing`` (those every causal Wan pipeline has)."""
 
 
-RewardForcingConfig = WanPipelineConfig.variant(
-    "RewardForcingConfig",
-    "The configuration schema advertised for ``reward-forcing`` (UI hints and defaults).",
-    height=DEFAULT_HEIGHT,
-    width=DEFAULT_WIDTH,
-    base_seed=DEFAULT_SEED,
-    denoising_steps=DEFAULT_STEPS,
-)
+RewardForcingConfig = causal_config("RewardForcingConfig", "reward-forcing")
 
 
 @register
 class RewardForcingPipeline(CausalWanPipeline):
-    info = PipelineInfo(
+    info = causal_info(
         id="reward-forcing",
         name="RewardForcing",
         description="Streaming text-to-video on Wan2.1-1.3B distilled with Rewarded Distribution "
         "Matching: an EMA-updated frame sink and a 9-frame window with bounded positions.",
-        supported_modes=("text", "video"),
-        default_mode="text",
         docs_url="https://github.com/daydreamlive/scope/blob/main/src/scope/core/pipelines/reward_forcing/docs/usage.md",
-        estimated_vram_gb=20.0,
-        requires_models=True,
-        supports_lora=False,
-        supports_vace=False,
-        supports_cache_management=True,
-        supports_quantization=True,
-        min_dimension=16,
-        modified=True,
     )
     load_params_model = RewardForcingLoadParams
     config_model = RewardForcingConfig

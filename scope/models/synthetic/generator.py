@@ -131,25 +131,15 @@ def write_wan_config(path: str | Path, config: WanConfig) -> Path:
     return path
 
 
-def write_longlive_generator(
-    path: str | Path, config: WanConfig, seed: int, dtype: torch.dtype = torch.float32
+def write_generator(
+    path: str | Path, config: WanConfig, seed: int, dtype: torch.dtype = torch.float32, *, under: str | None = "generator"
 ) -> Path:
-    """A LongLive / Self-Forcing container: `{"generator": {"model.<wan key>": tensor}}`."""
+    """A generator checkpoint with every key `model.`-prefixed: `{under: {...}}` as LongLive's and
+    MemFlow's (Self-Forcing containers), or the flat dict itself (`under=None`) as Reward Forcing's."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = generator_state_dict(config, seed, dtype=dtype)
-    torch.save({"generator": {f"model.{key}": value for key, value in state.items()}}, path)
-    return path
-
-
-def write_flat_generator(
-    path: str | Path, config: WanConfig, seed: int, dtype: torch.dtype = torch.float32
-) -> Path:
-    """A flat container (Reward Forcing's): `{"model.<wan key>": tensor}`, no `generator` entry."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = generator_state_dict(config, seed, dtype=dtype)
-    torch.save({f"model.{key}": value for key, value in state.items()}, path)
+    state = {f"model.{key}": value for key, value in generator_state_dict(config, seed, dtype=dtype).items()}
+    torch.save(state if under is None else {under: state}, path)
     return path
 
 

@@ -100,17 +100,18 @@ def _vace(path: Path, seed: int) -> None:
 
 def _nested_generator(path: Path, seed: int) -> None:
     """LongLive's and MemFlow's container: the weights under ``generator``, ``model.`` prefixed."""
-    from scope.models.synthetic.generator import write_longlive_generator
+    from scope.models.synthetic.generator import write_generator
     from scope.pipelines.wan.config import SYNTHETIC_WAN_CONFIG
 
-    write_longlive_generator(path, SYNTHETIC_WAN_CONFIG, seed)
+    write_generator(path, SYNTHETIC_WAN_CONFIG, seed)
 
 
 def _flat_generator(path: Path, seed: int) -> None:
-    from scope.models.synthetic.generator import write_flat_generator
+    """Reward Forcing's file: the ``model.``-prefixed weights themselves, no ``generator`` entry."""
+    from scope.models.synthetic.generator import write_generator
     from scope.pipelines.wan.config import SYNTHETIC_WAN_CONFIG
 
-    write_flat_generator(path, SYNTHETIC_WAN_CONFIG, seed)
+    write_generator(path, SYNTHETIC_WAN_CONFIG, seed, under=None)
 
 
 def _peft_lora(path: Path, seed: int) -> None:

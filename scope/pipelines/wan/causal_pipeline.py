@@ -14,11 +14,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from scope.models.artifacts import Artifact
 from scope.models.synthetic.writer import uses_synthetic
 from scope.params import MAX_SEED, LoraPath, StreamParameters
-from scope.pipelines.base import LoadContext, Pipeline, Stream
+from scope.pipelines.base import LoadContext, Pipeline, PipelineInfo, Stream
+from scope.pipelines.config_schema import PipelineConfig
 from scope.pipelines.sizes import multiple_of
 from scope.pipelines.wan.causal_stream import STREAM_PARAMETERS, CausalStream, CausalStreamSettings
 from scope.pipelines.wan.components import WanComponents, WanPaths
-from scope.pipelines.wan.config_schema import VaeType
+from scope.pipelines.wan.config_schema import VaeType, WanPipelineConfig
 
 #: The defaults the three share, for their load parameters and configuration schemas alike.
 DEFAULT_HEIGHT, DEFAULT_WIDTH, DEFAULT_SEED = 320, 576, 42
@@ -28,6 +29,38 @@ VIDEO_MODE_DEFAULTS = {"height": 512, "width": 512, "denoising_steps": [1000, 75
 
 #: Height and width: the VAE downsamples by 8 and the generator patches latents by 2.
 FrameSize = multiple_of(16, 16, 2048)
+
+
+def causal_info(*, id: str, name: str, description: str, docs_url: str) -> PipelineInfo:
+    """A causal Wan pipeline's facts: what names it, and the capabilities the three share."""
+    return PipelineInfo(
+        id=id,
+        name=name,
+        description=description,
+        supported_modes=("text", "video"),
+        default_mode="text",
+        docs_url=docs_url,
+        estimated_vram_gb=20.0,
+        requires_models=True,
+        supports_lora=False,
+        supports_vace=False,
+        supports_cache_management=True,
+        supports_quantization=True,
+        min_dimension=16,
+        modified=True,
+    )
+
+
+def causal_config(title: str, pipeline_id: str) -> type[PipelineConfig]:
+    """The configuration schema advertised for a causal Wan pipeline, titled ``title``."""
+    return WanPipelineConfig.variant(
+        title,
+        f"The configuration schema advertised for ``{pipeline_id}`` (UI hints and defaults).",
+        height=DEFAULT_HEIGHT,
+        width=DEFAULT_WIDTH,
+        base_seed=DEFAULT_SEED,
+        denoising_steps=DEFAULT_STEPS,
+    )
 
 
 class LoraConfig(BaseModel):

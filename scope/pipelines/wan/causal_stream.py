@@ -5,7 +5,8 @@ transition), schedule, cache set-up (reset when asked, on a mode or step-list ch
 RoPE limit, or on a video-mode prompt change), input (noise, or encoded and noised video),
 KV re-cache on a prompt change, the few-step denoising loop, the clean pass at t=0 that leaves
 clean keys in the cache, streaming decode, and advancing the frame counter. Everything that
-evolves lives here, so streams over one set of weights never disturb each other.
+evolves lives here, so streams over one set of weights never disturb each other. What a pipeline
+does differently is data in its :class:`CausalStreamSettings`, never a branch on its name.
 """
 
 from __future__ import annotations
@@ -238,16 +239,13 @@ class CausalStream(Stream):
             "recached": recache,
             **timings,
         }
-        self.current_start_frame += self._advance(x0.shape[1], first_video_chunk=video is not None and info["current_start_frame"] == 0)
+        first_video_chunk = video is not None and info["current_start_frame"] == 0
+        self.current_start_frame += x0.shape[1] - (self.settings.first_video_chunk_overlap if first_video_chunk else 0)
         self.chunk_index += 1
         return Chunk(frames=frames_out, transition_active=update.transition_active, info=info)
 
     def _timesteps(self, latents: torch.Tensor, value: int) -> torch.Tensor:
         return torch.full(latents.shape[:2], value, device=latents.device, dtype=torch.long)
-
-    def _advance(self, frames: int, *, first_video_chunk: bool) -> int:
-        """Latent frames the counter moves on by after a chunk of `frames`."""
-        return frames - self.settings.first_video_chunk_overlap if first_video_chunk else frames
 
     def _forward(
         self, latents: torch.Tensor, timestep: torch.Tensor, start_frame: int | None = None, *, commit: bool = True
