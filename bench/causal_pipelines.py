@@ -25,8 +25,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -38,7 +36,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
 
 import torch
 
-from bench.longlive import PROMPTS, load, long_run, parse_size, split_figures, timed_chunk
+from bench.longlive import PROMPTS, load, long_run, machine, parse_size, split_figures, timed_chunk
 from bench.real_size import LINES, PAPER_FPS, parameter_count, paper_note, plan, random_components, time_line
 
 BASELINE = "longlive"
@@ -50,13 +48,6 @@ def ratios(rows: dict[str, dict[str, Any]], keys: list[str]) -> dict[str, dict[s
     return {
         line: {key: round(row[key] / base[key], 3) for key in keys if base.get(key)}
         for line, row in rows.items()
-    }
-
-
-def machine() -> dict[str, Any]:
-    return {
-        "python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(), "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
 
 

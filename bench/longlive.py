@@ -72,6 +72,14 @@ def load(models_dir: Path, width: int, height: int, vae_type: str = "wan", pipel
     return scope.load_pipeline(pipeline_id, models_dir=models_dir, height=height, width=width, vae_type=vae_type, **params)
 
 
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    return {
+        "python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(), "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
 def rss_mb() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
@@ -285,10 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     write_synthetic(models_dir, PIPELINE_ARTIFACTS["longlive"])
     width, height = parse_size(args.size)
     report: dict[str, Any] = {
-        "machine": {
-            "python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "cpu_count": os.cpu_count(), "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        },
+        "machine": machine(),
         "synthetic_write_s": round(time.perf_counter() - started, 2),
         "size": f"{width}x{height}",
     }

@@ -100,13 +100,9 @@ class MemoryBank:
     def _keep_relevant(
         self, bank: tuple[torch.Tensor, torch.Tensor], text_keys: torch.Tensor, keep: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if keep == 0:
-            return bank[0][:, :0], bank[1][:, :0]
         scores = frame_relevance(text_keys, bank[0], self.frame_seq_len)
-        chosen = torch.topk(scores, keep).indices.sort().values.tolist()
-        fsl = self.frame_seq_len
-        pick = [slice(i * fsl, (i + 1) * fsl) for i in chosen]
-        return torch.cat([bank[0][:, s] for s in pick], dim=1), torch.cat([bank[1][:, s] for s in pick], dim=1)
+        chosen = torch.topk(scores, keep).indices.sort().values
+        return tuple(part.unflatten(1, (-1, self.frame_seq_len))[:, chosen].flatten(1, 2) for part in bank)
 
 
 #: MemFlow's model.yaml and mechanics.
