@@ -5,7 +5,8 @@ CPU try) and the VAE the Wan VAE's real width (base 96), both randomly initialis
 checkpoint is needed: speed does not depend on the values. The text encoder is left out; the
 prompt is a fixed ``prompt_embeds`` tensor, as a session with a cached prompt has. Each pipeline
 runs through its own class's ``open_stream()`` (its settings and load parameters), i.e. the
-server's code path from the stream down.
+server's code path from the stream down. A pipeline whose default mode is video
+(``streamdiffusionv2``) is fed random input frames, so its VAE time includes the encoding.
 
 On ``meta`` nothing is computed: :func:`plan` reads the cache sizes from the real stream objects.
 """
@@ -19,6 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
 import torch
 
 from bench.longlive import forward_flops
@@ -42,10 +44,17 @@ LINES: dict[str, tuple[str, dict[str, Any]]] = {
     "reward-forcing": ("reward-forcing", {}),
     "memflow": ("memflow", {}),
     "memflow-no-bank": ("memflow", {"memory_bank": False}),
+    "streamdiffusionv2": ("streamdiffusionv2", {}),
 }
-#: The papers' figures, FPS on one H100 at 832x480 (performance notes, table 1).
-PAPER_FPS = {"longlive": 20.7, "reward-forcing": 23.1, "memflow": 18.7}
+#: The text-to-video lines ``bench/causal_pipelines.py`` runs unless told otherwise.
+CAUSAL_LINES = ["longlive", "reward-forcing", "memflow", "memflow-no-bank"]
+#: The papers' figures (performance notes, table 1): FPS on one H100 at 832x480, except where
+#: ``PAPER_SETUP`` says otherwise.
+PAPER_FPS = {"longlive": 20.7, "reward-forcing": 23.1, "memflow": 18.7, "streamdiffusionv2": 64.52}
 PAPER_SIZE = "832x480"
+#: Where a paper's figure was measured and the size it is shown at (None: beside every size, as
+#: a reference line; StreamDiffusionV2's runs on four GPUs, so no single-GPU run matches it).
+PAPER_SETUP = {"streamdiffusionv2": ("4 H100s (1.3B, 480p, pipeline-parallel over steps and layers)", None)}
 
 
 def random_components(
@@ -133,21 +142,23 @@ def time_line(
 
     After the first chunk, at least enough chunks run untimed for the window (and MemFlow's
     bank) to fill; then ``chunks`` are timed, recording the key lengths the self-attention saw
-    so the figures show the steady state they were taken in.
+    so the figures show the steady state they were taken in. A pipeline whose default mode is
+    video is fed input frames (so the VAE figure includes encoding).
     """
     config = components.generator.config
     gen = torch.Generator().manual_seed(seed)
     embeds = torch.randn(1, config.text_len, config.text_dim, generator=gen).mul_(0.1)
     stream = open_stream(components, line, width, height)
-    stream.generate(prompt_embeds=embeds.to(components.device, components.dtype))
+    video = input_video(stream, line, width, height, gen)
+    stream.generate(video=video, prompt_embeds=embeds.to(components.device, components.dtype))
     warmup = max(warmup, steady_chunk(stream) - 1)
     for _ in range(warmup):
-        stream.generate()
+        stream.generate(video=video)
     rows = []
     with recorded_keys() as lengths:
         for _ in range(chunks):
             started = time.perf_counter()
-            chunk = stream.generate()
+            chunk = stream.generate(video=video)
             rows.append({"wall_ms": (time.perf_counter() - started) * 1000, "frames": len(chunk.frames), **chunk.info})
     self_keys = sorted({n for n in lengths if n != config.text_len})
     wall = sum(r["wall_ms"] for r in rows) / 1000
@@ -162,9 +173,18 @@ def time_line(
     }
 
 
+def input_video(stream, line: str, width: int, height: int, gen: torch.Generator) -> np.ndarray | None:
+    """Random uint8 input frames, as many as a chunk takes, for a video-mode pipeline (else None)."""
+    if get_pipeline_class(LINES[line][0]).info.default_mode != "video":
+        return None
+    shape = (stream.frames_needed({}), height, width, 3)
+    return torch.randint(0, 256, shape, generator=gen, dtype=torch.uint8).numpy()
+
+
 def paper_note(line: str, size: str) -> str:
     """The paper's figure, for the paper's size and the pipeline as published (no extra load parameters)."""
     pipeline_id, extra = LINES[line]
-    if size != PAPER_SIZE or extra:
+    setup, paper_size = PAPER_SETUP.get(pipeline_id, ("one H100", PAPER_SIZE))
+    if pipeline_id not in PAPER_FPS or extra or (paper_size is not None and size != paper_size):
         return ""
-    return f"paper {PAPER_FPS[pipeline_id]} FPS on one H100"
+    return f"paper {PAPER_FPS[pipeline_id]} FPS on {setup}"

@@ -137,7 +137,7 @@ async def wait_for_status(api, wanted: str, timeout: float = 60.0) -> dict:
 
 
 #: The pipelines whose synthetic weights :func:`synthetic_models` holds.
-SYNTHETIC_PIPELINES = ("longlive", "reward-forcing", "memflow")
+SYNTHETIC_PIPELINES = ("longlive", "reward-forcing", "memflow", "streamdiffusionv2")
 
 
 @pytest.fixture(scope="session")
@@ -153,3 +153,14 @@ def synthetic_models(tmp_path_factory):
     for pipeline_id in SYNTHETIC_PIPELINES:
         write_synthetic(root, PIPELINE_ARTIFACTS[pipeline_id])
     return root
+
+
+@pytest.fixture
+def one_thread():
+    """The runs' figures are not under test: one thread keeps them short when the cores are shared."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

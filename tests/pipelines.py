@@ -20,6 +20,7 @@ from scope.pipelines import registry
 from scope.pipelines.base import Chunk, LoadContext, Pipeline, PipelineInfo, Stream
 from scope.pipelines.passthrough import PassthroughConfig
 from scope.pipelines.sizes import multiple_of
+from scope.streaming.pattern import read_index, stamp
 
 #: Sizes the pattern pipeline accepts: the same check as the real pipelines, smaller bounds.
 PatternSize = multiple_of(16, 16, 512)
@@ -118,6 +119,78 @@ class DownloadablePipeline(PatternPipeline):
         Artifact("test-org/tiny-base", ("config.json", "weights.safetensors", "google")),
         Artifact("test-org/tiny-extra", ("extra.pt",)),
     )
+
+
+class EchoLoadParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    frames: int = Field(2, ge=1, le=8, description="Input frames a chunk takes (and returns).")
+    chunk_seconds: float = Field(0.0, ge=0, le=5, description="How long each chunk takes.")
+
+
+class EchoStream(Stream):
+    """Returns its input frames, like passthrough, but as slowly as a real model would, with the
+    chunk's number stamped into their bottom rows (read it with :func:`echo_chunk`)."""
+
+    def __init__(self, pipeline: "EchoPipeline"):
+        self.pipeline = pipeline
+        self.chunks = 0
+        self.at_gate = False
+
+    def frames_needed(self, params: dict[str, Any]) -> int:
+        return self.pipeline.load_params.frames
+
+    def run_chunk(self, params, video=None, *, init_cache=False) -> Chunk:
+        if video is None:
+            raise ValueError("test-echo needs input video frames")
+        self.chunks += 1
+        number = self.chunks
+        gate = type(self.pipeline).gate
+        if gate is not None:
+            self.at_gate = True
+            passed = gate.acquire(timeout=30)
+            self.at_gate = False
+            if not passed:
+                raise TimeoutError("the test never let this chunk run")
+        time.sleep(self.pipeline.load_params.chunk_seconds)
+        frames = np.array(video, dtype=np.uint8)
+        for frame in frames:
+            stamp(frame[::-1], number)  # upside down: the bottom rows, clear of the input's stamp
+        return Chunk(frames=frames)
+
+
+def echo_chunk(frame: np.ndarray) -> int:
+    """The number of the ``test-echo`` chunk a (decoded) frame came from."""
+    return read_index(frame[::-1])
+
+
+class EchoPipeline(Pipeline):
+    """A slow video-to-video pipeline whose output shows which input frames each chunk took.
+
+    ``gate`` (a semaphore, when set) lets the test decide when each chunk may finish.
+    """
+
+    info = PipelineInfo(
+        id="test-echo",
+        name="Test echo",
+        description="Returns its input after a delay (tests only).",
+        supported_modes=("video",),
+        default_mode="video",
+        requires_models=False,
+    )
+    load_params_model = EchoLoadParams
+    config_model = PassthroughConfig
+    streams: list[EchoStream] = []
+    gate: threading.Semaphore | None = None
+
+    @classmethod
+    def load(cls, load_params, context: LoadContext) -> "EchoPipeline":
+        return cls(load_params)
+
+    def open_stream(self) -> Stream:
+        stream = EchoStream(self)
+        type(self).streams.append(stream)
+        return stream
 
 
 TEST_PIPELINES = (PatternPipeline, DownloadablePipeline)

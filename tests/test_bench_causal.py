@@ -17,15 +17,6 @@ from bench.real_size import plan, parameter_count, random_components
 from scope.pipelines.wan.config import SYNTHETIC_WAN_CONFIG
 
 
-@pytest.fixture
-def one_thread():
-    """The runs' figures are not under test: one thread keeps them short when the cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def real_size_meta():
     return random_components("meta", torch.bfloat16)

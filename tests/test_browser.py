@@ -400,6 +400,26 @@ def test_scope_page_falls_back_to_a_test_pattern_without_a_webcam(page, server):
     wait_until(page, lambda: not sessions(server), "the server to close the session")
 
 
+def test_scope_page_loads_with_the_input_modes_size_hints(page, server):
+    """``test-pattern``'s ``mode_defaults.video`` offers 64x64 (its own default is 64x96): with
+    an input chosen, Load sends the hint for what is unset, and a width typed in wins."""
+    open_page(page, server.url + "/scope/", "test-pattern")
+    width = page.locator(f"{PAGE} .scope-load .scope-field", has_text="Width").locator("input")
+    assert width.input_value() == ""  # text mode, its default: no hint
+    page.select_option(INPUT, "pattern")
+    assert width.input_value() == "64"
+    page.click(LOAD)
+    wait_for(page, text_is(PIPELINE_STATUS, "Loaded test-pattern."))
+    with server.client() as client:
+        assert client.get("/api/v1/pipeline/status").json()["load_params"]["width"] == 64
+    page.click(f"{PAGE} .scope-load summary")
+    width.fill("128")
+    page.click(LOAD)
+    wait_for(page, f"{text_is(PIPELINE_STATUS, 'Loaded test-pattern.')} && document.querySelector({json.dumps(PAGE)}).dataset.status === 'ready'")
+    with server.client() as client:
+        wait_until(page, lambda: client.get("/api/v1/pipeline/status").json()["load_params"]["width"] == 128, "the typed width")
+
+
 def messages(page) -> str:
     return page.inner_text(MESSAGES)
 

@@ -1,8 +1,8 @@
-"""``longlive``, ``reward-forcing`` and ``memflow`` through the in-kernel API, on synthetic weights.
+"""The causal Wan pipelines through the in-kernel API, on synthetic weights.
 
-What the three share is checked once, for each; where they differ (a re-cache on a prompt
-switch, the first video chunk's advance, whether denoising steps write the cache) the tables
-below say how. Then what each paper changes: Reward Forcing's EMA sink; MemFlow's denoising
+What they share is checked once, for each; where they differ (a re-cache on a prompt switch,
+the first video chunk's advance, whether denoising steps write the cache, latent frames per
+chunk) the tables and :func:`frames` below say how. Then what each paper changes: Reward Forcing's EMA sink; MemFlow's denoising
 steps that leave the cache alone and its memory bank, and that without the bank it is
 LongLive's mechanics with MemFlow's weights. What is checked on ``longlive`` alone (its load
 parameters, a changed step list, the video noise scale) is in tests/test_longlive_stream.py.
@@ -23,11 +23,11 @@ from tests.video_inputs import INPUT_LEADS
 HEIGHT, WIDTH = 64, 96
 #: Whether a prompt change re-computes the cached frames (§7.4: Reward Forcing rebuilds only
 #: the cross-attention cache; §7.5: MemFlow re-caches like LongLive).
-RECACHES = {"longlive": True, "reward-forcing": False, "memflow": True}
-#: Latent frames the first video chunk (4 of them) moves the counter on by (§7.4: Reward Forcing 3).
-FIRST_VIDEO_ADVANCE = {"longlive": 4, "reward-forcing": 3, "memflow": 4}
+RECACHES = {"longlive": True, "reward-forcing": False, "memflow": True, "streamdiffusionv2": False}
+#: Latent frames the first video chunk moves the counter on by (§7.4: Reward Forcing 3 of 4).
+FIRST_VIDEO_ADVANCE = {"longlive": 4, "reward-forcing": 3, "memflow": 4, "streamdiffusionv2": 2}
 #: Whether the denoising steps write the cache (§7.5: MemFlow's leave it to the clean pass).
-DENOISING_COMMITS = {"longlive": True, "reward-forcing": True, "memflow": False}
+DENOISING_COMMITS = {"longlive": True, "reward-forcing": True, "memflow": False, "streamdiffusionv2": True}
 #: The reference's `compression_alpha`: what the sink keeps of itself per eviction.
 SINK_ALPHA = 0.999
 #: MemFlow's model.yaml: frames in the bank, and every how many chunks the clean pass records one.
@@ -37,6 +37,13 @@ BANK_SIZE, RECORD_INTERVAL = 3, 3
 def diff(a: np.ndarray, b: np.ndarray) -> float:
     """Mean absolute difference of two uint8 pictures, in levels."""
     return float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean())
+
+
+def frames(pipeline) -> tuple[int, int, int]:
+    """Latent frames per chunk, and pixel frames of a text stream's first chunk and of later ones
+    (a stream starts with at least two latent frames: §7.2, StreamDiffusionV2's one becomes two)."""
+    block = pipeline.settings.frames_per_block
+    return block, 1 + 4 * (max(block, 2) - 1), 4 * block
 
 
 def run(stream, count: int, **first):
@@ -90,9 +97,11 @@ def test_pipeline_reports_synthetic_weights(pipeline):
 def test_chunks_have_the_reference_frame_counts_and_change_over_time(pipeline):
     stream = pipeline.open_stream()
     chunks = run(stream, 3, prompts="a red fox in the snow")
-    assert [c.frames.shape for c in chunks] == [(9, HEIGHT, WIDTH, 3)] + [(12, HEIGHT, WIDTH, 3)] * 2
+    block, first, later = frames(pipeline)
+    assert [c.frames.shape for c in chunks] == [(first, HEIGHT, WIDTH, 3)] + [(later, HEIGHT, WIDTH, 3)] * 2
     assert all(c.frames.dtype == np.uint8 for c in chunks)
-    assert [c.info["current_start_frame"] for c in chunks] == [0, 3, 6]
+    start = max(block, 2)
+    assert [c.info["current_start_frame"] for c in chunks] == [0, start, start + block]
     assert chunks[0].info["init_cache"] is True and chunks[1].info["init_cache"] is False
     assert {"text_ms", "dit_ms", "vae_ms"} <= set(chunks[1].info)
     # Each chunk is new content (measured: chunk to chunk 46.7, 43.3 and 39.0 levels, another
@@ -128,6 +137,7 @@ def test_a_prompt_change_changes_the_next_chunk(pipeline):
     before = run(base, 2, prompts="a quiet forest")
     run(changed, 2, prompts="a quiet forest")
     kept = [(l.k.clone(), l.v.clone()) for l in changed.cache.layers]
+    cached = changed.cache.local_end  # the tokens cached before the switch
     same = base.generate()
     switched = changed.generate(prompts="a busy city street at night")
     assert switched.info["recached"] is RECACHES[pipeline.info.id] and same.info["recached"] is False
@@ -135,13 +145,12 @@ def test_a_prompt_change_changes_the_next_chunk(pipeline):
     # Measured: the switch 21.8, 21.8 and 21.9 levels, a chunk 45.7, 47.6 and 44.3; for longlive
     # with cross-attention weakened tenfold, 6.4 against 51.2.
     assert by_prompt > 0.25 * over_time, f"the switch moved {by_prompt:.1f} levels, a chunk {over_time:.1f}"
-    # The six frames cached before the switch: a re-cache rewrites them under the new prompt,
-    # and without one they stay as they were. (The first layer's keys come before any text.)
-    fsl = changed.frame_seq_len
+    # The frames cached before the switch: a re-cache rewrites them under the new prompt, and
+    # without one they stay as they were. (The first layer's keys come before any text.)
     for (k, v), layer in list(zip(kept, changed.cache.layers))[1:]:
-        rewritten = not torch.equal(k[:, : 6 * fsl], layer.k[:, : 6 * fsl])
+        rewritten = not torch.equal(k[:, :cached], layer.k[:, :cached])
         assert rewritten is RECACHES[pipeline.info.id]
-        assert torch.equal(v[:, : 6 * fsl], layer.v[:, : 6 * fsl]) is not RECACHES[pipeline.info.id]
+        assert torch.equal(v[:, :cached], layer.v[:, :cached]) is not RECACHES[pipeline.info.id]
 
 
 def test_a_transition_spans_its_chunks_then_settles_on_the_target(pipeline):
@@ -174,22 +183,23 @@ def test_reset_cache_restarts_the_stream(pipeline):
     stream = pipeline.open_stream()
     first = run(stream, 5, prompts="a red balloon")  # past an eviction and into the bank
     again = [stream.generate(reset_cache=True), stream.generate()]
-    assert again[0].info["current_start_frame"] == 0 and again[0].frames.shape[0] == 9
+    assert again[0].info["current_start_frame"] == 0 and again[0].frames.shape[0] == frames(pipeline)[1]
     for a, b in zip(first, again):
         assert np.array_equal(a.frames, b.frames)
 
 
 def test_video_to_video_follows_the_input_and_advances_the_counter(synthetic_models, pipeline):
-    one, other = (np.random.default_rng(s).integers(0, 255, (12, HEIGHT, WIDTH, 3), dtype=np.uint8) for s in (0, 1))
+    block, _, later = frames(pipeline)
+    one, other = (np.random.default_rng(s).integers(0, 255, (later, HEIGHT, WIDTH, 3), dtype=np.uint8) for s in (0, 1))
 
     def chunks(pipeline, video, **params):
         stream = pipeline.open_stream()
         return [stream.generate(video, prompts="a painting", **params)] + [stream.generate(video) for _ in range(2)]
 
     first = chunks(pipeline, one)
-    assert [c.frames.shape[0] for c in first] == [13, 12, 12]
+    assert [c.frames.shape[0] for c in first] == [later + 1, later, later]
     advance = FIRST_VIDEO_ADVANCE[pipeline.info.id]
-    assert [c.info["current_start_frame"] for c in first] == [0, advance, advance + 3]
+    assert [c.info["current_start_frame"] for c in first] == [0, advance, advance + block]
     assert all(0.61 <= c.info["noise_scale"] <= 0.79 for c in first[:1])
     # Fresh streams, the same seed and input: the same frames, bit for bit.
     assert all(np.array_equal(a.frames, b.frames) for a, b in zip(first, chunks(pipeline, one)))
@@ -206,14 +216,15 @@ def test_video_to_video_follows_the_input_and_advances_the_counter(synthetic_mod
 
 
 def test_a_video_mode_prompt_change_restarts_the_stream_only_with_manage_cache(pipeline):
-    video = np.random.default_rng(0).integers(0, 255, (12, HEIGHT, WIDTH, 3), dtype=np.uint8)
+    block, _, later = frames(pipeline)
+    video = np.random.default_rng(0).integers(0, 255, (later, HEIGHT, WIDTH, 3), dtype=np.uint8)
     for manage_cache in (True, False):
         stream = pipeline.open_stream()
         stream.generate(video, prompts="a painting", manage_cache=manage_cache)
         stream.generate(video)
         chunk = stream.generate(video, prompts="a photograph")
         assert chunk.info["init_cache"] is manage_cache
-        assert chunk.info["current_start_frame"] == (0 if manage_cache else FIRST_VIDEO_ADVANCE[pipeline.info.id] + 3)
+        assert chunk.info["current_start_frame"] == (0 if manage_cache else FIRST_VIDEO_ADVANCE[pipeline.info.id] + block)
 
 
 def test_precomputed_prompt_embeds_replace_prompts(pipeline):
@@ -258,6 +269,9 @@ def test_bad_parameters_are_refused_by_name(pipeline):
             ]
         ],
         ("memflow", {"memory_bank": "maybe"}, "memory_bank"),
+        ("streamdiffusionv2", {"height": 48}, "height"),  # 64..2048 for StreamDiffusionV2
+        ("streamdiffusionv2", {"smooth_noise_scale": "maybe"}, "smooth_noise_scale"),
+        ("longlive", {"smooth_noise_scale": True}, "smooth_noise_scale"),
         ("reward-forcing", {"memory_bank": False}, "memory_bank"),  # MemFlow's alone
         ("longlive", {"memory_bank": False}, "memory_bank"),
     ],
@@ -289,9 +303,9 @@ def test_only_memflow_chunks_leave_the_cache_to_the_clean_pass_and_the_recache(p
     stream.cache.write_and_window = recording  # this stream's own cache
     stream.generate(prompts="a kite")
     stream.generate(prompts="a balloon")
-    steps = DENOISING_COMMITS[pipeline_id]
+    steps, count = DENOISING_COMMITS[pipeline_id], len(pipeline.default_steps)
     recache = [True] if RECACHES[pipeline_id] else []
-    assert commits == [steps] * 4 + [True] + recache + [steps] * 4 + [True]
+    assert commits == [steps] * count + [True] + recache + [steps] * count + [True]
 
 
 # Reward Forcing -------------------------------------------------------------------------

@@ -29,6 +29,8 @@ VIDEO_MODE_DEFAULTS = {
     "height": 512, "width": 512, "denoising_steps": [1000, 750], "noise_scale": 0.7, "noise_controller": True,
 }
 causal_pipelines = pytest.mark.parametrize("pipeline_id", list(CONFIG_TITLES))
+#: Where ``streamdiffusionv2`` behaves as the three do (its own tests: test_streamdiffusionv2_server.py).
+all_causal_pipelines = pytest.mark.parametrize("pipeline_id", [*CONFIG_TITLES, "streamdiffusionv2"])
 
 
 @pytest.fixture
@@ -69,7 +71,7 @@ async def test_schema_says_what_each_causal_pipeline_supports_today(api, pipelin
         assert "memory_bank" not in load_props
 
 
-@causal_pipelines
+@all_causal_pipelines
 async def test_models_status_reports_synthetic_files(api, pipeline_id):
     status = (await api("GET", f"api/v1/models/status?pipeline_id={pipeline_id}")).json
     assert status["downloaded"] is True and status["synthetic"] is True
@@ -85,7 +87,7 @@ async def test_models_status_reports_synthetic_files(api, pipeline_id):
         ({"vae_type": "sdxl"}, "vae_type"),
     ],
 )
-@causal_pipelines
+@all_causal_pipelines
 async def test_unsupported_load_params_get_422_naming_the_field(api, pipeline_id, load_params, field):
     reply = await api("POST", "api/v1/pipeline/load", {"pipeline_id": pipeline_id, "load_params": load_params})
     assert reply.status == 422, reply.body
@@ -107,7 +109,9 @@ async def test_size_error_names_the_nearest_valid_values(api, pipeline_id, field
     assert error["msg"] == f"must be a multiple of 16 from 16 to 2048: {advice}"
 
 
-@pytest.mark.parametrize("pipeline_id,value", [("memflow", "maybe"), ("reward-forcing", True), ("longlive", True)])
+@pytest.mark.parametrize(
+    "pipeline_id,value", [("memflow", "maybe"), ("reward-forcing", True), ("longlive", True), ("streamdiffusionv2", True)]
+)
 async def test_memory_bank_is_a_boolean_only_memflow_takes(api, pipeline_id, value):
     body = {"pipeline_id": pipeline_id, "load_params": {"memory_bank": value}}
     reply = await api("POST", "api/v1/pipeline/load", body)

@@ -1,7 +1,7 @@
 """The research notebooks, executed top to bottom in a fresh kernel, their outputs checked.
 
 Each notebook runs in an isolated environment (its own models, assets, LoRA and logs
-directories; the models directory a copy of the synthetic ``longlive`` weights) with
+directories; the models directory a copy of the suite's synthetic weights) with
 ``DAYDREAM_SCOPE_URL`` pointing at a free loopback port, so ``scope.serve()`` in the notebook
 has to start its own ``daydream-scope`` there. The tests read what the notebook shows a reader
 (its printed text, images, widget outputs) and, for the measured numbers, the kernel's variables:
@@ -208,7 +208,7 @@ def started_its_own_server(run: Executed) -> None:
 
 
 def test_notebooks_are_stored_clean():
-    """Six notebooks, valid nbformat v4, no outputs or execution counts, the python3 kernel."""
+    """Seven notebooks, valid nbformat v4, no outputs or execution counts, the python3 kernel."""
     assert ALL == [
         "01_quick_start.ipynb",
         "02_parameters_and_transitions.ipynb",
@@ -216,6 +216,7 @@ def test_notebooks_are_stored_clean():
         "04_recording_and_measuring.ipynb",
         "05_in_kernel_api.ipynb",
         "06_comparing_longlive_siblings.ipynb",
+        "07_streamdiffusionv2.ipynb",
     ]
     for name in ALL:
         notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
@@ -343,6 +344,65 @@ def test_comparing_longlive_siblings(tmp_path, synthetic_models):
     assert "never" in printed.splitlines()[2], "reward-forcing's row: no re-cache"
     for text in ("distance to the first chunk", "axvline(SWITCH_AT", "imshow", "DiT ms per chunk"):
         assert run.images(run.cell_with(text)) == 1, text
+
+
+# 07: StreamDiffusionV2, video to video in the kernel -------------------------------------
+
+V2V = "07_streamdiffusionv2.ipynb"
+#: The suite's run: a third of the clip (its motion still rises and falls back).
+V2V_SHORT = {"CHUNKS": 8}
+
+
+def test_streamdiffusionv2_notebook_defaults():
+    _, settings = settings_cell(nbformat.read(NOTEBOOKS / V2V, as_version=4))
+    assert settings["CHUNKS"] == 24 and settings["SYNTHETIC"] is True
+    assert (settings["HEIGHT"], settings["WIDTH"]) == (64, 64)
+    assert settings["NOISE_SCALES"] == sorted(settings["NOISE_SCALES"]) and settings["NOISE_SCALES"][-1] == 1.0
+
+
+def test_streamdiffusionv2_video_to_video(tmp_path, synthetic_models):
+    run = execute(V2V, tmp_path, synthetic_models, {
+        "synthetic": "pipeline.synthetic", "clip": "clip.shape", "shapes": "shapes", "frames": "output.shape",
+        "trace": "trace", "motion": "motion", "formula_error": "formula_error", "correlation": "correlation",
+        "dependence": "{str(k): v for k, v in dependence.items()}",
+        "sweep": "{str(k): v.shape for k, v in sweep.items()}",
+    }, parameters=V2V_SHORT)
+    v = run.values
+    chunks = V2V_SHORT["CHUNKS"]
+    assert not list((tmp_path / "logs").glob("daydream-scope-*.out")), "the in-kernel API needs no server"
+    assert v["synthetic"] is True
+    assert "synthetic weights" in run.stdout(run.cell_with("scope.load_pipeline("))
+
+    # Four frames in per chunk; five out of the first chunk, four out of each other.
+    assert v["clip"] == [4 * chunks, 64, 64, 3]
+    assert v["shapes"] == [[5, 64, 64, 3]] + [[4, 64, 64, 3]] * (chunks - 1)
+    assert v["frames"] == [4 * chunks + 1, 64, 64, 3]
+    assert f"{4 * chunks + 1} frames from {4 * chunks}" in run.stdout(run.cell_with("stream.generate(frames"))
+
+    # The sweep: every scale ran the whole clip; the input's share falls as the noise rises,
+    # and at noise_scale 1 the input is gone entirely.
+    assert list(v["sweep"].values()) == [[4 * chunks + 1, 64, 64, 3]] * 5
+    dependence = [v["dependence"][str(s)] for s in (0.2, 0.4, 0.6, 0.8, 1.0)]
+    assert all(a > b for a, b in zip(dependence, dependence[1:])), dependence
+    assert dependence[0] > 5 and dependence[-1] == 0, dependence
+
+    # The controller: one scale per chunk, the formula's exactly; the still ends get the most
+    # noise, the fastest chunk the least.
+    trace, motion = v["trace"], v["motion"]
+    assert len(trace) == len(motion) == chunks
+    assert v["formula_error"] < 1e-5
+    assert all(0.61 - 1e-6 <= s <= 0.79 + 1e-6 for s in trace), trace
+    fastest = motion.index(max(motion))
+    assert 0 < fastest < chunks - 1, motion
+    assert trace[fastest] < min(trace[0], trace[-1]) - 0.1, (trace, motion)
+    assert v["correlation"] < -0.9, (trace, motion)
+
+    assert run.images(run.cell_with("shown = np.linspace")) == 1
+    assert run.images(run.cell_with("for scale in NOISE_SCALES")) == 1
+    assert run.images(run.cell_with("twinx")) == 1
+    printed = run.stdout(run.cell_with("for scale in NOISE_SCALES"))
+    assert "noise_scale 0.2: first step 100" in printed and "noise_scale 1.0: first step 900" in printed
+    assert "unloaded" in run.stdout(run.cell_with("pipeline.unload()"))
 
 
 # 01: quick start ------------------------------------------------------------------------

@@ -36,6 +36,7 @@ CHECKPOINT_LAYOUTS = {
         "MemFlow/base.pt": ("generator", "model."),
         "MemFlow/lora.pt": (None, "base_model.model.blocks."),
     },
+    "streamdiffusionv2": {"StreamDiffusionV2/wan_causal_dmd_v2v/model.pt": ("generator", "model.")},
 }
 
 

@@ -167,7 +167,8 @@ def test_the_page_starts_from_the_widgets_own_state():
     """``/scope/widget-state.json``: ScopeWidget's traitlets only, with the list the view sends."""
     state = scope_widget.initial_state()
     assert state["_stream_traits"] == list(scope_widget.STREAM_TRAITS)
-    assert state["input_source"] == "none" and state["pipeline_id"] == "longlive"
+    # "": the view takes the pipeline's default input (none for longlive, the webcam for a V2V one).
+    assert state["input_source"] == "" and state["pipeline_id"] == "longlive"
     assert not {"_esm", "_css", "layout", "_model_name"} & set(state)
     w = ScopeWidget()
     assert {name: w.get_state()[name] for name in state} == state

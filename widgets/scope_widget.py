@@ -80,8 +80,9 @@ StreamParameterTraits = types.new_class(
     "StreamParameterTraits", (traitlets.HasTraits,), exec_body=_stream_traits_namespace
 )
 
-#: Where the video comes from: text only, the browser's webcam, a generated pattern, or an asset.
-INPUT_SOURCES = ("none", "webcam", "pattern")
+#: Where the video comes from: the pipeline's default (""), text only, the browser's webcam, a
+#: generated pattern, or an asset.
+INPUT_SOURCES = ("", "none", "webcam", "pattern")
 
 
 def _parameter_value(name: str, value: Any) -> Any:
@@ -142,7 +143,9 @@ class ScopeWidget(anywidget.AnyWidget, StreamParameterTraits):
     load_params = traitlets.Dict(help="Load parameters (the pipeline's load schema).").tag(sync=True)
     autostart = traitlets.Bool(False, help="Load the pipeline (if needed) and stream as soon as shown.").tag(sync=True)
     input_source = traitlets.Unicode(
-        "none", help="'none' (text to video), 'webcam', 'pattern', or 'asset:<path>' (a video asset)."
+        "",
+        help="'' (the pipeline's default: 'none' for one whose default mode is text, else 'webcam'), "
+        "'none' (text to video), 'webcam', 'pattern', or 'asset:<path>' (a video asset).",
     ).tag(sync=True)
 
     # Stream parameters (STREAM_TRAITS, from StreamParameterTraits; None: the server's default).

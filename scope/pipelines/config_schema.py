@@ -37,18 +37,25 @@ class PipelineConfig(BaseModel):
     vace_context_scale: float = Field(1.0, ge=0.0, le=2.0, description="VACE conditioning strength.")
 
     @classmethod
-    def variant(cls, name: str, doc: str, **defaults: Any) -> type[PipelineConfig]:
+    def variant(
+        cls, name: str, doc: str, *, descriptions: dict[str, str] | None = None, **defaults: Any
+    ) -> type[PipelineConfig]:
         """A subclass named ``name`` (its schema title) whose fields take ``defaults``.
 
-        Each field keeps its type, bounds and description; a name that is not a field is a
+        Each field keeps its type and bounds, and its description unless ``descriptions``
+        states what the field means for this pipeline; a name that is not a field is a
         ``TypeError``, so a typo cannot add a field silently.
         """
-        unknown = sorted(set(defaults) - set(cls.model_fields))
+        descriptions = descriptions or {}
+        unknown = sorted((set(defaults) | set(descriptions)) - set(cls.model_fields))
         if unknown:
             raise TypeError(f"{cls.__name__} has no field {', '.join(unknown)}")
-        fields: dict[str, Any] = {
-            key: (cls.model_fields[key].annotation, FieldInfo.merge_field_infos(cls.model_fields[key], default=value))
-            for key, value in defaults.items()
-        }
+        fields: dict[str, Any] = {}
+        for key in {**defaults, **descriptions}:
+            changes = {"default": defaults[key]} if key in defaults else {}
+            if key in descriptions:
+                changes["description"] = descriptions[key]
+            base = cls.model_fields[key]
+            fields[key] = (base.annotation, FieldInfo.merge_field_infos(base, **changes))
         module = sys._getframe(1).f_globals.get("__name__", __name__)
         return create_model(name, __base__=cls, __doc__=doc, __module__=module, **fields)

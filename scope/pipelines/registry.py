@@ -20,6 +20,7 @@ BUILTIN_MODULES = (
     "scope.pipelines.longlive",
     "scope.pipelines.reward_forcing",
     "scope.pipelines.memflow",
+    "scope.pipelines.streamdiffusionv2",
 )
 
 _registry: dict[str, type[Pipeline]] = {}

@@ -101,6 +101,7 @@ class StreamSession:
         self._stream: Stream | None = None
         self._stream_generation = -1
         self._init_cache = True
+        self._flushes = 0
         self._last_chunk_frames = 0
         self._last_chunk_at = 0.0
         self._input_track: MediaStreamTrack | None = None
@@ -253,15 +254,26 @@ class StreamSession:
             self.track.hold = self.paused or self.manager.status != LOADED
             self.track.frozen = self.paused
             self.track.wake()
-        if update.get("reset_cache"):
-            self.track.flush()
+        switched = "input_mode" in update and update["input_mode"] != self._mode()
+        if switched:
+            self.input.clear()  # frames meant for the other mode
+        if update.get("reset_cache") or switched:
+            self._flush_output()
         if update:
             self.parameters.update(update)
         self._wake.set()
 
+    def _flush_output(self) -> None:
+        """Drop the output queued for playback, and the output of a chunk in flight: it was
+        made before a reset, a mode switch or a reload, and the viewer should not wait for it."""
+        self.track.flush()
+        self._flushes += 1
+
     def _on_pipeline_event(self, event: str, message: str) -> None:
         if event in ("loading", "loaded", "load_failed"):
             self.send({"type": "pipeline_event", "event": event, "message": message})
+        if event == "loaded":
+            self._flush_output()  # the old pipeline's frames (a paused session re-opens only on resume)
         self._wake.set()
 
     # Generation -------------------------------------------------------------------------
@@ -318,13 +330,14 @@ class StreamSession:
                 self._stream_generation = generation
                 self._init_cache = True
                 self.input.clear()
+                self._flush_output()
                 continue
             stream = self._stream
             if self._last_chunk_frames and self.track.queued > self._last_chunk_frames:
                 # Playback is more than a chunk behind: wait instead of producing frames to drop.
                 await self.track.wait_for_room(self._last_chunk_frames, timeout=1.0)
                 continue
-            video = None
+            video, arrived = None, ()
             if self._mode() == "video":
                 needed = stream.frames_needed(self.parameters.snapshot())
                 if needed > 0:
@@ -333,8 +346,10 @@ class StreamSession:
                             self._set_state("waiting")  # no input yet, or the input stopped
                         await self._wait(self.input.wait_for(needed, timeout=INPUT_STALL_S))
                         continue
-                    video = self.input.take(needed)
+                    taken = self.input.take(needed)
+                    video, arrived = taken.frames, taken.arrived
             params = self.parameters.take_chunk()
+            flushes = self._flushes
             # A fresh stream starts with its caches reset whatever the client says.
             init_cache = bool(params.pop("reset_cache", False)) or self._init_cache
             started = time.perf_counter()
@@ -375,7 +390,9 @@ class StreamSession:
                 self.parameters.finish_transition()
             self._last_chunk_frames = len(frames)
             self.track.grow(len(frames))
-            self.track.push(frames)
+            if self._flushes != flushes:
+                continue  # flushed while this chunk was made: its frames are stale
+            self.track.push(frames, origins_of(len(frames), arrived))
             self._set_state("streaming")
 
     async def _close_stream(self) -> None:
@@ -389,7 +406,10 @@ class StreamSession:
                 frame = await track.recv()
             except MediaStreamError:
                 return
-            self.input.put(frame.to_ndarray(format="rgb24"))
+            if self._mode() == "video":
+                self.input.put(frame.to_ndarray(format="rgb24"))
+            else:
+                self.input.meter.tick()  # text mode takes no input; only its rate paces the output
 
     # Reporting --------------------------------------------------------------------------
 
@@ -403,6 +423,11 @@ class StreamSession:
             pipeline_id=self.manager.target.pipeline_id if self.manager.target else None,
             synthetic=bool(pipeline and pipeline.synthetic),
             state="paused" if self.paused else self.state,
+            input_frames_received=self.input.received,
+            input_frames_used=self.input.used,
+            input_frames_dropped=self.input.dropped,
+            latency_ms=self.track.latency.percentile_ms(50),
+            latency_p95_ms=self.track.latency.percentile_ms(95),
         ).model_dump(mode="json")
 
     async def _stats_loop(self) -> None:
@@ -457,6 +482,15 @@ class StreamSession:
         except Exception:
             logger.warning("session %s: closing its peer connection failed", self.id, exc_info=True)
         self._on_closed(self)
+
+
+def origins_of(count: int, arrived: tuple[float, ...]) -> list[float | None]:
+    """The input arrival time each of a chunk's ``count`` output frames carries: outputs map onto
+    the inputs in order, proportionally (none when the chunk was made without input)."""
+    if not arrived:
+        return [None] * count
+    last = len(arrived) - 1
+    return [arrived[round(j * last / max(count - 1, 1))] for j in range(count)]
 
 
 def _describe(exc: BaseException) -> str:

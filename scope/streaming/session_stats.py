@@ -22,3 +22,21 @@ class SessionStats(BaseModel):
     state: SessionState = Field(
         description="'streaming'; 'paused' by the client; 'waiting' for a pipeline or for input."
     )
+    input_frames_received: int = Field(
+        description="Video frames received from the peer in video mode since the session started "
+        "(frames that arrive in text mode are discarded uncounted, so a text-mode session reports 0)."
+    )
+    input_frames_used: int = Field(description="Of those, frames a chunk took as input.")
+    input_frames_dropped: int = Field(
+        description="Of those, frames that left the input buffer unused: pushed out of the 30-frame ring, "
+        "passed over by a chunk that took newer ones, or discarded on a mode switch or reload. "
+        "received = used + dropped + the frames buffered now (at most 30)."
+    )
+    latency_ms: float | None = Field(
+        description="Median input-to-output latency, in milliseconds, over the last 30 frames sent to the peer: "
+        "from the arrival of the input frame an output frame was made from to the moment that output frame "
+        "is handed to the encoder. Null when none of them was made from input (text mode)."
+    )
+    latency_p95_ms: float | None = Field(
+        description="The 95th percentile of the same latencies, in milliseconds (null likewise)."
+    )

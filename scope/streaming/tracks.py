@@ -7,7 +7,8 @@ import collections
 import fractions
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from aiortc import MediaStreamTrack
@@ -24,6 +25,8 @@ INPUT_BUFFER_FRAMES = 30
 DRAIN_FACTOR = 0.95
 FPS_WINDOW = 30
 FPS_REFRESH_S = 0.5
+#: Frames sent over which the input-to-output latency is reported.
+LATENCY_WINDOW = 30
 
 
 def clamp_fps(value: float) -> float:
@@ -87,27 +90,52 @@ class ChunkRateMeter:
         return self._value
 
 
-class InputBuffer:
-    """The newest input frames of a session (a ring buffer of 30).
+@dataclass(frozen=True)
+class TakenInput:
+    """The frames a chunk takes, oldest first, with when each arrived (``time.monotonic()``)."""
 
-    When the pipeline is slower than the camera, :meth:`take` samples the buffer evenly and
-    drops what it passed over, so latency stays bounded instead of queueing up.
+    frames: np.ndarray
+    arrived: tuple[float, ...]
+
+
+def even_indices(length: int, count: int) -> list[int]:
+    """``count`` indices spread evenly over ``range(length)``, the last one ``length - 1``."""
+    if count == 1:
+        return [length - 1]
+    return [int(i) for i in np.rint(np.linspace(0, length - 1, count))]
+
+
+class InputBuffer:
+    """The newest input frames of a session (a ring of 30), each with its arrival time.
+
+    :meth:`take` samples everything buffered evenly, always ending at the newest frame, and
+    empties the ring: what it passed over is older than the chunk's input, so it is dropped and
+    no backlog can build up behind it. ``received == used + dropped + len(self)`` at all times.
     """
 
     def __init__(self, capacity: int = INPUT_BUFFER_FRAMES):
-        self._frames: collections.deque[np.ndarray] = collections.deque(maxlen=capacity)
+        self._frames: collections.deque[tuple[np.ndarray, float]] = collections.deque(maxlen=capacity)
         self.meter = RateMeter()
         self._arrived = asyncio.Event()
+        #: Frames put, frames a chunk took, frames that left unused (pushed out, passed over, cleared).
+        self.received = 0
+        self.used = 0
+        self.dropped = 0
 
     def __len__(self) -> int:
         return len(self._frames)
 
-    def put(self, frame: np.ndarray) -> None:
-        self._frames.append(frame)
-        self.meter.tick()
+    def put(self, frame: np.ndarray, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        if len(self._frames) == self._frames.maxlen:
+            self.dropped += 1  # the oldest frame is pushed out of the ring unused
+        self._frames.append((frame, now))
+        self.received += 1
+        self.meter.tick(now)
         self._arrived.set()
 
     def clear(self) -> None:
+        self.dropped += len(self._frames)
         self._frames.clear()
 
     async def wait_for(self, count: int, timeout: float | None = None) -> bool:
@@ -124,20 +152,38 @@ class InputBuffer:
                 return False
         return True
 
-    def take(self, count: int) -> np.ndarray:
-        """Sample ``count`` frames evenly from the buffer and drop through the last one taken."""
+    def take(self, count: int) -> TakenInput:
+        """``count`` frames sampled evenly over the buffer, ending at the newest; empties it."""
         length = len(self._frames)
-        if length < count:
+        if count < 1 or length < count:
             raise ValueError(f"need {count} frames, have {length}")
-        indices = [round(i * length / count) for i in range(count)]
-        frames = [self._frames[i] for i in indices]
-        for _ in range(indices[-1] + 1):
-            self._frames.popleft()
-        if len({f.shape for f in frames}) > 1:  # the client changed resolution mid-chunk
-            frames = [f for f in frames if f.shape == frames[-1].shape]
-            while len(frames) < count:
-                frames.insert(0, frames[0])
-        return np.stack(frames)
+        taken = [self._frames[i] for i in even_indices(length, count)]
+        self._frames.clear()
+        newest_shape = taken[-1][0].shape
+        # A client that changed resolution mid-chunk: keep the newest size, repeat its oldest frame.
+        taken = [item for item in taken if item[0].shape == newest_shape]
+        self.used += len(taken)
+        self.dropped += length - len(taken)
+        taken = [taken[0]] * (count - len(taken)) + taken
+        return TakenInput(np.stack([frame for frame, _ in taken]), tuple(at for _, at in taken))
+
+
+class LatencyWindow:
+    """Input-to-output latency of the last ``window`` frames sent (None for frames made without input)."""
+
+    def __init__(self, window: int = LATENCY_WINDOW):
+        self._values: collections.deque[float | None] = collections.deque(maxlen=window)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def record(self, seconds: float | None) -> None:
+        self._values.append(seconds)
+
+    def percentile_ms(self, q: float) -> float | None:
+        """The ``q``-th percentile in milliseconds, or None when no frame in the window had an input."""
+        values = [v for v in self._values if v is not None]
+        return round(float(np.percentile(values, q)) * 1000.0, 2) if values else None
 
 
 class OutputTrack(MediaStreamTrack):
@@ -147,7 +193,8 @@ class OutputTrack(MediaStreamTrack):
     track is holding (paused, loading), the last frame is repeated; otherwise ``recv`` waits for
     the next frame. A ``frozen`` track (paused) repeats the last frame at once and keeps the
     queue for when it thaws, so a pause freezes the picture the viewer sees, not a chunk later.
-    Timestamps follow the wall clock on a 90 kHz clock.
+    Timestamps follow the wall clock on a 90 kHz clock. Each queued frame may carry the arrival
+    time of the input frame it was made from; sending it records the input-to-output latency.
     """
 
     kind = "video"
@@ -155,7 +202,7 @@ class OutputTrack(MediaStreamTrack):
     def __init__(self, rate: Callable[[], float], capacity: int = 8):
         super().__init__()
         self._rate = rate
-        self._queue: collections.deque[np.ndarray] = collections.deque()
+        self._queue: collections.deque[tuple[np.ndarray, float | None]] = collections.deque()
         self._capacity = capacity
         self._available = asyncio.Event()
         self._taken = asyncio.Event()
@@ -168,27 +215,35 @@ class OutputTrack(MediaStreamTrack):
         self.sent = RateMeter(min_samples=2)
         self.frames_sent = 0
         self.frames_dropped = 0
+        self.latency = LatencyWindow()
 
     def grow(self, frames_per_chunk: int) -> None:
         """Make room for three chunks (never shrinks)."""
         self._chunk_frames = frames_per_chunk
         self._capacity = max(self._capacity, 3 * frames_per_chunk)
 
-    def push(self, frames: np.ndarray) -> None:
-        """Queue a chunk's frames. Refuses (ValueError) anything but uint8 ``(T, H, W, 3)`` RGB,
-        which the encoder would otherwise choke on later, out of the session's sight."""
+    def push(self, frames: np.ndarray, origins: Sequence[float | None] | None = None) -> None:
+        """Queue a chunk's frames, each with the arrival time of its input frame (``origins``;
+        None for frames made without input). Refuses (ValueError) anything but uint8
+        ``(T, H, W, 3)`` RGB, which the encoder would otherwise choke on later, out of the
+        session's sight."""
         shape = getattr(frames, "shape", None)
         if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8 or frames.ndim != 4 or shape[-1] != 3 or 0 in shape[1:3]:
             described = f"{frames.dtype} {shape}" if isinstance(frames, np.ndarray) else type(frames).__name__
             raise ValueError(f"a chunk's frames must be uint8 (T, H, W, 3) RGB, got {described}")
-        for array in frames:
+        if origins is None:
+            origins = [None] * len(frames)
+        elif len(origins) != len(frames):
+            raise ValueError(f"{len(origins)} origins for {len(frames)} frames")
+        for array, origin in zip(frames, origins):
             if len(self._queue) >= self._capacity:
                 self._queue.popleft()  # drop the stalest frame: latency stays bounded
                 self.frames_dropped += 1
-            self._queue.append(array)
+            self._queue.append((array, origin))
         self._available.set()
 
     def flush(self) -> None:
+        """Drop every queued frame (they were made before a reset, a mode switch or a reload)."""
         self._queue.clear()
         self._taken.set()
 
@@ -224,6 +279,7 @@ class OutputTrack(MediaStreamTrack):
             delay = self._due - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
+        fresh, origin = False, None  # a repeated frame is no new output: it records no latency
         while True:
             if self.readyState != "live":
                 raise MediaStreamError
@@ -231,8 +287,9 @@ class OutputTrack(MediaStreamTrack):
                 array = self._last
                 break
             if self._queue:
-                array = self._queue.popleft()
+                array, origin = self._queue.popleft()
                 self._taken.set()
+                fresh = True
                 break
             if self.hold and self._last is not None:
                 array = self._last
@@ -257,4 +314,6 @@ class OutputTrack(MediaStreamTrack):
         self._last = array
         self.frames_sent += 1
         self.sent.tick(now)
+        if fresh:
+            self.latency.record(None if origin is None else now - origin)
         return frame

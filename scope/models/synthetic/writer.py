@@ -26,6 +26,7 @@ from scope.models.artifacts import (
     LONGLIVE_GENERATOR,
     MEMFLOW_GENERATOR,
     REWARD_FORCING_GENERATOR,
+    STREAMDIFFUSIONV2_GENERATOR,
     TAE,
     UMT5_ENCODER,
     VACE,
@@ -99,7 +100,8 @@ def _vace(path: Path, seed: int) -> None:
 
 
 def _nested_generator(path: Path, seed: int) -> None:
-    """LongLive's and MemFlow's container: the weights under ``generator``, ``model.`` prefixed."""
+    """LongLive's, MemFlow's and StreamDiffusionV2's container: the weights under ``generator``,
+    ``model.`` prefixed."""
     from scope.models.synthetic.generator import write_generator
     from scope.pipelines.wan.config import SYNTHETIC_WAN_CONFIG
 
@@ -143,6 +145,7 @@ WRITERS: dict[tuple[str, str], Writer] = {
     (REWARD_FORCING_GENERATOR.repo_id, "rewardforcing.pt"): _flat_generator,
     (MEMFLOW_GENERATOR.repo_id, "base.pt"): _nested_generator,
     (MEMFLOW_GENERATOR.repo_id, "lora.pt"): _flat_peft_lora,
+    (STREAMDIFFUSIONV2_GENERATOR.repo_id, STREAMDIFFUSIONV2_GENERATOR.files[0]): _nested_generator,
 }
 
 

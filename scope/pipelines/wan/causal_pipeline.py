@@ -31,14 +31,22 @@ VIDEO_MODE_DEFAULTS = {"height": 512, "width": 512, "denoising_steps": [1000, 75
 FrameSize = multiple_of(16, 16, 2048)
 
 
-def causal_info(*, id: str, name: str, description: str, docs_url: str) -> PipelineInfo:
-    """A causal Wan pipeline's facts: what names it, and the capabilities the three share."""
+def causal_info(
+    *,
+    id: str,
+    name: str,
+    description: str,
+    docs_url: str,
+    default_mode: Literal["text", "video"] = "text",
+    min_dimension: int = 16,
+) -> PipelineInfo:
+    """A causal Wan pipeline's facts: what names it, and the capabilities they share."""
     return PipelineInfo(
         id=id,
         name=name,
         description=description,
         supported_modes=("text", "video"),
-        default_mode="text",
+        default_mode=default_mode,
         docs_url=docs_url,
         estimated_vram_gb=20.0,
         requires_models=True,
@@ -46,7 +54,7 @@ def causal_info(*, id: str, name: str, description: str, docs_url: str) -> Pipel
         supports_vace=False,
         supports_cache_management=True,
         supports_quantization=True,
-        min_dimension=16,
+        min_dimension=min_dimension,
         modified=True,
     )
 
@@ -123,6 +131,8 @@ class CausalWanPipeline(Pipeline):
     generator_file: ClassVar[tuple[Artifact, str]]
     lora_file: ClassVar[tuple[Artifact, str] | None] = None
     default_steps: ClassVar[list[int]] = DEFAULT_STEPS
+    #: The autoencoder a pipeline always loads whatever ``vae_type`` says (None: as asked).
+    fixed_vae_type: ClassVar[str | None] = None
 
     def __init__(self, load_params: CausalLoadParams, components: WanComponents, synthetic: bool):
         super().__init__(load_params)
@@ -134,7 +144,10 @@ class CausalWanPipeline(Pipeline):
         paths = WanPaths.resolve(context.models_dir, generator=cls.generator_file, lora=cls.lora_file)
         paths.check(cls.info.id)
         components = WanComponents.load(
-            paths, context.models_dir, vae_type=load_params.vae_type, quantization=load_params.quantization
+            paths,
+            context.models_dir,
+            vae_type=cls.fixed_vae_type or load_params.vae_type,
+            quantization=load_params.quantization,
         )
         return cls(load_params, components, uses_synthetic(context.models_dir, cls.artifacts))
 

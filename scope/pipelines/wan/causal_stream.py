@@ -33,6 +33,9 @@ VAE_SPATIAL = 8
 VAE_TEMPORAL = 4
 #: Seeds are 64-bit: torch's generators take any value in [0, 2**64).
 SEED_MODULUS = 2**64
+#: Latent frames of a stream's first text-mode chunk at least: the streaming decoder splits the
+#: first chunk into its first frame and the rest, which must not be empty.
+MIN_FIRST_LATENTS = 2
 #: The stream parameters :meth:`CausalStream.run_chunk` acts on (besides the session's own).
 STREAM_PARAMETERS = frozenset({
     "prompts", "transition", "prompt_interpolation_method", "denoising_step_list",
@@ -72,6 +75,17 @@ class CausalStreamSettings:
     memory: Callable[[int, int], StreamMemory] | None = None
     #: Latent frames of the first video chunk the next chunk overwrites (Reward Forcing: 1).
     first_video_chunk_overlap: int = 0
+    #: Whether re-running a chunk leaves sink slots alone (LongLive's recompute rule); without
+    #: it every denoising step and the clean pass rewrite the chunk's slots (StreamDiffusionV2).
+    protect_sink: bool = True
+    #: Whether encoded input video is normalised by the VAE's latent statistics before noising
+    #: (StreamDiffusionV2 was trained on raw latent means; decoding de-normalises either way).
+    normalize_video_latents: bool = True
+    #: Whether a video chunk without a ``noise_scale`` starts from the pipeline's default rather
+    #: than the previous chunk's value (StreamDiffusionV2: the controller smooths from 0.7 each time).
+    noise_scale_from_default: bool = False
+    #: Whether the noise controller smooths from its own previous output, whatever is sent.
+    controller_smooths_own_output: bool = False
 
 
 class StreamMemory(FrameMemory, Protocol):
@@ -121,6 +135,7 @@ class CausalStream(Stream):
             relative_positions=settings.relative_positions,
             on_evict=settings.on_evict,
             memory=self.memory,
+            protect_sink=settings.protect_sink,
         )
         self.vae_state = components.vae.new_state()
         self.conditioner = PromptConditioner(self._encode_prompts)
@@ -212,7 +227,8 @@ class CausalStream(Stream):
         if video is not None:
             latents, steps = self._video_latents(video, params, steps, rng)
         else:
-            frames = nfpb
+            self.noise_scale = None  # text mode has no noise scale (the reference forces None)
+            frames = nfpb if self.current_start_frame > 0 else max(nfpb, MIN_FIRST_LATENTS)
             latents = self._randn((1, frames, LATENT_CHANNELS, self.latent_h, self.latent_w), rng)
         timings["vae_ms"] += _elapsed_ms(started, self.components.device)
 
@@ -291,14 +307,17 @@ class CausalStream(Stream):
         )
         noise_scale = params.get("noise_scale")
         if noise_scale is None:
-            noise_scale = self.noise_scale if self.noise_scale is not None else self.video_defaults["noise_scale"]
+            previous = None if self.settings.noise_scale_from_default else self.noise_scale
+            noise_scale = previous if previous is not None else self.video_defaults["noise_scale"]
         controller = params.get("noise_controller")
         if controller is None:
             controller = self.video_defaults.get("noise_controller", False)
         if controller:
+            if self.settings.controller_smooths_own_output and self.noise_controller.last_scale is not None:
+                noise_scale = self.noise_controller.last_scale
             noise_scale = self.noise_controller(pixels, noise_scale, self.settings.frames_per_block)
         self.noise_scale = float(noise_scale)
-        encoded = c.vae.stream_encode(pixels, self.vae_state)
+        encoded = c.vae.stream_encode(pixels, self.vae_state, normalize=self.settings.normalize_video_latents)
         noise = self._randn(tuple(encoded.shape), rng)
         latents = noise * self.noise_scale + encoded * (1.0 - self.noise_scale)
         steps = list(steps)

@@ -18,7 +18,7 @@ commits it after all layers ran; every layer reads only its own buffer and all l
 same indices, so updating each layer's buffer in place just before its attention is equivalent
 and avoids a full-buffer copy per layer.
 
-Three generalisations serve LongLive's siblings, each off by default (LongLive uses none):
+Four generalisations serve LongLive's siblings, each off by default (LongLive uses none):
 
 * `relative_positions`: keys are stored without RoPE; the attention layer rotates the attended
   window at frame positions `0..N-1` and the queries at its last positions (Reward Forcing), so
@@ -26,7 +26,9 @@ Three generalisations serve LongLive's siblings, each off by default (LongLive u
 * `on_evict`: called with the tokens a roll drops, after the write (Reward Forcing's EMA sink);
 * `commit=False` on a forward: it attends to the buffer as the write *would* leave it, built
   from slices, and changes nothing (MemFlow's denoising steps); and `memory`, frames attended
-  between the sink and the window (MemFlow's memory bank).
+  between the sink and the window (MemFlow's memory bank);
+* `protect_sink=False`: no recompute rule; a rewrite of the current chunk overwrites its slots
+  even inside the sink (StreamDiffusionV2, whose sink fills with the first chunks' clean keys).
 """
 
 from __future__ import annotations
@@ -101,7 +103,7 @@ class GeneratorCache:
     never evicts; `window_frames`: how many frames the queries see (sink included), defaults to the
     capacity; `rolling=False` disables eviction (a plain growing cache, LongLive's `local_attn_size
     == -1`), in which case writing past the capacity is an error. `relative_positions`,
-    `on_evict` and `memory`: see the module docstring.
+    `on_evict`, `memory` and `protect_sink`: see the module docstring.
     """
 
     def __init__(
@@ -119,6 +121,7 @@ class GeneratorCache:
         relative_positions: bool = False,
         on_evict: EvictionHook | None = None,
         memory: FrameMemory | None = None,
+        protect_sink: bool = True,
     ):
         if frame_seq_len <= 0 or capacity_frames <= 0:
             raise ValueError("frame_seq_len and capacity_frames must be positive")
@@ -138,6 +141,7 @@ class GeneratorCache:
         self.relative_positions = relative_positions
         self.on_evict = on_evict
         self.memory = memory
+        self.protect_sink = protect_sink
         self.batch = batch
         self.dtype = dtype
         shape = (batch, capacity_frames * frame_seq_len, config.num_heads, config.head_dim)
@@ -188,7 +192,7 @@ class GeneratorCache:
         current_end = current_start + num_new
         capacity = layer.capacity
         sink = self.sink_tokens
-        recompute = current_end <= layer.global_end and current_start > 0
+        recompute = self.protect_sink and current_end <= layer.global_end and current_start > 0
         evicted = rolled = 0
         if self.rolling and current_end > layer.global_end and layer.local_end + num_new > capacity:
             evicted = layer.local_end + num_new - capacity

@@ -51,6 +51,46 @@ export function defaultInput(schema) {
   return schema.default_mode === "text" ? "none" : "webcam";
 }
 
+/**
+ * What a pipeline's `mode_defaults` (UI hints, named as in its configuration schema) set: a
+ * stream parameter the stream starts with, or a load parameter the load form offers. A name not
+ * listed here is not applied. docs/widgets.md shows this table.
+ */
+export const MODE_DEFAULT_TARGETS = {
+  denoising_steps: { stream: "denoising_step_list" },
+  noise_scale: { stream: "noise_scale" },
+  noise_controller: { stream: "noise_controller" },
+  height: { load: "height" },
+  width: { load: "width" },
+};
+
+/** The mode a stream takes with input `source`: text when there is none and the pipeline takes text. */
+export function inputMode(schema, source) {
+  return source === "none" && schema.supported_modes.includes("text") ? "text" : "video";
+}
+
+/** A mode's hints, as the stream and load parameters they stand for (only those `schema` has). */
+export function modeHints(schema, mode) {
+  const hints = { stream: {}, load: {} };
+  const known = {
+    stream: schema.parameters_schema?.properties ?? {},
+    load: schema.load_params_schema?.properties ?? {},
+  };
+  for (const [name, value] of Object.entries(schema.mode_defaults?.[mode] ?? {})) {
+    for (const [kind, target] of Object.entries(MODE_DEFAULT_TARGETS[name] ?? {})) {
+      if (target in known[kind]) hints[kind][target] = value;
+    }
+  }
+  return hints;
+}
+
+/** Show a control's value; unset, the mode's hint for it, marked as a hint. */
+function showValue(control, value, hint) {
+  const hinted = (value === undefined || value === null) && hint !== undefined;
+  control.set(hinted ? hint : value);
+  control.element.classList.toggle("scope-hint", hinted);
+}
+
 /** A prompt in a message: quoted, a long one cut short (the editor holds the whole text). */
 function quoted(text, limit = 160) {
   return text.length > limit ? `"${text.slice(0, limit)}..." (${text.length} characters)` : `"${text}"`;
@@ -134,8 +174,7 @@ class WidgetView {
     ui.blend.addEventListener("change", () => this.setTrait("prompt_interpolation_method", ui.blend.value));
     ui.input.addEventListener("change", () => this.setTrait("input_source", ui.input.value));
     ui.pipeline.addEventListener("change", () => {
-      const schema = this.schemas[ui.pipeline.value];
-      if (schema) this.setTrait("input_source", defaultInput(schema));
+      this.setTrait("input_source", ""); // the new pipeline's default input
       this.setTrait("load_params", {});
       this.setTrait("pipeline_id", ui.pipeline.value);
     });
@@ -183,7 +222,7 @@ class WidgetView {
     model.on("change:_command", () => this.command(model.get("_command")));
     model.on("change:pipeline_id", () => this.showPipeline());
     model.on("change:load_params", () => this.showLoadParams());
-    model.on("change:input_source", () => (this.ui.input.value = model.get("input_source")));
+    model.on("change:input_source", () => this.showInput());
     this.showPrompts();
     this.ui.blend.value = model.get("prompt_interpolation_method");
 
@@ -287,6 +326,7 @@ class WidgetView {
     this.buildLoadForm(schema);
     this.buildParameterControls(schema);
     this.fillInputModes(schema);
+    this.showInput();
     await this.showModels(schema);
   }
 
@@ -311,7 +351,35 @@ class WidgetView {
 
   showLoadParams() {
     const params = this.model.get("load_params");
-    for (const [name, control] of Object.entries(this.loadControls ?? {})) control.set(params[name]);
+    const hints = this.hints().load;
+    for (const [name, control] of Object.entries(this.loadControls ?? {})) showValue(control, params[name], hints[name]);
+  }
+
+  /** The input the next stream takes: the chosen one, else the pipeline's default. */
+  inputSource(schema = this.selected()) {
+    return this.model.get("input_source") || (schema ? defaultInput(schema) : "none");
+  }
+
+  /** The `mode_defaults` of the chosen pipeline in the mode its input gives. */
+  hints() {
+    const schema = this.selected();
+    return schema ? modeHints(schema, inputMode(schema, this.inputSource(schema))) : { stream: {}, load: {} };
+  }
+
+  /** The input shown, and the hints of its mode in the forms. */
+  showInput() {
+    this.ui.input.value = this.inputSource();
+    this.showLoadParams();
+    this.showParameters();
+  }
+
+  showParameters() {
+    const hints = this.hints().stream;
+    for (const [name, control] of Object.entries(this.controls)) showValue(control, this.parameterValue(name), hints[name]);
+  }
+
+  parameterValue(name) {
+    return this.streamTraits.includes(name) ? this.model.get(name) : this.extraParameters[name];
   }
 
   buildParameterControls(schema) {
@@ -328,10 +396,10 @@ class WidgetView {
       });
       if (!control) continue;
       this.controls[name] = control;
-      if (this.streamTraits.includes(name)) control.set(this.model.get(name));
       fields.push(control.element);
     }
     this.ui.parameters.replaceChildren(...fields);
+    this.showParameters();
   }
 
   async showModels(schema) {
@@ -391,8 +459,11 @@ class WidgetView {
     const schema = this.selected();
     if (!schema) return null;
     this.setStatus("loading");
+    // The mode's hints for what the user left unset (`loadedAsWanted` compares only what was set,
+    // so a pipeline already loaded is never reloaded for a hint).
+    const loadParams = { ...this.hints().load, ...this.model.get("load_params") };
     try {
-      await this.api("POST", "api/v1/pipeline/load", { pipeline_id: schema.id, load_params: this.model.get("load_params") });
+      await this.api("POST", "api/v1/pipeline/load", { pipeline_id: schema.id, load_params: loadParams });
     } catch (error) {
       this.fail("error", `Load refused: ${error.message}`);
       return null;
@@ -466,7 +537,7 @@ class WidgetView {
     } catch (error) {
       this.log(`Video assets unavailable: ${error.message}`, "warning");
     }
-    const wanted = this.model.get("input_source");
+    const wanted = this.inputSource();
     if (![...ui.input.options].some((o) => o.value === wanted)) ui.input.append(new Option(wanted, wanted));
     ui.input.value = wanted;
   }
@@ -478,7 +549,7 @@ class WidgetView {
   }
 
   async openSource(schema) {
-    const choice = this.model.get("input_source");
+    const choice = this.inputSource(schema);
     const takesText = schema.supported_modes.includes("text");
     if (choice === "none") {
       if (takesText) return null;
@@ -508,8 +579,10 @@ class WidgetView {
     return { stream, stop: () => { player.pause(); player.removeAttribute("src"); } };
   }
 
-  initialParameters(video) {
-    const parameters = { input_mode: video ? "video" : "text", ...this.extraParameters };
+  /** What the stream starts with: the mode's hints (`mode_defaults`) under what the user set. */
+  initialParameters(schema, video) {
+    const mode = video ? "video" : "text";
+    const parameters = { input_mode: mode, ...modeHints(schema, mode).stream, ...this.extraParameters };
     for (const name of this.streamTraits) {
       const value = this.model.get(name);
       if (value === null || (name === "prompts" && !value.length)) continue;
@@ -546,7 +619,7 @@ class WidgetView {
     this.updateButtons();
     try {
       this.source = await this.openSource(schema);
-      await stream.start(this.source?.stream ?? null, this.initialParameters(Boolean(this.source)));
+      await stream.start(this.source?.stream ?? null, this.initialParameters(schema, Boolean(this.source)));
       if (this.stream !== stream) return;
       this.el.dataset.session = stream.sessionId ?? "";
       this.setTraits({ session_id: stream.sessionId ?? "", error: "" });
@@ -682,7 +755,7 @@ class WidgetView {
       this.ui.pause.textContent = value ? "Resume" : "Pause";
       if (this.stream) this.setStatus(value ? "paused" : "streaming");
     }
-    this.controls[name]?.set(value);
+    if (this.controls[name]) showValue(this.controls[name], value, this.hints().stream[name]);
     if (value === null || (name === "prompts" && !value.length)) return;
     if (name === "prompts" && this.transitionTarget === JSON.stringify(value)) return; // reached by the transition
     this.transitionTarget = null;
