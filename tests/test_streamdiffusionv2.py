@@ -280,6 +280,29 @@ def test_the_first_chunk_resamples_4_frames_to_5_and_encodes_raw_latent_means(pi
     assert (normalised - raw).abs().max() > 0.1
 
 
+def test_encoding_skips_the_latent_statistics_and_decoding_applies_them(pipeline):
+    """The asymmetry the model was trained with: a video chunk never normalises its encoded
+    input, while its decode de-normalises the chunk's latents as for every pipeline."""
+    vae = pipeline.components.vae
+    used = {"normalize": 0, "denormalize": []}
+    normalize, denormalize = vae.normalize_latents, vae.denormalize_latents
+
+    def normalizing(mu):
+        used["normalize"] += 1
+        return normalize(mu)
+
+    def denormalizing(z):
+        used["denormalize"].append(z.shape)
+        return denormalize(z)
+
+    with mock.patch.object(vae, "normalize_latents", normalizing), mock.patch.object(vae, "denormalize_latents", denormalizing):
+        stream = pipeline.open_stream()
+        stream.generate(flat_frames([10, 80, 160, 240]), prompts="a watercolour")
+        stream.generate(flat_frames([10, 80, 160, 240]))
+    assert used["normalize"] == 0
+    assert [shape[1] for shape in used["denormalize"]] == [2, 1]  # each chunk's latent frames
+
+
 def test_vae_type_is_accepted_and_the_full_wan_vae_loads_anyway(synthetic_models):
     tae = scope.load_pipeline("streamdiffusionv2", models_dir=synthetic_models, height=SIZE, width=SIZE, vae_type="tae")
     assert tae.load_params.vae_type == "tae" and isinstance(tae.components.vae, WanVAE)

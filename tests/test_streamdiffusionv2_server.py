@@ -253,3 +253,16 @@ async def test_text_mode_streams_five_then_four_frames_a_chunk(api, kernel):
     assert len(same) == len(expected) and max(same) < 3.0, f"the text stream is not the kernel's: {same}"
     shifted = distances(received[1 : len(expected)], expected)
     assert min(shifted) > 2 * max(same), f"frames one position off match as well: {shifted}"
+
+
+async def test_a_receive_only_peer_without_an_input_mode_gets_text_mode(api):
+    """The pipeline's default is video, but a ``recvonly`` offer has nothing to send: the session
+    takes text mode and streams, instead of waiting for input forever. A peer that sends video
+    still gets the default."""
+    await load(api, SMALL)
+    async with connected(api, {"prompts": PROMPT}, recvonly=True) as watcher:
+        await watcher.wait_frames(FIRST_OUTPUT, timeout=90)
+        assert (await session_info(api, watcher.session_id))["input_mode"] == "text"
+    async with connected(api, {"prompts": PROMPT}, send_track=PatternTrack(width=64, height=64)) as sender:
+        info = await session_info(api, sender.session_id)
+    assert info["input_mode"] == "video"

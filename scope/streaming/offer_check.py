@@ -44,3 +44,10 @@ def check_offer(sdp: str) -> None:
             )
         if media.ice is None or not media.ice.usernameFragment or not media.ice.password:
             raise OfferProblem(f"The offer's {media.kind} section has no ICE credentials (a=ice-ufrag, a=ice-pwd).")
+
+
+def sends_video(sdp: str) -> bool:
+    """Whether a (checked) offer sends video to the server: a ``sendrecv`` or ``sendonly`` video
+    section. A ``recvonly`` offer only watches; it has no input to give."""
+    description = SessionDescription.parse(sdp)
+    return any(m.kind == "video" and m.port != 0 and m.direction in ("sendrecv", "sendonly") for m in description.media)

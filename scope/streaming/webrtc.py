@@ -17,7 +17,7 @@ from scope.params import ParameterErrors, parse_parameters
 from scope.streaming.host_addresses import drop_unreachable_candidates, may_check
 from scope.streaming.manager import LOADED, LOADING, PipelineManager
 from scope.streaming.messages import parameter_warnings
-from scope.streaming.offer_check import OfferProblem, check_offer
+from scope.streaming.offer_check import OfferProblem, check_offer, sends_video
 from scope.streaming.session import StreamSession
 
 logger = logging.getLogger(__name__)
@@ -108,8 +108,14 @@ class SessionService:
         if self.manager.status != LOADED or self.manager.pipeline is None:
             raise SignallingError(400, "Pipeline not loaded. Please load pipeline first.")
 
-    def initial_parameters(self, raw: dict[str, Any] | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    def initial_parameters(
+        self, raw: dict[str, Any] | None, sends_video: bool = True
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """Validate ``initialParameters`` and add the pipeline's defaults for its mode.
+
+        Without an ``input_mode`` the session takes the pipeline's default mode, except that a
+        peer that sends no video (``sends_video`` false) gets text mode where the pipeline has
+        one: video mode would wait for input that never comes.
 
         Returns the parameters and the ``parameters_warning`` messages for the data channel
         (unknown keys, and keys the pipeline does not use: both ignored).
@@ -121,6 +127,8 @@ class SessionService:
         except ParameterErrors as exc:
             raise SignallingError(422, [{**e, "loc": ["body", "initialParameters", *e["loc"]]} for e in exc.errors]) from None
         mode = given.get("input_mode") or pipeline.info.default_mode
+        if "input_mode" not in given and not sends_video and "text" in pipeline.info.supported_modes:
+            mode = "text"
         if mode not in pipeline.info.supported_modes:
             raise SignallingError(
                 400,
@@ -146,7 +154,7 @@ class SessionService:
             check_offer(sdp)
         except OfferProblem as exc:
             raise SignallingError(400, str(exc)) from None
-        params, warnings = self.initial_parameters(raw_parameters)
+        params, warnings = self.initial_parameters(raw_parameters, sends_video=sends_video(sdp))
         self._creating += 1
         try:
             servers = await self.ice_servers()
