@@ -20,6 +20,8 @@ DEFAULT_HOME = Path("~/.daydream-scope")
 DEFAULT_MODELS_DIR = DEFAULT_HOME / "models"
 DEFAULT_LOGS_DIR = DEFAULT_HOME / "logs"
 DEFAULT_ASSETS_QUOTA_GIB = 2
+DEFAULT_LORA_MAX_FILE_GIB = 2
+DEFAULT_LORA_QUOTA_GIB = 64
 
 
 class ScopeSettings(Configurable):
@@ -47,6 +49,27 @@ class ScopeSettings(Configurable):
     lora_dir = Unicode(
         "", help="LoRA weight files. Default: the 'lora' folder inside the models directory."
     ).tag(config=True, env="DAYDREAM_SCOPE_LORA_DIR")
+
+    lora_max_file_bytes = Integer(
+        DEFAULT_LORA_MAX_FILE_GIB * 1024**3,
+        min=1,
+        help="Largest LoRA file an upload or a URL install may store; a larger one gets 413 and "
+        f"leaves nothing behind. Default: {DEFAULT_LORA_MAX_FILE_GIB} GiB.",
+    ).tag(config=True, env="DAYDREAM_SCOPE_LORA_MAX_FILE_BYTES")
+
+    lora_quota_bytes = Integer(
+        DEFAULT_LORA_QUOTA_GIB * 1024**3,
+        min=0,
+        help="Most bytes the LoRA directory may hold, counting uploads and installs in progress. One "
+        f"that would exceed it gets 507 and leaves nothing behind. Default: {DEFAULT_LORA_QUOTA_GIB} GiB.",
+    ).tag(config=True, env="DAYDREAM_SCOPE_LORA_QUOTA_BYTES")
+
+    lora_url_hosts = List(
+        Unicode(),
+        default_value=["huggingface.co", "hf.co", "civitai.com"],
+        help="Hosts (and their subdomains) POST /api/v1/loras may install a LoRA from by URL; "
+        "'*' allows any host. Redirects are followed to any host.",
+    ).tag(config=True, env="DAYDREAM_SCOPE_LORA_URL_HOSTS")
 
     logs_dir = Unicode(
         "", help=f"Server log files. Default: {DEFAULT_LOGS_DIR}."

@@ -33,19 +33,22 @@ def path_context(assets_dir: str | Path, lora_dir: str | Path) -> dict[str, Path
     return {ASSETS_DIR: Path(assets_dir), LORA_DIR: Path(lora_dir)}
 
 
-def _inside(context_key: str, label: str):
-    """A validator keeping a path inside the context's ``context_key`` directory, when given."""
+def _inside(context_key: str, label: str, *, must_exist: bool = False):
+    """A validator keeping a path inside the context's ``context_key`` directory, when given
+    (and, with ``must_exist``, naming a file there)."""
 
     def check(value: str, info: ValidationInfo) -> str:
         base = (info.context or {}).get(context_key)
         if base is None:
             return value
         try:
-            resolve_inside(Path(base), value)
+            resolved = resolve_inside(Path(base), value)
         except PathOutside:
             raise ValueError(f"'{value}' is outside the {label} directory: name a file inside it") from None
         except (OSError, ValueError):  # NUL bytes, over-long names
             raise ValueError(f"'{value[:120]}' is not a valid path") from None
+        if must_exist and not resolved.is_file():
+            raise ValueError(f"there is no {label} file '{value}' in the {label} directory")
         return value
 
     return AfterValidator(check)
@@ -54,7 +57,7 @@ def _inside(context_key: str, label: str):
 #: A path to an image or video: inside the assets directory when validated by the server.
 AssetPath = Annotated[str, _inside(ASSETS_DIR, "assets")]
 #: A path to a LoRA file: inside the LoRA directory when validated by the server.
-LoraPath = Annotated[str, _inside(LORA_DIR, "LoRA")]
+LoraPath = Annotated[str, _inside(LORA_DIR, "LoRA", must_exist=True)]
 
 
 class PromptItem(BaseModel):

@@ -190,6 +190,11 @@ class SessionInfo(BaseModel):
     connection_state: str
     parameters: dict[str, Any]
     stats: SessionStats
+    lora_scales: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="This session's scales of the LoRAs kept apart from the weights (runtime_peft): "
+        "[{path, scale}], as its last chunk applied them.",
+    )
 
 
 class SessionsResponse(BaseModel):
@@ -218,3 +223,69 @@ class LoraFile(BaseModel):
 
 class LoraListResponse(BaseModel):
     lora_files: list[LoraFile]
+
+
+class LoraTargets(BaseModel):
+    count: int = Field(description="How many linear modules the LoRA changes.")
+    kinds: list[str] = Field(description="Which linears of a block (self_attn.q, ffn.0, ...), or whole names outside the blocks.")
+    examples: list[str] = Field(description="The first few module names (original Wan names).")
+
+
+class LoraEntry(LoraFile):
+    """A LoRA file as ``GET /api/v1/loras`` lists it: the spec's fields plus what is in it."""
+
+    size_bytes: int
+    sha256: str = Field(description="Hex sha256 of the file (computed once per path, mtime and size).")
+    format: str | None = Field(
+        description="Key convention: peft, dotted, kohya, diffusers (several joined with '+'); null with error."
+    )
+    rank: int | None = Field(description="The largest rank of its modules; null with error.")
+    targets: LoraTargets | None = Field(description="The modules it changes; null with error.")
+    error: str | None = Field(description="Why the file is not a Wan LoRA (its first bad key); null for a LoRA.")
+
+
+class LoraEntriesResponse(BaseModel):
+    lora_files: list[LoraEntry]
+
+
+#: Synthetic LoRA formats ``POST /api/v1/loras`` can write (``scope.models.synthetic.lora``).
+SyntheticLoraFormat = Literal["peft", "peft_alpha", "peft_base_model", "dotted", "kohya", "diffusers"]
+
+
+class LoraInstallRequest(BaseModel):
+    """Install a LoRA into the LoRA directory: from ``url``, or a synthetic one (``synthetic``)."""
+
+    # A synthetic file needs no network, so the example works on any server.
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra=examples(
+            {"synthetic": "peft"},
+            {"url": "https://huggingface.co/<user>/<repo>/resolve/main/<file>.safetensors"},
+        ),
+    )
+
+    url: str | None = Field(
+        None,
+        description="An http(s) URL of the file, on a host in ScopeApp.lora_url_hosts (redirects are followed).",
+    )
+    filename: str | None = Field(
+        None,
+        description="Name to store it under; default: the URL's last path segment, else the answer's "
+        "Content-Disposition, else 'synthetic-<format>.safetensors'.",
+    )
+    overwrite: bool = Field(False, description="Replace a file of that name (otherwise 409).")
+    synthetic: SyntheticLoraFormat | None = Field(
+        None,
+        description="Write a tiny synthetic LoRA in this key convention, for the synthetic generator "
+        "(instead of url).",
+    )
+
+
+class LoraInstallResponse(BaseModel):
+    message: str
+    file: LoraEntry
+
+
+class LoraDeleteResponse(BaseModel):
+    success: bool
+    message: str

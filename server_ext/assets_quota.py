@@ -1,4 +1,4 @@
-"""The assets directory's quota: files on disk plus the bytes reserved by uploads in flight.
+"""A directory's quota (assets, LoRA files): files on disk plus the bytes reserved by uploads in flight.
 
 Every decision is taken on the event loop thread, so two uploads can never both take the last
 free bytes. The directory is measured off the loop; a commit (rename into place) that happens
@@ -16,18 +16,21 @@ from pathlib import Path
 
 @dataclass
 class QuotaExceeded(Exception):
-    """An upload that would push the assets directory past its quota."""
+    """An upload that would push a directory past its quota."""
 
     quota: int
     used: int
     wanted: int
+    #: What the directory holds, and the setting of its quota.
+    what: str = "assets"
+    setting: str = "assets_quota_bytes"
 
     @property
     def detail(self) -> str:
         return (
-            f"Assets quota exceeded: the assets directory may hold {self.quota} bytes "
-            f"(ScopeApp.assets_quota_bytes); {self.used} bytes are in use or reserved by uploads "
-            f"in progress, and this upload needs {self.wanted} more. Delete assets or raise the quota."
+            f"{self.what.capitalize()} quota exceeded: the {self.what} directory may hold {self.quota} bytes "
+            f"(ScopeApp.{self.setting}); {self.used} bytes are in use or reserved by uploads "
+            f"in progress, and this upload needs {self.wanted} more. Delete some of its files or raise the quota."
         )
 
 
@@ -53,11 +56,13 @@ def directory_bytes(root: Path, skip: frozenset[str]) -> int:
 
 
 class AssetsQuota:
-    """Admits uploads into the assets directory while its files and reservations fit the quota."""
+    """Admits uploads into a directory while its files and reservations fit the quota."""
 
-    def __init__(self, root: Path, quota_bytes: int):
+    def __init__(self, root: Path, quota_bytes: int, what: str = "assets", setting: str = "assets_quota_bytes"):
         self.root = root
         self.quota = quota_bytes
+        self.what = what
+        self.setting = setting
         self._on_disk = 0  # measured, then kept up to date by our own commits
         self._commits = 0
         self._reserved: dict[object, int] = {}
@@ -114,7 +119,7 @@ class AssetsQuota:
         """Raise ``QuotaExceeded`` unless ``wanted`` more bytes fit."""
         used = self.in_use()
         if used + wanted > self.quota:
-            raise QuotaExceeded(self.quota, used, wanted)
+            raise QuotaExceeded(self.quota, used, wanted, self.what, self.setting)
 
 
 def remove_abandoned_uploads(root: Path, prefix: str, max_age_s: float) -> list[Path]:

@@ -12,6 +12,7 @@ from scope.server_ext.handlers.base import ScopeHandler
 from scope.server_ext.handlers.docs import OpenApiHandler, SwaggerHandler
 from scope.server_ext.handlers.guides import GuidesHandler
 from scope.server_ext.handlers.files import AssetFileHandler, AssetsHandler, LoraListHandler
+from scope.server_ext.handlers.loras import LoraFileHandler, LorasHandler, LoraUploadHandler
 from scope.server_ext.handlers.health import CurrentLogHandler, HardwareInfoHandler, HealthHandler
 from scope.server_ext.handlers.models import ModelsDownloadHandler, ModelsStatusHandler
 from scope.server_ext.handlers.page import WidgetStateHandler
@@ -48,6 +49,9 @@ HANDLERS: list[type[ScopeHandler]] = [
     AssetsHandler,
     AssetFileHandler,
     LoraListHandler,
+    LorasHandler,
+    LoraUploadHandler,  # before LoraFileHandler, whose pattern would take "upload" as a name
+    LoraFileHandler,
     CurrentLogHandler,
 ]
 

@@ -13,6 +13,7 @@ from aiortc import RTCIceServer
 from scope.config import ScopeSettings
 from scope.logs import ServerLog
 from scope.models.download import DownloadManager
+from scope.models.lora_files import LoraFileCache
 from scope.pipelines.base import LoadContext
 from scope.server_ext.assets_quota import AssetsQuota, remove_abandoned_uploads
 from scope.server_ext.handlers.files import UPLOAD_PREFIX
@@ -40,6 +41,9 @@ class ScopeServices:
     assets_quota: AssetsQuota
     #: Which web pages may call the open API (the settings, parsed once).
     origins: OriginPolicy
+    #: The LoRA directory's quota (uploads and URL installs), and what its files hold.
+    lora_quota: AssetsQuota
+    lora_files: LoraFileCache
 
     @classmethod
     def create(cls, settings: ScopeSettings) -> "ScopeServices":
@@ -71,12 +75,15 @@ class ScopeServices:
             max_repeated_failures=settings.max_repeated_chunk_failures,
         )
         downloads = DownloadManager(settings.models_path, token=os.environ.get("HF_TOKEN") or None)
-        for path in remove_abandoned_uploads(settings.assets_path, UPLOAD_PREFIX, ABANDONED_UPLOAD_AGE_S):
-            logger.info("removed an abandoned upload: %s", path.name)
+        for root in (settings.assets_path, settings.lora_path):
+            for path in remove_abandoned_uploads(root, UPLOAD_PREFIX, ABANDONED_UPLOAD_AGE_S):
+                logger.info("removed an abandoned upload: %s", path.name)
         assets_quota = AssetsQuota(settings.assets_path, settings.assets_quota_bytes)
         origins = OriginPolicy.from_settings(settings)
+        lora_quota = AssetsQuota(settings.lora_path, settings.lora_quota_bytes, "LoRA", "lora_quota_bytes")
         return cls(
-            settings, manager, sessions, downloads, ice, ServerLog(settings.logs_path), executor, assets_quota, origins
+            settings, manager, sessions, downloads, ice, ServerLog(settings.logs_path), executor, assets_quota, origins,
+            lora_quota=lora_quota, lora_files=LoraFileCache(),
         )
 
     def open_log(self, console: bool = False) -> None:

@@ -41,6 +41,8 @@ async def test_openapi_document_is_valid_and_covers_every_endpoint(api):
         ("/api/v1/webrtc/sessions", "get"), ("/api/v1/webrtc/sessions/{session_id}", "delete"),
         ("/api/v1/assets", "get"), ("/api/v1/assets", "post"), ("/api/v1/assets/{asset_path}", "get"),
         ("/api/v1/lora/list", "get"), ("/api/v1/logs/current", "get"),
+        ("/api/v1/loras", "get"), ("/api/v1/loras", "post"), ("/api/v1/loras/upload", "post"),
+        ("/api/v1/loras/{name}", "delete"),
     }
     present = {(path, method) for path, item in spec["paths"].items() for method in item}
     assert expected <= present

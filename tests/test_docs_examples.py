@@ -19,6 +19,7 @@ TRY_ORDER = [
     ("post", "/api/v1/models/download"),
     ("post", "/api/v1/webrtc/offer"),
     ("patch", "/api/v1/webrtc/offer/{session_id}"),
+    ("post", "/api/v1/loras"),
 ]
 
 
@@ -35,9 +36,10 @@ async def test_every_request_body_example_succeeds_as_is(api):
         for method, operation in item.items()
         if "requestBody" in operation
     }
-    # The upload's body is a file chosen in Swagger UI's file picker, not a JSON example.
+    # The uploads' bodies are files chosen in Swagger UI's file picker, not JSON examples.
     files = {key: content for key, content in bodies.items() if "application/json" not in content}
-    assert files == {("post", "/api/v1/assets"): {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
+    binary = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+    assert files == {("post", "/api/v1/assets"): binary, ("post", "/api/v1/loras/upload"): binary}
     assert sorted(key for key in bodies if key not in files) == sorted(TRY_ORDER)
 
     filled: dict[str, str] = {}

@@ -208,7 +208,7 @@ def started_its_own_server(run: Executed) -> None:
 
 
 def test_notebooks_are_stored_clean():
-    """Seven notebooks, valid nbformat v4, no outputs or execution counts, the python3 kernel."""
+    """Eight notebooks, valid nbformat v4, no outputs or execution counts, the python3 kernel."""
     assert ALL == [
         "01_quick_start.ipynb",
         "02_parameters_and_transitions.ipynb",
@@ -217,6 +217,7 @@ def test_notebooks_are_stored_clean():
         "05_in_kernel_api.ipynb",
         "06_comparing_longlive_siblings.ipynb",
         "07_streamdiffusionv2.ipynb",
+        "08_user_loras.ipynb",
     ]
     for name in ALL:
         notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
@@ -403,6 +404,60 @@ def test_streamdiffusionv2_video_to_video(tmp_path, synthetic_models):
     printed = run.stdout(run.cell_with("for scale in NOISE_SCALES"))
     assert "noise_scale 0.2: first step 100" in printed and "noise_scale 1.0: first step 900" in printed
     assert "unloaded" in run.stdout(run.cell_with("pipeline.unload()"))
+
+
+# 08: user LoRAs at runtime, their scales swept ----------------------------------------------
+
+LORAS = "08_user_loras.ipynb"
+#: The suite's run: two chunks per stream, a 3x3 grid.
+LORAS_SHORT = {"CHUNKS": 2, "SCALES": [0.0, 1.0, 2.0]}
+
+
+def test_user_loras_notebook_defaults():
+    _, settings = settings_cell(nbformat.read(NOTEBOOKS / LORAS, as_version=4))
+    assert settings["SYNTHETIC"] is True and settings["LORA_FILES"] is None
+    assert (settings["HEIGHT"], settings["WIDTH"]) == (64, 64)
+    assert 0.0 in settings["SCALES"] and len(settings["SCALES"]) >= 3
+
+
+def test_user_loras_scales_swept(tmp_path, synthetic_models):
+    run = execute(LORAS, tmp_path, synthetic_models, {
+        "reference": "reference.shape", "zero_difference": "zero_difference",
+        "away": "{f'{a:g},{b:g}': v for (a, b), v in away.items()}",
+        "grid": "{f'{a:g},{b:g}': v.shape for (a, b), v in grid.items()}",
+        "side_by_side": "side_by_side", "resets": "resets", "merged_difference": "merged_difference",
+        "merged_away": "distance(merged_frames, reference)",
+    }, parameters=LORAS_SHORT)
+    v = run.values
+    assert not list((tmp_path / "logs").glob("daydream-scope-*.out")), "the in-kernel API needs no server"
+    assert "synthetic weights" in run.stdout(run.cell_with("plain = scope.load_pipeline("))
+
+    # Both adapters loaded apart from the weights; at scale 0 they are exactly the plain pipeline.
+    loaded = run.stdout(run.cell_with('lora_merge_mode="runtime_peft"'))
+    assert "style_a: scale 0.0, runtime_peft" in loaded and "style_b: scale 0.0, runtime_peft" in loaded
+    assert v["reference"] == [9 + 12, 64, 64, 3]
+    assert v["zero_difference"] == 0
+    assert "largest difference 0 grey levels over 21 frames" in loaded
+
+    # The grid: every pair ran; (0, 0) is the plain pipeline, and each scale moves the output
+    # further the larger it is, A's and B's alike.
+    away = v["away"]
+    assert set(v["grid"]) == {f"{a},{b}" for a in (0, 1, 2) for b in (0, 1, 2)}
+    assert all(shape == [21, 64, 64, 3] for shape in v["grid"].values())
+    assert away["0,0"] == 0
+    assert 1 < away["1,0"] < away["2,0"] and 1 < away["0,1"] < away["0,2"], away
+    assert away["1,1"] > max(away["1,0"], away["0,1"]) * 0.9, away
+    assert run.images(run.cell_with("for a in SCALES for b in SCALES")) == 1
+    assert "rows: A, columns: B" in run.stdout(run.cell_with("for a in SCALES for b in SCALES"))
+
+    # Scales are per stream: interleaved streams equal runs alone; a change resets the caches.
+    assert v["side_by_side"] == {"A 1": True, "B 1": True}
+    assert v["resets"] == [True, False, True, False]
+
+    # Merged at load equals the runtime adapter at the same scale, up to a grey level of rounding.
+    assert v["merged_difference"] <= 1
+    assert abs(v["merged_away"] - away["1,0"]) < 0.1
+    assert "unloaded" in run.stdout(run.cell_with("merged.unload()"))
 
 
 # 01: quick start ------------------------------------------------------------------------

@@ -44,6 +44,7 @@ def outside_paths(scope_dirs) -> dict[str, str]:
 async def test_data_channel_refuses_paths_outside_and_keeps_streaming(api, test_pipelines, scope_dirs):
     await load_pattern(api)
     (scope_dirs["assets"] / "ref.png").write_bytes(b"png")
+    (scope_dirs["lora"] / "style.safetensors").write_bytes(b"lora")
     async with connected(api, {"prompts": ["one"]}) as client:
         await asyncio.wait_for(client.channel_open.wait(), 10)
         refusals = [
@@ -92,6 +93,9 @@ def test_traversal_and_symlinks_out_are_refused_inside_paths_accepted(scope_dirs
     with pytest.raises(ParameterErrors) as refused:
         parse_parameters({"lora_scales": [{"path": str(scope_dirs["assets"] / "a.safetensors"), "scale": 1}]}, context=context)
     assert refused.value.errors[0]["loc"] == ["lora_scales", 0, "path"]
+    with pytest.raises(ParameterErrors, match="no LoRA file"):  # inside, but not there
+        parse_parameters({"lora_scales": [{"path": str(scope_dirs["lora"] / "a.safetensors"), "scale": 1}]}, context=context)
+    (scope_dirs["lora"] / "a.safetensors").write_bytes(b"lora")
     parsed, _ = parse_parameters({"lora_scales": [{"path": str(scope_dirs["lora"] / "a.safetensors"), "scale": 1}]}, context=context)
     assert parsed["lora_scales"][0]["path"].endswith("a.safetensors")
 
@@ -115,10 +119,11 @@ async def test_load_params_loras_outside_get_422_naming_the_field(api, scope_dir
         error = reply.json["detail"][0]
         assert error["loc"] == ["body", "load_params", "loras", 0, "path"], error
         assert "outside the LoRA directory" in error["msg"]
-    # Inside the LoRA directory, longlive still refuses LoRAs as a whole (not available yet).
-    inside = {"pipeline_id": "longlive", "load_params": {"loras": [{"path": "style.safetensors"}]}}
+    # Inside the LoRA directory, a file that is not there is named as such.
+    inside = {"pipeline_id": "longlive", "load_params": {"loras": [{"path": "missing.safetensors"}]}}
     reply = await api("POST", "api/v1/pipeline/load", inside)
-    assert reply.status == 422 and reply.json["detail"][0]["loc"] == ["body", "load_params", "loras"]
+    assert reply.status == 422 and reply.json["detail"][0]["loc"] == ["body", "load_params", "loras", 0, "path"]
+    assert "no LoRA file 'missing.safetensors'" in reply.json["detail"][0]["msg"]
     assert (await api("GET", "api/v1/pipeline/status")).json["status"] == "not_loaded"
 
 

@@ -186,8 +186,9 @@ async def test_a_session_whose_output_track_ended_closes_and_the_server_stays_re
 # One-shot requests survive a failed chunk --------------------------------------------------------
 
 
-async def test_a_failed_chunk_keeps_its_one_shot_requests_for_the_next(api, broken):
+async def test_a_failed_chunk_keeps_its_one_shot_requests_for_the_next(api, broken, scope_dirs):
     broken.failure = "reset_once"
+    (scope_dirs["lora"] / "style.safetensors").write_bytes(b"lora")  # a LoRA path must name a file
     await load(api, "test-broken")
     async with connected(api, {"prompts": ["p"]}, recvonly=True) as client:
         await asyncio.wait_for(client.channel_open.wait(), 10)
@@ -219,7 +220,7 @@ def test_in_kernel_generate_keeps_one_shot_parameters_of_a_failed_chunk(test_pip
 
 # Parameters a pipeline does not use --------------------------------------------------------------
 
-LONGLIVE_UNUSED = {"kv_cache_attention_bias", "lora_scales", "vace_ref_images", "vace_context_scale", "vace_use_input_video"}
+LONGLIVE_UNUSED = {"kv_cache_attention_bias", "vace_ref_images", "vace_context_scale", "vace_use_input_video"}
 
 
 async def test_longlive_warns_about_the_parameters_it_does_not_use(api):
@@ -237,9 +238,9 @@ async def test_longlive_warns_about_the_parameters_it_does_not_use(api):
         assert "longlive" in unused["message"] and "kv_cache_attention_bias" in unused["message"]
         await asyncio.wait_for(client.channel_open.wait(), 10)
         since = len(client.messages)
-        client.send({"prompts": ["a cat"], "vace_context_scale": 1.5, "lora_scales": [{"path": "x.safetensors", "scale": 1}]})
+        client.send({"prompts": ["a cat"], "vace_context_scale": 1.5, "vace_use_input_video": True})
         warning = await client.peer.wait_message(lambda m: m.get("type") == "parameters_warning", 30, since=since)
-        assert warning["unused_keys"] == ["lora_scales", "vace_context_scale"]
+        assert warning["unused_keys"] == ["vace_context_scale", "vace_use_input_video"]
         await client.wait_frames(1, timeout=60)
     # Parameters it uses draw no warning.
     async with connected(api, {"prompts": ["a fox"], "manage_cache": True, "denoising_step_list": [1000, 500]}, recvonly=True) as client:

@@ -69,6 +69,22 @@ def test_actions_are_one_shot_commands():
     assert seen == ["load", "start", "reset_cache", "reset_cache", "stop"]
 
 
+def test_a_runtime_lora_scale_goes_to_the_view_as_lora_scales():
+    """``set_lora_scale`` sends one ``lora_scales`` entry, checked in the cell by the data channel's model."""
+    w = ScopeWidget()
+    seen = []
+    w.observe(lambda change: seen.append(change["new"]), names=["_command"])
+    w.set_lora_scale(Path("styles/ink.safetensors"), 2)
+    w.set_lora_scale("styles/ink.safetensors", -0.5)
+    assert [(c["name"], c["lora_scales"]) for c in seen] == [
+        ("lora_scales", [{"path": "styles/ink.safetensors", "scale": 2.0}]),
+        ("lora_scales", [{"path": "styles/ink.safetensors", "scale": -0.5}]),
+    ]
+    with pytest.raises(traitlets.TraitError, match=r"lora_scales\.0\.scale: Input should be less than or equal to 10"):
+        w.set_lora_scale("styles/ink.safetensors", 10.5)
+    assert len(seen) == 2 and w.lora_adapters == []
+
+
 def test_server_urls_end_with_a_slash_and_the_kernels_own_server_is_same_origin(monkeypatch):
     monkeypatch.setattr("scope.serving.parent_jupyter_server", lambda: {"url": "http://localhost:8888/lab/"})
     assert ScopeWidget(server="http://127.0.0.1:8000").server == "http://127.0.0.1:8000/"
@@ -98,7 +114,7 @@ OWN_API = {
     "input_mode": "input_source",
     "transition": "transition_to()",
     "reset_cache": "reset_cache()",
-    "lora_scales": "one-shot",
+    "lora_scales": "set_lora_scale()",
     "vace_ref_images": "one-shot",
 }
 
@@ -177,7 +193,7 @@ def test_the_page_starts_from_the_widgets_own_state():
 @pytest.mark.usefixtures("jp_serverapp")
 async def test_the_view_modules_are_served_to_any_origin(api):
     """The widget imports its view from the server it streams from, possibly another origin."""
-    for module in ("widget.js", "api.js", "stream.js", "schema-form.js", "test-pattern.js"):
+    for module in ("widget.js", "api.js", "stream.js", "schema-form.js", "test-pattern.js", "lora-controls.js", "dom.js"):
         reply = await api("GET", f"scope/{module}", headers={"Origin": "http://127.0.0.1:8888"})
         assert reply.status == 200, module
         assert reply.headers["Access-Control-Allow-Origin"] == "*"

@@ -173,6 +173,10 @@ class ScopeWidget(anywidget.AnyWidget, StreamParameterTraits):
     chunk_ms = traitlets.Float(0.0, help="Generation time of the last chunk.").tag(sync=True)
     error = traitlets.Unicode("", help="The last error, in words; '' when none.").tag(sync=True)
     messages = traitlets.List(traitlets.Unicode(), help="Recent messages, newest last.").tag(sync=True)
+    lora_adapters = traitlets.List(
+        help="The loaded pipeline's LoRA adapters kept apart from the weights (runtime_peft): "
+        "[{path, name, merge_mode, scale}], scale as this view's stream has it.",
+    ).tag(sync=True)
 
     #: Views drawn in the front end (ipywidgets counts them when this is a number).
     _view_count = traitlets.Int(0, allow_none=True).tag(sync=True)
@@ -248,6 +252,17 @@ class ScopeWidget(anywidget.AnyWidget, StreamParameterTraits):
         # The stream ends on the target; the front end does not resend it as a jump.
         self.prompts = transition["target_prompts"]
 
+    def set_lora_scale(self, path: str | Path, scale: float) -> None:
+        """Set the scale of a runtime LoRA adapter (``runtime_peft``) in the live stream.
+
+        ``path`` as loaded: absolute, or relative to the server's LoRA directory
+        (``w.lora_adapters`` lists them). Sent as ``lora_scales`` on the data channel; the
+        server refuses a merged or unknown adapter (``w.error`` then says so). Only the stream
+        of this widget changes: each stream has its own scales.
+        """
+        entries = _parameter_value("lora_scales", [{"path": str(path), "scale": scale}])
+        self._send_command("lora_scales", lora_scales=entries)
+
     def reset_cache(self) -> None:
         """Flush queued frames and restart the stream's caches on the next chunk."""
         self._send_command("reset_cache")
@@ -264,8 +279,8 @@ class ScopeWidget(anywidget.AnyWidget, StreamParameterTraits):
         """End the stream; the server frees its state at once."""
         self._send_command("stop")
 
-    def _send_command(self, name: str) -> None:
-        self._command = {"id": next(self._ids), "name": name}
+    def _send_command(self, name: str, **arguments: Any) -> None:
+        self._command = {"id": next(self._ids), "name": name, **arguments}
 
     # Waiting for the view ------------------------------------------------------------------
     async def wait_for(self, *statuses: str, timeout: float = 120.0) -> str:

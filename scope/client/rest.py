@@ -25,7 +25,11 @@ from scope.server_ext.api_models import (
     HealthResponse,
     IceServer,
     IceServersResponse,
+    LoraDeleteResponse,
+    LoraEntriesResponse,
+    LoraEntry,
     LoraFile,
+    LoraInstallResponse,
     LoraListResponse,
     MessageResponse,
     ModelsStatusResponse,
@@ -301,3 +305,53 @@ class ScopeClient:
 
     def lora_files(self) -> list[LoraFile]:
         return self._get("api/v1/lora/list", LoraListResponse).lora_files
+
+    def loras(self) -> list[LoraEntry]:
+        """LoRA files with their size, sha256, format, rank and targets (or why one is not a LoRA)."""
+        return self._get("api/v1/loras", LoraEntriesResponse).lora_files
+
+    def install_lora(
+        self, url: str | None = None, *, filename: str | None = None, overwrite: bool = False,
+        synthetic: str | None = None, timeout: float = 3600.0,
+    ) -> LoraEntry:
+        """Install a LoRA from ``url`` (or write a synthetic one in format ``synthetic``); the
+        server streams it, so the call lasts as long as the transfer."""
+        body: dict[str, Any] = {"overwrite": overwrite}
+        body.update({k: v for k, v in (("url", url), ("filename", filename), ("synthetic", synthetic)) if v is not None})
+        response = self.request("POST", "api/v1/loras", json=body, timeout=timeout)
+        return LoraInstallResponse.model_validate(response.json()).file
+
+    def upload_lora(
+        self, path_or_bytes: str | Path | bytes, filename: str | None = None, *, overwrite: bool = False,
+        timeout: float = 3600.0,
+    ) -> LoraEntry:
+        """Upload a LoRA file (streamed from disk) or bytes (then ``filename`` is required)."""
+        if isinstance(path_or_bytes, bytes):
+            if not filename:
+                raise ValueError("upload_lora needs a filename when given bytes")
+            content: Any = path_or_bytes
+            size = len(path_or_bytes)
+        else:
+            source = Path(path_or_bytes)
+            filename = filename or source.name
+            size = source.stat().st_size
+            content = _chunks(source)
+        response = self.request(
+            "POST", "api/v1/loras/upload", params={"filename": filename, "overwrite": str(overwrite).lower()},
+            content=content, timeout=timeout,
+            headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
+        )
+        return LoraEntry.model_validate(response.json())
+
+    def delete_lora(self, name: str | LoraFile) -> None:
+        """Delete a LoRA file: its entry, its file name (``style.safetensors``) or its stem."""
+        if isinstance(name, LoraFile):
+            name = Path(name.path).name if name.folder is None else f"{name.folder}/{Path(name.path).name}"
+        LoraDeleteResponse.model_validate(self.request("DELETE", f"api/v1/loras/{quote(name, safe='/')}").json())
+
+
+def _chunks(path: Path, size: int = 1024 * 1024):
+    """A file's bytes in chunks, so an upload never holds the whole file in memory."""
+    with path.open("rb") as handle:
+        while chunk := handle.read(size):
+            yield chunk

@@ -123,6 +123,9 @@ class Stream(ABC):
         if unknown:
             errors = [{"loc": [k], "msg": "unknown parameter", "type": "extra_forbidden"} for k in unknown]
             raise ParameterErrors(errors)
+        errors = self.check_parameters(validated)
+        if errors:
+            raise ParameterErrors(errors)
         unused = unused_parameters(self.parameters_model, validated)
         if unused:
             warnings.warn(
@@ -145,6 +148,10 @@ class Stream(ABC):
 
     #: Parameters :meth:`generate` accepts beyond the data channel's (e.g. tensors).
     extra_parameters: tuple[str, ...] = ()
+
+    def check_parameters(self, update: dict[str, Any]) -> list[dict[str, Any]]:
+        """What the opening pipeline's :meth:`Pipeline.check_parameters` finds wrong (set on open)."""
+        return []
 
     def close(self) -> None:
         """Release per-stream buffers."""
@@ -184,6 +191,7 @@ class Pipeline(ABC):
         def open_stream(self: "Pipeline") -> Stream:
             stream = opener(self)
             stream.parameters_model = self.parameters_model
+            stream.check_parameters = self.check_parameters
             return stream
 
         cls.open_stream = open_stream
@@ -192,6 +200,11 @@ class Pipeline(ABC):
     @abstractmethod
     def load(cls, load_params: BaseModel, context: LoadContext) -> "Pipeline":
         """Read weights and build the pipeline (blocking)."""
+
+    def check_parameters(self, update: dict[str, Any]) -> list[dict[str, Any]]:
+        """Errors (``{"loc", "msg", "type"}``) in a validated parameter update that only the loaded
+        pipeline can see, e.g. a ``lora_scales`` entry naming an adapter it did not load."""
+        return []
 
     @abstractmethod
     def open_stream(self) -> Stream:

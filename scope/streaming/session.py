@@ -235,6 +235,10 @@ class StreamSession:
             self.send({"type": "parameters_rejected", "errors": [{"loc": [], "msg": TOO_DEEP}]})
             return
         pipeline = self.manager.pipeline
+        errors = pipeline.check_parameters(update) if pipeline is not None else []
+        if errors:
+            self.send({"type": "parameters_rejected", "errors": [{"loc": e["loc"], "msg": e["msg"]} for e in errors]})
+            return
         mode = update.get("input_mode")
         if mode and pipeline is not None and mode not in pipeline.info.supported_modes:
             msg = f"input_mode '{mode}' is not supported by pipeline '{pipeline.info.id}'"
@@ -444,6 +448,9 @@ class StreamSession:
             "connection_state": self.pc.connectionState,
             "parameters": self.parameters.snapshot(),
             "stats": self.stats(),
+            "lora_scales": [
+                {"path": str(path), "scale": scale} for path, scale in getattr(self._stream, "lora_scales", {}).items()
+            ],
         }
 
     # Teardown ---------------------------------------------------------------------------

@@ -126,6 +126,9 @@ class SessionService:
             given, unknown = parse_parameters(raw or {}, pipeline.parameters_model, context=context)
         except ParameterErrors as exc:
             raise SignallingError(422, [{**e, "loc": ["body", "initialParameters", *e["loc"]]} for e in exc.errors]) from None
+        errors = pipeline.check_parameters(given)
+        if errors:
+            raise SignallingError(422, [{**e, "loc": ["body", "initialParameters", *e["loc"]]} for e in errors])
         mode = given.get("input_mode") or pipeline.info.default_mode
         if "input_mode" not in given and not sends_video and "text" in pipeline.info.supported_modes:
             mode = "text"

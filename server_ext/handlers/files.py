@@ -14,7 +14,7 @@ from jupyter_server.auth.decorator import allow_unauthenticated
 from tornado import web
 
 from scope.paths import InvalidPath, PathOutside, file_name_problem, resolve_inside
-from scope.server_ext.assets_quota import QuotaExceeded
+from scope.server_ext.assets_quota import AssetsQuota, QuotaExceeded
 from scope.server_ext.api_models import Asset, AssetsResponse, LoraListResponse
 from scope.server_ext.handlers.base import ApiError, Operation, ScopeHandler
 
@@ -26,6 +26,7 @@ VIDEO_TYPES = {
     ".mkv": "video/x-matroska",
     ".webm": "video/webm",
 }
+#: What ``GET /api/v1/lora/list`` lists, as the spec says (``GET /api/v1/loras`` adds ``.pth``).
 LORA_SUFFIXES = (".safetensors", ".bin", ".pt")
 MIB = 1024 * 1024
 #: The largest upload, in MiB; the messages below state it.
@@ -102,32 +103,38 @@ def list_loras(root: Path) -> list[dict[str, Any]]:
 
 
 @web.stream_request_body
-class AssetsHandler(ScopeHandler):
-    pattern = openapi_path = "/api/v1/assets"
-    operations = {
-        "get": Operation(
-            "List images and videos in the assets directory",
-            AssetsResponse,
-            query={"type": ("string", False, "'image' or 'video'; omitted: both")},
-            tags=("assets",),
-            null_origin=True,
-        ),
-        "post": Operation(
-            f"Upload an asset (raw bytes, at most {MAX_UPLOAD_MIB} MiB)",
-            Asset,
-            query={"filename": ("string", True, "File name with an image or video extension")},
-            errors={
-                400: "Bad file name or type",
-                409: "A folder of that name exists",
-                413: f"Larger than {MAX_UPLOAD_MIB} MiB",
-                422: "Missing filename",
-                507: "The assets quota (or the disk) has no room for it",
-            },
-            request_content="application/octet-stream",
-            tags=("assets",),
-            null_origin=True,
-        ),
-    }
+class StreamedUploadHandler(ScopeHandler):
+    """A raw-body upload (``POST ...?filename=``) streamed into a temp file in its directory,
+    capped and under the directory's quota, renamed into place when complete.
+
+    Subclasses say where (``upload_root``, ``upload_quota``), how large (``max_upload_bytes``),
+    which names (``check_upload_name``), how the file is placed and described.
+    """
+
+    #: What the directory holds, in messages.
+    upload_what = "assets"
+
+    def upload_root(self) -> Path:
+        raise NotImplementedError
+
+    def upload_quota(self) -> AssetsQuota:
+        raise NotImplementedError
+
+    def max_upload_bytes(self) -> int:
+        raise NotImplementedError
+
+    def too_large_detail(self) -> str:
+        raise NotImplementedError
+
+    def check_upload_name(self, name: str) -> None:
+        """Raise ``ApiError`` for a name (already a bare, clean file name) this directory refuses."""
+
+    def place_upload(self, temp_name: str, target: Path) -> None:
+        """Move the complete temp file to ``target`` (atomically; replacing what is there)."""
+        os.replace(temp_name, target)
+
+    def describe_upload(self, root: Path, target: Path) -> dict[str, Any]:
+        raise NotImplementedError
 
     _temp = None
     _filename = ""
@@ -154,11 +161,11 @@ class AssetsHandler(ScopeHandler):
             self._refuse(exc.status_code, exc.detail)
             return
         declared = self._declared_length()
-        if declared is not None and declared > MAX_UPLOAD_BYTES:
-            self._refuse(413, TOO_LARGE)
+        if declared is not None and declared > self.max_upload_bytes():
+            self._refuse(413, self.too_large_detail())
             return
-        root = self.scope.settings.assets_path
-        quota = self.scope.assets_quota
+        root = self.upload_root()
+        quota = self.upload_quota()
         try:
             root.mkdir(parents=True, exist_ok=True)
             await quota.measure()
@@ -166,7 +173,7 @@ class AssetsHandler(ScopeHandler):
                 return
             self._temp = tempfile.NamedTemporaryFile(dir=root, prefix=UPLOAD_PREFIX, delete=False)
         except OSError as exc:
-            self._refuse(*_storage_error(exc))
+            self._refuse(*_storage_error(exc, self.upload_what))
             return
         try:
             quota.admit(self, self._temp.name, declared)
@@ -186,9 +193,7 @@ class AssetsHandler(ScopeHandler):
         problem = file_name_problem(name)
         if problem:
             raise ApiError(400, f"Invalid filename: {problem}.")
-        if _kind(Path(name)) is None:
-            allowed = ", ".join(sorted({*IMAGE_TYPES, *VIDEO_TYPES}))
-            raise ApiError(400, f"Invalid file type. Allowed types: {allowed}")
+        self.check_upload_name(name)
         return name
 
     def _declared_length(self) -> int | None:
@@ -204,19 +209,19 @@ class AssetsHandler(ScopeHandler):
             return
         if self._temp is None:
             return  # GET bodies are ignored
-        if self._written > MAX_UPLOAD_BYTES:
+        if self._written > self.max_upload_bytes():
             self._discard()
-            self._refuse(413, TOO_LARGE)
+            self._refuse(413, self.too_large_detail())
             return
         try:
-            self.scope.assets_quota.grow(self, self._written)
+            self.upload_quota().grow(self, self._written)
             self._temp.write(chunk)
         except QuotaExceeded as exc:
             self._discard()
             self._refuse(507, exc.detail)
         except OSError as exc:
             self._discard()
-            self._refuse(*_storage_error(exc))
+            self._refuse(*_storage_error(exc, self.upload_what))
 
     def _refuse(self, status: int, detail: Any) -> None:
         """Answer ``status`` at once, then drop the rest of the body (up to ``DRAIN_LIMIT_BYTES``).
@@ -247,7 +252,7 @@ class AssetsHandler(ScopeHandler):
             temp, self._temp = self._temp, None
             temp.close()
             Path(temp.name).unlink(missing_ok=True)
-        self.scope.assets_quota.release(self)
+        self.upload_quota().release(self)
 
     def on_connection_close(self) -> None:
         self._gone = True
@@ -256,6 +261,77 @@ class AssetsHandler(ScopeHandler):
 
     def on_finish(self) -> None:
         self._discard()  # only leftovers: a completed upload was renamed already
+
+    @allow_unauthenticated
+    async def post(self) -> None:
+        if self._refused:
+            self.finish()  # the refusal went out already; the rest of the body has been read
+            return
+        root = self.upload_root()
+        target = root / self._filename
+        temp, self._temp = self._temp, None
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, _flush_and_close, temp)
+            replaced = target.stat().st_size if target.is_file() else 0
+            self.place_upload(temp.name, target)
+        except OSError as exc:
+            Path(temp.name).unlink(missing_ok=True)
+            self.upload_quota().release(self)
+            raise ApiError(*_storage_error(exc, self.upload_what)) from None
+        except ApiError:
+            Path(temp.name).unlink(missing_ok=True)
+            self.upload_quota().release(self)
+            raise
+        self.upload_quota().commit(self, target, replaced)
+        self.reply(self.describe_upload(root, target))
+
+
+class AssetsHandler(StreamedUploadHandler):
+    pattern = openapi_path = "/api/v1/assets"
+    operations = {
+        "get": Operation(
+            "List images and videos in the assets directory",
+            AssetsResponse,
+            query={"type": ("string", False, "'image' or 'video'; omitted: both")},
+            tags=("assets",),
+            null_origin=True,
+        ),
+        "post": Operation(
+            f"Upload an asset (raw bytes, at most {MAX_UPLOAD_MIB} MiB)",
+            Asset,
+            query={"filename": ("string", True, "File name with an image or video extension")},
+            errors={
+                400: "Bad file name or type",
+                409: "A folder of that name exists",
+                413: f"Larger than {MAX_UPLOAD_MIB} MiB",
+                422: "Missing filename",
+                507: "The assets quota (or the disk) has no room for it",
+            },
+            request_content="application/octet-stream",
+            tags=("assets",),
+            null_origin=True,
+        ),
+    }
+
+    def upload_root(self) -> Path:
+        return self.scope.settings.assets_path
+
+    def upload_quota(self) -> AssetsQuota:
+        return self.scope.assets_quota
+
+    def max_upload_bytes(self) -> int:
+        return MAX_UPLOAD_BYTES
+
+    def too_large_detail(self) -> str:
+        return TOO_LARGE
+
+    def check_upload_name(self, name: str) -> None:
+        if _kind(Path(name)) is None:
+            allowed = ", ".join(sorted({*IMAGE_TYPES, *VIDEO_TYPES}))
+            raise ApiError(400, f"Invalid file type. Allowed types: {allowed}")
+
+    def describe_upload(self, root: Path, target: Path) -> dict[str, Any]:
+        return describe_asset(root, target)
 
     @allow_unauthenticated
     async def get(self) -> None:
@@ -267,25 +343,6 @@ class AssetsHandler(ScopeHandler):
         assets = await asyncio.get_running_loop().run_in_executor(None, list_assets, root, kind)
         self.reply({"assets": assets})
 
-    @allow_unauthenticated
-    async def post(self) -> None:
-        if self._refused:
-            self.finish()  # the refusal went out already; the rest of the body has been read
-            return
-        root = self.scope.settings.assets_path
-        target = root / self._filename
-        temp, self._temp = self._temp, None
-        try:
-            await asyncio.get_running_loop().run_in_executor(None, _flush_and_close, temp)
-            replaced = target.stat().st_size if target.is_file() else 0
-            os.replace(temp.name, target)
-        except OSError as exc:
-            Path(temp.name).unlink(missing_ok=True)
-            self.scope.assets_quota.release(self)
-            raise ApiError(*_storage_error(exc)) from None
-        self.scope.assets_quota.commit(self, target, replaced)
-        self.reply(describe_asset(root, target))
-
 
 def _flush_and_close(temp) -> None:
     """Put an upload's bytes on disk before it is renamed into place (off the event loop)."""
@@ -296,14 +353,14 @@ def _flush_and_close(temp) -> None:
         temp.close()
 
 
-def _storage_error(exc: OSError) -> tuple[int, str]:
+def _storage_error(exc: OSError, what: str = "assets") -> tuple[int, str]:
     """The status and detail for a file system error while storing an upload."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return 507, f"Not enough disk space for the upload: {exc.strerror}."
     if exc.errno == errno.ENAMETOOLONG:
         return 400, "Invalid filename: the file system refuses a name this long."
     if exc.errno == errno.EISDIR:
-        return 409, "Invalid filename: a folder of that name exists in the assets directory."
+        return 409, f"Invalid filename: a folder of that name exists in the {what} directory."
     return 500, f"Could not store the upload: {exc.strerror or exc.__class__.__name__}."
 
 

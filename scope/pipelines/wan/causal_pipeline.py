@@ -7,6 +7,7 @@ of :class:`CausalWanPipeline`.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -18,7 +19,8 @@ from scope.pipelines.base import LoadContext, Pipeline, PipelineInfo, Stream
 from scope.pipelines.config_schema import PipelineConfig
 from scope.pipelines.sizes import multiple_of
 from scope.pipelines.wan.causal_stream import STREAM_PARAMETERS, CausalStream, CausalStreamSettings
-from scope.pipelines.wan.components import WanComponents, WanPaths
+from scope.pipelines.wan.components import UserLora, WanComponents, WanPaths
+from scope.pipelines.wan.lora import adapter_name, resolve_lora_path
 from scope.pipelines.wan.config_schema import VaeType, WanPipelineConfig
 
 #: The defaults the three share, for their load parameters and configuration schemas alike.
@@ -50,7 +52,7 @@ def causal_info(
         docs_url=docs_url,
         estimated_vram_gb=20.0,
         requires_models=True,
-        supports_lora=False,
+        supports_lora=True,
         supports_vace=False,
         supports_cache_management=True,
         supports_quantization=True,
@@ -79,6 +81,14 @@ class LoraConfig(BaseModel):
     merge_mode: Literal["permanent_merge", "runtime_peft"] | None = None
 
 
+def user_loras(load_params: BaseModel, lora_dir: Path) -> tuple[UserLora, ...]:
+    """The load parameters' LoRAs, resolved, each with its own merge mode or the global one."""
+    return tuple(
+        UserLora(resolve_lora_path(lora.path, lora_dir), lora.scale, lora.merge_mode or load_params.lora_merge_mode)
+        for lora in load_params.loras or ()
+    )
+
+
 class CausalLoadParams(BaseModel):
     """Load parameters of a causal Wan pipeline; changing any of them means loading again."""
 
@@ -92,9 +102,15 @@ class CausalLoadParams(BaseModel):
     )
     vae_type: VaeType = Field("wan", description="Autoencoder: full Wan VAE, LightVAE, TAE or LightTAE.")
     vace_enabled: bool = Field(False, description="VACE conditioning (not available yet).")
-    loras: list[LoraConfig] | None = Field(None, description="User LoRAs (not available yet).")
+    loras: list[LoraConfig] | None = Field(
+        None,
+        description="User LoRAs: files in the LoRA directory (or absolute paths in the kernel), each "
+        "with a scale and an optional merge_mode overriding lora_merge_mode.",
+    )
     lora_merge_mode: Literal["permanent_merge", "runtime_peft"] = Field(
-        "permanent_merge", description="How user LoRAs are applied."
+        "permanent_merge",
+        description="How user LoRAs are applied: merged into the weights at load (no per-chunk cost), "
+        "or kept apart so each stream can change their scales with lora_scales.",
     )
 
     @field_validator("vace_enabled")
@@ -104,12 +120,6 @@ class CausalLoadParams(BaseModel):
             raise ValueError("VACE is not available yet; leave vace_enabled false")
         return value
 
-    @field_validator("loras")
-    @classmethod
-    def _no_loras(cls, value: list[LoraConfig] | None) -> list[LoraConfig] | None:
-        if value:
-            raise ValueError("user LoRAs are not available yet; leave loras empty")
-        return value
 
 
 class CausalParameters(StreamParameters):
@@ -134,10 +144,14 @@ class CausalWanPipeline(Pipeline):
     #: The autoencoder a pipeline always loads whatever ``vae_type`` says (None: as asked).
     fixed_vae_type: ClassVar[str | None] = None
 
-    def __init__(self, load_params: CausalLoadParams, components: WanComponents, synthetic: bool):
+    def __init__(
+        self, load_params: CausalLoadParams, components: WanComponents, synthetic: bool, lora_dir: Path | None = None
+    ):
         super().__init__(load_params)
         self.components = components
         self._synthetic = synthetic
+        #: Where relative LoRA paths (``loras``, ``lora_scales``) point.
+        self.lora_dir = Path(lora_dir) if lora_dir is not None else Path.cwd()
 
     @classmethod
     def load(cls, load_params: BaseModel, context: LoadContext) -> "CausalWanPipeline":
@@ -148,8 +162,9 @@ class CausalWanPipeline(Pipeline):
             context.models_dir,
             vae_type=cls.fixed_vae_type or load_params.vae_type,
             quantization=load_params.quantization,
+            user_loras=user_loras(load_params, context.lora_dir),
         )
-        return cls(load_params, components, uses_synthetic(context.models_dir, cls.artifacts))
+        return cls(load_params, components, uses_synthetic(context.models_dir, cls.artifacts), context.lora_dir)
 
     def stream_settings(self) -> CausalStreamSettings:
         """The settings a new stream runs with (a load parameter may change them)."""
@@ -164,6 +179,7 @@ class CausalWanPipeline(Pipeline):
             width=params.width,
             seed=params.seed,
             default_steps=self.default_steps,
+            lora_dir=self.lora_dir,
             video_defaults={k: self.mode_defaults["video"][k] for k in ("noise_scale", "noise_controller")},
         )
 
@@ -176,4 +192,23 @@ class CausalWanPipeline(Pipeline):
 
     @property
     def loaded_lora_adapters(self) -> list[dict[str, Any]] | None:
-        return []
+        """The user LoRAs, with the scales they load at (a stream's ``lora_scales`` are its own)."""
+        return [
+            {"path": str(lora.path), "scale": lora.scale, "merge_mode": lora.merge_mode, "name": adapter_name(lora.path)}
+            for lora in self.components.user_loras
+        ]
+
+    def check_parameters(self, update: dict[str, Any]) -> list[dict[str, Any]]:
+        """``lora_scales`` may name only adapters kept apart from the weights (``runtime_peft``)."""
+        errors = []
+        for index, entry in enumerate(update.get("lora_scales") or []):
+            path = resolve_lora_path(entry["path"], self.lora_dir)
+            mode = {lora.path: lora.merge_mode for lora in self.components.user_loras}.get(path)
+            if mode is None:
+                msg = f"'{entry['path']}' is not a LoRA this pipeline loaded"
+            elif mode != "runtime_peft":
+                msg = f"'{entry['path']}' is merged into the weights (permanent_merge): its scale cannot change"
+            else:
+                continue
+            errors.append({"loc": ["lora_scales", index, "path"], "msg": msg, "type": "lora_scales"})
+        return errors

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -23,6 +24,7 @@ from scope.pipelines.base import Chunk, Stream
 from scope.pipelines.wan.components import WanComponents
 from scope.pipelines.wan.frames import frames_to_video, video_to_frames
 from scope.pipelines.wan.kv_cache import EvictionHook, FrameMemory, GeneratorCache
+from scope.pipelines.wan.lora import resolve_lora_path
 from scope.pipelines.wan.noise_controller import NoiseController
 from scope.pipelines.wan.scheduler import FlowMatchSchedule
 
@@ -39,7 +41,7 @@ MIN_FIRST_LATENTS = 2
 #: The stream parameters :meth:`CausalStream.run_chunk` acts on (besides the session's own).
 STREAM_PARAMETERS = frozenset({
     "prompts", "transition", "prompt_interpolation_method", "denoising_step_list",
-    "noise_scale", "noise_controller", "manage_cache",
+    "noise_scale", "noise_controller", "manage_cache", "lora_scales",
 })
 
 
@@ -110,6 +112,7 @@ class CausalStream(Stream):
         seed: int,
         default_steps: list[int],
         video_defaults: dict[str, Any],
+        lora_dir: Path | None = None,
     ):
         from scope.pipelines.wan.conditioning import PromptConditioner
 
@@ -119,6 +122,7 @@ class CausalStream(Stream):
         self.latent_h, self.latent_w = height // VAE_SPATIAL, width // VAE_SPATIAL
         self.frame_seq_len = (self.latent_h // 2) * (self.latent_w // 2)
         self.seed = seed
+        self.lora_dir = Path(lora_dir) if lora_dir is not None else Path.cwd()
         self.default_steps = list(default_steps)
         #: ``noise_scale`` / ``noise_controller`` in video mode when the caller leaves them out.
         self.video_defaults = dict(video_defaults)
@@ -148,6 +152,10 @@ class CausalStream(Stream):
         self.noise_scale: float | None = None
         self._mode: str | None = None
         self._steps: list[int] | None = None
+        #: This stream's scales of the LoRAs kept apart from the weights, by resolved path.
+        self.lora_scales = {
+            lora.path: lora.scale for lora in components.user_loras if lora.merge_mode == "runtime_peft"
+        }
         self._transition_was_active = False
 
     # Helpers ------------------------------------------------------------------------------
@@ -210,6 +218,9 @@ class CausalStream(Stream):
             init_cache = True
         self._steps = steps
 
+        if self._set_lora_scales(params.get("lora_scales")) and manage_cache:
+            init_cache = True
+
         nfpb = self.settings.frames_per_block
         if self.current_start_frame >= ROPE_POSITIONS - nfpb:
             init_cache = True
@@ -260,6 +271,17 @@ class CausalStream(Stream):
         self.chunk_index += 1
         return Chunk(frames=frames_out, transition_active=update.transition_active, info=info)
 
+    def _set_lora_scales(self, updates: list[dict[str, Any]] | None) -> bool:
+        """Apply a ``lora_scales`` update (validated by the pipeline); True when a scale changed."""
+        changed = False
+        for entry in updates or ():
+            path = resolve_lora_path(entry["path"], self.lora_dir)
+            if path not in self.lora_scales:
+                raise ValueError(f"lora_scales: '{entry['path']}' is not a LoRA kept apart from the weights")
+            changed |= self.lora_scales[path] != float(entry["scale"])
+            self.lora_scales[path] = float(entry["scale"])
+        return changed
+
     def _timesteps(self, latents: torch.Tensor, value: int) -> torch.Tensor:
         return torch.full(latents.shape[:2], value, device=latents.device, dtype=torch.long)
 
@@ -267,6 +289,9 @@ class CausalStream(Stream):
         self, latents: torch.Tensor, timestep: torch.Tensor, start_frame: int | None = None, *, commit: bool = True
     ) -> torch.Tensor:
         start = self.current_start_frame if start_frame is None else start_frame
+        runtime = self.components.runtime_loras
+        if runtime is not None:  # the weights are shared: this stream's scales for its forwards
+            runtime.scales = self.lora_scales
         return self.components.generator(
             latents, timestep, self.embedding, cache=self.cache, start_frame=start, commit=commit
         )

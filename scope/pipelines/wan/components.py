@@ -62,15 +62,30 @@ class WanPaths:
             raise MissingModelFiles(pipeline_id, missing)
 
 
+@dataclass(frozen=True)
+class UserLora:
+    """A user LoRA to apply: its resolved file, its scale and how it is applied."""
+
+    path: Path
+    scale: float
+    merge_mode: str  # "permanent_merge" or "runtime_peft"
+
+
 @dataclass
 class WanComponents:
-    """Loaded, read-only modules shared by every stream of a pipeline."""
+    """Loaded, read-only modules shared by every stream of a pipeline.
+
+    ``runtime_loras`` holds the user LoRAs kept apart from the weights (None without any); each
+    stream sets its own scales on it before its forwards.
+    """
 
     generator: torch.nn.Module
     vae: torch.nn.Module
     text_encoder: object
     device: torch.device
     dtype: torch.dtype
+    runtime_loras: object | None = None
+    user_loras: tuple[UserLora, ...] = ()
 
     @classmethod
     def load(
@@ -80,6 +95,7 @@ class WanComponents:
         *,
         vae_type: str,
         quantization: str | None,
+        user_loras: tuple[UserLora, ...] = (),
     ) -> "WanComponents":
         from scope.pipelines.wan.autoencoders import load_vae
         from scope.pipelines.wan.loading import load_generator
@@ -88,15 +104,31 @@ class WanComponents:
         device, dtype = compute_device()
         logger.info("loading Wan components on %s (%s)", device, dtype)
         logger.info("loading the diffusion transformer (%s)", paths.generator.name)
+        merged = [(lora.path, lora.scale) for lora in user_loras if lora.merge_mode == "permanent_merge"]
         generator = load_generator(
-            paths.config, paths.generator, lora_path=paths.lora, device=device, dtype=dtype, quantization=quantization
+            paths.config,
+            paths.generator,
+            lora_path=paths.lora,
+            device=device,
+            dtype=dtype,
+            quantization=quantization,
+            merged_loras=merged,
         )
+        runtime_loras = None
+        kept = [lora for lora in user_loras if lora.merge_mode == "runtime_peft"]
+        if kept:
+            from scope.pipelines.wan.lora import RuntimeLoras, read_lora
+
+            logger.info("keeping %d LoRA adapter(s) apart from the weights", len(kept))
+            runtime_loras = RuntimeLoras(generator, [read_lora(lora.path, generator) for lora in kept], device, dtype)
         logger.info("loading the VAE (%s)", vae_type)
         vae = load_vae(vae_type, models_dir, device=device, dtype=dtype)
         logger.info("loading the text encoder")
         text_encoder = TextEncoder.load(paths.text_encoder, paths.tokenizer, device=device, dtype=dtype)
-        return cls(generator, vae, text_encoder, device, dtype)
+        return cls(generator, vae, text_encoder, device, dtype, runtime_loras, tuple(user_loras))
 
     def release(self) -> None:
         """Drop the modules; the caller collects garbage and empties device caches."""
-        self.generator = self.vae = self.text_encoder = None  # type: ignore[assignment]
+        if self.runtime_loras is not None:
+            self.runtime_loras.remove()
+        self.generator = self.vae = self.text_encoder = self.runtime_loras = None  # type: ignore[assignment]

@@ -283,11 +283,14 @@ def load_generator(
     dtype: torch.dtype = torch.float32,
     quantization: str | None = None,
     lora_scaling: float = 1.0,
+    merged_loras: Iterable[tuple[str | Path, float]] = (),
 ) -> CausalWanTransformer:
     """Build the generator of a LongLive-style container, merge its built-in LoRA, cast, quantize.
 
     `generator_path` holds `{"generator": {"model.<wan key>": ...}}` (or a flat dict);
     `lora_path` a PEFT adapter (rank 256 / alpha 256 upstream, hence `lora_scaling` 1.0).
+    `merged_loras` are user LoRA files `(path, scale)` merged after it, in float32, before the
+    cast and the fp8 quantisation (which then rounds the merged weights once).
     """
     check_quantization(quantization)
     config = WanConfig.from_json(config_path)
@@ -299,6 +302,11 @@ def load_generator(
     model.to(device=device)  # stored dtypes kept, so the LoRA merge below sees the file's precision
     if lora_path is not None:
         merge_peft_lora(model, read_state_dict(lora_path), lora_path, lora_scaling)
+    merged_loras = list(merged_loras)
+    if merged_loras:
+        from .lora import merge_loras, read_lora
+
+        merge_loras(model, [(read_lora(path, model), scale) for path, scale in merged_loras])
     model.to(dtype=dtype)
     model.rebuild_buffers(device)
     model.eval().requires_grad_(False)

@@ -10,6 +10,8 @@ import { createApi, describeErrors, pipelineStatusText, refusedOrigin } from "./
 import { ScopeStream } from "./stream.js";
 import { startTestPattern } from "./test-pattern.js";
 import { schemaControl } from "./schema-form.js";
+import { LoraPicker, LoraSliders } from "./lora-controls.js";
+import { element } from "./dom.js";
 
 const POLL_MS = 500;
 const STATS_MS = 1000;
@@ -33,17 +35,6 @@ const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** Equal as JSON values (prompts, load parameters). */
 const same = (a, b) => JSON.stringify(a) === JSON.stringify(b);
-
-function element(tag, props = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(props)) {
-    if (key === "dataset") Object.assign(node.dataset, value);
-    else if (key in node) node[key] = value;
-    else node.setAttribute(key, value);
-  }
-  node.append(...children);
-  return node;
-}
 
 /** The input a pipeline starts with: none for one that generates from text, else the webcam
  * (a test pattern stands in when there is none). */
@@ -166,6 +157,10 @@ class WidgetView {
       messages: element("ul", { className: "scope-messages" }),
     };
     const ui = this.ui;
+    this.loraPicker = new LoraPicker(this.api, (loras) => this.setLoadParam("loras", loras));
+    this.loraSliders = new LoraSliders((path, scale) => this.setLoraScales([{ path, scale }]));
+    ui.loras = this.loraPicker.element;
+    ui.loraScales = this.loraSliders.element;
     ui.video.muted = true;
     for (const method of ["linear", "slerp"]) {
       ui.blend.append(new Option(method, method));
@@ -194,8 +189,10 @@ class WidgetView {
             ui.pipeline, ui.models, ui.download, ui.writeSynthetic, ui.progress),
           ui.description,
           element("details", { className: "scope-load" }, element("summary", { textContent: "Load parameters" }), ui.loadForm),
+          ui.loras,
           element("section", { className: "scope-row" }, ui.load, ui.pipelineStatus),
-          element("section", { className: "scope-row" }, element("span", { textContent: "Input" }), ui.input, ui.start, ui.pause, ui.reset, ui.stop)),
+          element("section", { className: "scope-row" }, element("span", { textContent: "Input" }), ui.input, ui.start, ui.pause, ui.reset, ui.stop),
+          ui.loraScales),
         ui.promptEditor = element("section", { className: "scope-prompt-editor" },
           ui.prompts,
           element("div", { className: "scope-row" },
@@ -327,6 +324,7 @@ class WidgetView {
     this.buildParameterControls(schema);
     this.fillInputModes(schema);
     this.showInput();
+    await this.showLoraPicker(schema);
     await this.showModels(schema);
   }
 
@@ -335,12 +333,7 @@ class WidgetView {
     this.loadControls = {};
     const fields = [];
     for (const [name, property] of Object.entries(loadSchema.properties ?? {})) {
-      const control = schemaControl(name, property, loadSchema.$defs ?? {}, (value) => {
-        const params = { ...this.model.get("load_params") };
-        if (value === undefined) delete params[name];
-        else params[name] = value;
-        this.setTrait("load_params", params);
-      });
+      const control = schemaControl(name, property, loadSchema.$defs ?? {}, (value) => this.setLoadParam(name, value));
       if (!control) continue;
       this.loadControls[name] = control;
       fields.push(control.element);
@@ -349,10 +342,27 @@ class WidgetView {
     this.showLoadParams();
   }
 
+  /** Set one load parameter (undefined: back to its default). */
+  setLoadParam(name, value) {
+    const params = { ...this.model.get("load_params") };
+    if (value === undefined) delete params[name];
+    else params[name] = value;
+    this.setTrait("load_params", params);
+  }
+
   showLoadParams() {
     const params = this.model.get("load_params");
     const hints = this.hints().load;
     for (const [name, control] of Object.entries(this.loadControls ?? {})) showValue(control, params[name], hints[name]);
+    this.loraPicker.show(params.loras);
+  }
+
+  /** The LoRA picker, for a pipeline that takes user LoRAs: the server's files, read afresh. */
+  async showLoraPicker(schema) {
+    this.ui.loras.hidden = !schema.supports_lora;
+    if (!schema.supports_lora) return;
+    await this.loraPicker.refresh();
+    this.loraPicker.show(this.model.get("load_params").loras);
   }
 
   /** The input the next stream takes: the chosen one, else the pipeline's default. */
@@ -500,6 +510,7 @@ class WidgetView {
     this.ui.pipelineStatus.classList.toggle("scope-error", status.status === "error");
     this.ui.synthetic.hidden = !(this.loaded && status.synthetic);
     const values = { pipeline_status: status.status, synthetic: Boolean(this.loaded && status.synthetic) };
+    if (this.loraSliders.show(this.loaded?.loaded_lora_adapters)) values.lora_adapters = this.loraSliders.report();
     if (status.status === "error") values.error = text;
     this.setTraits(values);
     if (!this.stream) {
@@ -604,6 +615,8 @@ class WidgetView {
     }
     if (!schema.supports_prompts) this.pendingTransition = null;
     this.setStatus("connecting");
+    this.loraSliders.reset(); // a new stream starts at the scales the adapters were loaded with
+    this.setTraits({ lora_adapters: this.loraSliders.report() });
     this.lastFrames = null;
     this.chunkSeen = false;
     this.heldSends = [];
@@ -799,12 +812,22 @@ class WidgetView {
     this.setTraits({ _transition: { id: Date.now(), ...transition }, prompts: transition.target_prompts });
   }
 
+  /** Send `lora_scales` to the live stream; the sliders (and `w.lora_adapters`) show what was sent. */
+  setLoraScales(entries) {
+    if (!this.stream) return this.log("LoRA scales not sent: there is no live stream.", "warning");
+    if (!this.send({ lora_scales: entries })) return;
+    for (const { path, scale } of entries) this.loraSliders.set(path, scale);
+    this.setTraits({ lora_adapters: this.loraSliders.report() });
+    this.log(`LoRA scales sent: ${entries.map((e) => `${e.path.split(/[\\/]/).pop()} ${e.scale}`).join(", ")}`);
+  }
+
   command(request) {
     const actions = {
       load: () => this.load(),
       start: () => this.start(),
       stop: () => this.stop(),
       reset_cache: () => this.send({ reset_cache: true }),
+      lora_scales: () => this.setLoraScales(request.lora_scales),
     };
     actions[request?.name]?.();
   }
@@ -872,5 +895,6 @@ class WidgetView {
     ui.start.disabled = streaming || !this.loaded;
     ui.pause.disabled = ui.reset.disabled = ui.stop.disabled = !streaming;
     ui.load.disabled = ui.pipeline.disabled = ui.input.disabled = streaming;
+    this.loraSliders.enable(streaming);
   }
 }
