@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,30 @@ def log_tail(path: Path, lines: int = 30) -> str:
 
 class Broken(Exception):
     """Something the benchmark needs does not work (exit status 1)."""
+
+
+def run_servers(run: Callable[[], Awaitable[dict[str, Any]]], stopping: str) -> tuple[int, dict[str, Any] | None]:
+    """Run a benchmark that starts servers: ``(exit status, report)``; the children always stop.
+
+    ``stopping`` names what an interrupt stops, for the message.
+    """
+    try:
+        return 0, asyncio.run(run())
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print(f"\ninterrupted; stopping {stopping}", file=sys.stderr)
+        return 130, None
+    except Broken as exc:
+        print(f"\nBROKEN: {exc}", file=sys.stderr)
+        return 1, None
+    finally:
+        stop_children()
+
+
+def write_json(path: Path | None, report: dict[str, Any]) -> None:
+    """``--json``: every figure of the run, for later comparison."""
+    if path:
+        path.write_text(json.dumps(report, indent=1))
+        print(f"\nwrote {path}")
 
 
 # Statistics ----------------------------------------------------------------------------------
@@ -953,20 +978,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        report = asyncio.run(run(args))
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        print("\ninterrupted; stopping the server and the echo peer", file=sys.stderr)
-        return 130
-    except Broken as exc:
-        print(f"\nBROKEN: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        stop_children()
+    status, report = run_servers(lambda: run(args), "the server and the echo peer")
+    if report is None:
+        return status
     print_report(report)
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=1))
-        print(f"\nwrote {args.json}")
+    write_json(args.json, report)
     return 0
 
 

@@ -43,7 +43,9 @@ import numpy as np
 import torch
 
 from bench.longlive import PROMPTS, machine, parse_size, split_figures, timed_chunk
-from bench.passthrough import Broken, fmt, free_port, log_tail, ratio, server_command, spawn, stop_children
+from bench.passthrough import (
+    Broken, fmt, free_port, log_tail, ratio, run_servers, server_command, spawn, stop_children, write_json,
+)
 from scope.client.peer import ReceivedFrame, ScopePeer
 from scope.pipelines.passthrough import CHUNK_FRAMES as PASSTHROUGH_CHUNK
 from scope.streaming.pattern import PatternTrack, pattern_frame
@@ -462,20 +464,11 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(report["machine"]), flush=True)
         real_size(args, report)
     else:
-        try:
-            report = asyncio.run(run(args))
-        except (KeyboardInterrupt, asyncio.CancelledError):
-            print("\ninterrupted; stopping the server", file=sys.stderr)
-            return 130
-        except Broken as exc:
-            print(f"\nBROKEN: {exc}", file=sys.stderr)
-            return 1
-        finally:
-            stop_children()
+        status, report = run_servers(lambda: run(args), "the server")
+        if report is None:
+            return status
         print_report(report)
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=1))
-        print(f"\nwrote {args.json}")
+    write_json(args.json, report)
     return 0
 
 
