@@ -540,6 +540,28 @@ def progress_text(progress: dict) -> str:
     return f"Downloading {progress['percentage']:.1f}%{file}"
 
 
+def test_scope_page_shows_the_chosen_pipelines_models_however_slow_the_lora_list(page, server):
+    """The page opens on ``longlive``, which takes LoRAs, so it asks for the LoRA list; the user
+    picks ``test-pattern`` before that list comes back. The models line and its buttons stay
+    ``test-pattern``'s: ``longlive``'s check must not land over them when the list arrives."""
+    held = []
+    page.route("**/api/v1/lora/list", lambda route: held.append(route))
+    open_page(page, server.url + "/scope/", "test-pattern")
+    wait_for(page, text_is(MODELS, "No model files needed."))
+    assert held, "the page opened on a pipeline that takes LoRAs and asked for their list"
+    with page.expect_response("**/api/v1/lora/list"):
+        for route in held:
+            route.continue_()
+    # Had the older choice's check been waiting on the list, it would run now: give it ample time.
+    deadline = page.evaluate("Date.now()") + 3000
+    while page.evaluate("Date.now()") < deadline:
+        assert page.inner_text(MODELS) == "No model files needed."
+        assert page.is_hidden(DOWNLOAD) and page.is_hidden(WRITE_SYNTHETIC)
+        page.wait_for_timeout(100)
+    page.click(LOAD)
+    wait_for(page, text_is(PIPELINE_STATUS, "Loaded test-pattern."))
+
+
 def test_scope_page_downloads_model_files_with_a_progress_bar(page, server, hub):
     """``test-download`` needs files from the hub: the page starts the download and shows its
     real progress, held part-way by the hub until the page has shown it."""

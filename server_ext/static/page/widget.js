@@ -324,8 +324,9 @@ class WidgetView {
     this.buildParameterControls(schema);
     this.fillInputModes(schema);
     this.showInput();
-    await this.showLoraPicker(schema);
-    await this.showModels(schema);
+    // Both wait on the server. They start together, so a later choice's model check always
+    // supersedes this one's, however slow the LoRA list is.
+    await Promise.all([this.showModels(schema), this.showLoraPicker(schema)]);
   }
 
   buildLoadForm(schema) {
