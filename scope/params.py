@@ -161,10 +161,30 @@ class StreamParameters(BaseModel):
     kv_cache_attention_bias: float | None = Field(None, ge=0.01, le=1.0, description="Log-scale reliance on past frames.")
     lora_scales: list[LoraScale] | None = Field(None, description="One-shot runtime LoRA scale update.", json_schema_extra=_ONE_SHOT)
     vace_ref_images: list[AssetPath] | None = Field(
-        None, description="One-shot: reference images (paths in the assets directory).", json_schema_extra=_ONE_SHOT
+        None,
+        description="One-shot: VACE reference images (paths in the assets directory), for the chunk they come with.",
+        json_schema_extra=_ONE_SHOT,
     )
-    vace_context_scale: float | None = Field(None, ge=0, le=2, description="Strength of VACE conditioning.")
-    vace_use_input_video: bool | None = Field(None, description="Video mode with VACE: use input frames as VACE conditioning.")
+    vace_context_scale: float | None = Field(None, ge=0, le=2, description="Strength of VACE conditioning (default 1.0).")
+    vace_use_input_video: bool | None = Field(
+        None, description="Video mode with VACE: the input track becomes the VACE control video (default false)."
+    )
+    vace_input_frames: AssetPath | None = Field(
+        None,
+        description="VACE control video: a video (or image) asset played one frame per output frame, "
+        "looping; null stops it. In the kernel, also a uint8 (T, H, W, 3) array for one chunk.",
+    )
+    vace_input_masks: AssetPath | None = Field(
+        None,
+        description="VACE masks for the control video (1 = generate, 0 = keep): an image asset for "
+        "every frame or a video asset; null: all ones. In the kernel, also an array for one chunk.",
+    )
+    first_frame_image: AssetPath | None = Field(
+        None, description="One-shot: VACE extension, the image the chunk starts from.", json_schema_extra=_ONE_SHOT
+    )
+    last_frame_image: AssetPath | None = Field(
+        None, description="One-shot: VACE extension, the image the chunk ends on.", json_schema_extra=_ONE_SHOT
+    )
     paused: bool | None = Field(None, description="Freeze the output (repeat the last frame) and stop pipeline calls.")
     spout_sender: SpoutConfig | None = Field(None, description="Windows only; ignored elsewhere.")
     spout_receiver: SpoutConfig | None = Field(None, description="Windows only; ignored elsewhere.")

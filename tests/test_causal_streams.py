@@ -91,7 +91,7 @@ def same_state(a, b) -> bool:
 def test_pipeline_reports_synthetic_weights(pipeline):
     assert pipeline.synthetic is True
     assert pipeline.info.id in PIPELINES and pipeline.info.supported_modes == ("text", "video")
-    assert pipeline.info.supports_vace is False and pipeline.info.supports_lora is True
+    assert pipeline.info.supports_vace is True and pipeline.info.supports_lora is True
 
 
 def test_chunks_have_the_reference_frame_counts_and_change_over_time(pipeline):
@@ -260,7 +260,7 @@ def test_bad_parameters_are_refused_by_name(pipeline):
             (pipeline_id, params, field)
             for pipeline_id in PIPELINES
             for params, field in [
-                ({"vace_enabled": True}, "vace_enabled"),
+                ({"vace_enabled": "maybe"}, "vace_enabled"),
                 ({"loras": [{"path": "a.safetensors", "scale": 11}]}, "loras"),
                 ({"lora_merge_mode": "fuse"}, "lora_merge_mode"),
                 ({"height": 100}, "height"),

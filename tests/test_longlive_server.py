@@ -50,7 +50,7 @@ async def load(api, load_params=None, pipeline_id: str = "longlive") -> dict:
 @causal_pipelines
 async def test_schema_says_what_each_causal_pipeline_supports_today(api, pipeline_id):
     entry = (await api("GET", "api/v1/pipelines/schemas")).json["pipelines"][pipeline_id]
-    assert entry["supports_vace"] is False and entry["supports_lora"] is True
+    assert entry["supports_vace"] is True and entry["supports_lora"] is True
     assert entry["supports_cache_management"] is True and entry["supports_quantization"] is True
     assert entry["default_mode"] == "text" and entry["supported_modes"] == ["text", "video"]
     assert entry["min_dimension"] == 16 and entry["estimated_vram_gb"] == 20
@@ -80,7 +80,7 @@ async def test_models_status_reports_synthetic_files(api, pipeline_id):
 @pytest.mark.parametrize(
     "load_params,field",
     [
-        ({"vace_enabled": True}, "vace_enabled"),
+        ({"vace_enabled": "maybe"}, "vace_enabled"),
         ({"loras": [{"path": "style.safetensors", "scale": 11}]}, "scale"),
         ({"height": 330}, "height"),
         ({"width": 4096}, "width"),

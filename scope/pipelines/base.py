@@ -118,7 +118,9 @@ class Stream(ABC):
         state = getattr(self, "_parameter_state", None)
         if state is None:
             state = self._parameter_state = ParameterState()
-        extras = {k: updates.pop(k) for k in self.extra_parameters if k in updates}
+        # An extra given as a string is a path the parameter model validates like the server's.
+        extras = {k: updates.pop(k) for k in self.extra_parameters if k in updates and not isinstance(updates[k], str)}
+        for_chunk = {k: extras.pop(k) for k in self.chunk_parameters if k in extras}
         validated, unknown = parse_parameters(updates, self.parameters_model)
         if unknown:
             errors = [{"loc": [k], "msg": "unknown parameter", "type": "extra_forbidden"} for k in unknown]
@@ -134,7 +136,7 @@ class Stream(ABC):
         validated.update(extras)
         if validated:
             state.update(validated)
-        params = state.take_chunk()
+        params = {**state.take_chunk(), **for_chunk}
         first = not getattr(self, "_generated", False)
         try:
             chunk = self.run_chunk(params, video, init_cache=reset_cache or first)
@@ -148,6 +150,8 @@ class Stream(ABC):
 
     #: Parameters :meth:`generate` accepts beyond the data channel's (e.g. tensors).
     extra_parameters: tuple[str, ...] = ()
+    #: Extras that act on the one chunk they are given with (per-chunk arrays), never kept.
+    chunk_parameters: tuple[str, ...] = ()
 
     def check_parameters(self, update: dict[str, Any]) -> list[dict[str, Any]]:
         """What the opening pipeline's :meth:`Pipeline.check_parameters` finds wrong (set on open)."""

@@ -97,6 +97,8 @@ class StreamDiffusionV2Pipeline(CausalWanPipeline):
     generator_file = (STREAMDIFFUSIONV2_GENERATOR, STREAMDIFFUSIONV2_GENERATOR.files[0])
     default_steps = DEFAULT_STEPS
     fixed_vae_type = "wan"
+    #: The reference's front ends offer VACE for StreamDiffusionV2 in text mode only.
+    vace_in_video_mode = False
 
     def stream_settings(self) -> CausalStreamSettings:
         if self.load_params.smooth_noise_scale:

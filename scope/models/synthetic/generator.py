@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 
 from scope.pipelines.wan.config import WanConfig
+from scope.pipelines.wan.vace import VACE_IN_DIM
 
 _ATTN_LINEARS = ("q", "k", "v", "o")
-VACE_IN_DIM = 96
 
 
 def block_shapes(config: WanConfig) -> dict[str, tuple[int, ...]]:

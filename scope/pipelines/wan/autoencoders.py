@@ -86,6 +86,9 @@ class VideoAutoencoder(nn.Module, ABC):
     latent_channels = LATENT_CHANNELS
     spatial_factor = 8
     temporal_factor = 4
+    #: Whether the reference encodes VACE's two control streams through the stream's one
+    #: encoder cache (its Wan VAE wrapper ignores the separate caches it is handed; TAE keeps them).
+    shares_control_cache = False
 
     def __init__(self) -> None:
         super().__init__()

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from scope.models.artifacts import Artifact
 from scope.models.synthetic.writer import uses_synthetic
@@ -19,6 +19,7 @@ from scope.pipelines.base import LoadContext, Pipeline, PipelineInfo, Stream
 from scope.pipelines.config_schema import PipelineConfig
 from scope.pipelines.sizes import multiple_of
 from scope.pipelines.wan.causal_stream import STREAM_PARAMETERS, CausalStream, CausalStreamSettings
+from scope.pipelines.wan.vace_stream import VACE_INPUTS, VaceOptions
 from scope.pipelines.wan.components import UserLora, WanComponents, WanPaths
 from scope.pipelines.wan.lora import adapter_name, resolve_lora_path
 from scope.pipelines.wan.config_schema import VaeType, WanPipelineConfig
@@ -53,7 +54,7 @@ def causal_info(
         estimated_vram_gb=20.0,
         requires_models=True,
         supports_lora=True,
-        supports_vace=False,
+        supports_vace=True,
         supports_cache_management=True,
         supports_quantization=True,
         min_dimension=min_dimension,
@@ -101,7 +102,21 @@ class CausalLoadParams(BaseModel):
         None, description="Store the generator's linear weights in fp8 (computed in the compute dtype)."
     )
     vae_type: VaeType = Field("wan", description="Autoencoder: full Wan VAE, LightVAE, TAE or LightTAE.")
-    vace_enabled: bool = Field(False, description="VACE conditioning (not available yet).")
+    vace_enabled: bool = Field(
+        False,
+        description="Load the VACE module: reference images, control videos, masks and first/last frames "
+        "guide the stream. Off by default here (the reference defaults to on).",
+    )
+    vace_mask_hint_padding: bool = Field(
+        False,
+        description="VACE: mask the zero keys the reference pads its hint attention with (to a multiple of "
+        "128 tokens). Off reproduces the reference's numbers.",
+    )
+    vace_separate_control_caches: bool = Field(
+        False,
+        description="VACE with the Wan VAE: encode the kept and the generated parts of the control video "
+        "with their own encoder caches. Off reproduces the reference, which shares one (TAE keeps them apart).",
+    )
     loras: list[LoraConfig] | None = Field(
         None,
         description="User LoRAs: files in the LoRA directory (or absolute paths in the kernel), each "
@@ -113,18 +128,11 @@ class CausalLoadParams(BaseModel):
         "or kept apart so each stream can change their scales with lora_scales.",
     )
 
-    @field_validator("vace_enabled")
-    @classmethod
-    def _no_vace(cls, value: bool) -> bool:
-        if value:
-            raise ValueError("VACE is not available yet; leave vace_enabled false")
-        return value
-
 
 
 class CausalParameters(StreamParameters):
-    """Stream parameters of a causal Wan pipeline: all are validated, but VACE, LoRA scales and
-    the KV-cache bias are not available yet, so a client that sends them is told they are unused."""
+    """Stream parameters of a causal Wan pipeline: all are validated; the KV-cache bias is not
+    used by these pipelines, so a client that sends it is told so."""
 
     takes = STREAM_PARAMETERS
 
@@ -143,6 +151,8 @@ class CausalWanPipeline(Pipeline):
     default_steps: ClassVar[list[int]] = DEFAULT_STEPS
     #: The autoencoder a pipeline always loads whatever ``vae_type`` says (None: as asked).
     fixed_vae_type: ClassVar[str | None] = None
+    #: Whether VACE may condition chunks made from input video (StreamDiffusionV2: text mode only).
+    vace_in_video_mode: ClassVar[bool] = True
 
     def __init__(
         self, load_params: CausalLoadParams, components: WanComponents, synthetic: bool, lora_dir: Path | None = None
@@ -155,7 +165,9 @@ class CausalWanPipeline(Pipeline):
 
     @classmethod
     def load(cls, load_params: BaseModel, context: LoadContext) -> "CausalWanPipeline":
-        paths = WanPaths.resolve(context.models_dir, generator=cls.generator_file, lora=cls.lora_file)
+        paths = WanPaths.resolve(
+            context.models_dir, generator=cls.generator_file, lora=cls.lora_file, vace=load_params.vace_enabled
+        )
         paths.check(cls.info.id)
         components = WanComponents.load(
             paths,
@@ -181,6 +193,18 @@ class CausalWanPipeline(Pipeline):
             default_steps=self.default_steps,
             lora_dir=self.lora_dir,
             video_defaults={k: self.mode_defaults["video"][k] for k in ("noise_scale", "noise_controller")},
+            vace=self.vace_options(),
+        )
+
+    def vace_options(self) -> VaceOptions | None:
+        """How streams run VACE (None: loaded without it)."""
+        params = self.load_params
+        if not params.vace_enabled:
+            return None
+        return VaceOptions(
+            mask_padding=params.vace_mask_hint_padding,
+            separate_caches=params.vace_separate_control_caches,
+            video_mode=self.vace_in_video_mode,
         )
 
     def unload(self) -> None:
@@ -199,8 +223,9 @@ class CausalWanPipeline(Pipeline):
         ]
 
     def check_parameters(self, update: dict[str, Any]) -> list[dict[str, Any]]:
-        """``lora_scales`` may name only adapters kept apart from the weights (``runtime_peft``)."""
-        errors = []
+        """``lora_scales`` may name only adapters kept apart from the weights (``runtime_peft``);
+        VACE inputs need a pipeline loaded with ``vace_enabled`` (and text mode, where the pipeline says so)."""
+        errors = self._check_vace(update)
         for index, entry in enumerate(update.get("lora_scales") or []):
             path = resolve_lora_path(entry["path"], self.lora_dir)
             mode = {lora.path: lora.merge_mode for lora in self.components.user_loras}.get(path)
@@ -212,3 +237,14 @@ class CausalWanPipeline(Pipeline):
                 continue
             errors.append({"loc": ["lora_scales", index, "path"], "msg": msg, "type": "lora_scales"})
         return errors
+
+    def _check_vace(self, update: dict[str, Any]) -> list[dict[str, Any]]:
+        given = [name for name in VACE_INPUTS if update.get(name) not in (None, [])]
+        if not self.load_params.vace_enabled:
+            msg = "VACE is not loaded: load the pipeline with vace_enabled true to use it"
+        elif not self.vace_in_video_mode and (update.get("input_mode") == "video" or update.get("vace_use_input_video")):
+            given += ["vace_use_input_video"] if update.get("vace_use_input_video") else []
+            msg = f"{self.info.id} takes VACE in text mode only"
+        else:
+            return []
+        return [{"loc": [name], "msg": msg, "type": "vace"} for name in given]

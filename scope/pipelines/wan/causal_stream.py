@@ -27,6 +27,8 @@ from scope.pipelines.wan.kv_cache import EvictionHook, FrameMemory, GeneratorCac
 from scope.pipelines.wan.lora import resolve_lora_path
 from scope.pipelines.wan.noise_controller import NoiseController
 from scope.pipelines.wan.scheduler import FlowMatchSchedule
+from scope.pipelines.wan.vace import VaceContext
+from scope.pipelines.wan.vace_stream import VACE_PARAMETERS, VaceConditioner, VaceOptions
 
 #: Rows of the RoPE table: absolute frame positions must stay below it.
 ROPE_POSITIONS = 1024
@@ -41,7 +43,7 @@ MIN_FIRST_LATENTS = 2
 #: The stream parameters :meth:`CausalStream.run_chunk` acts on (besides the session's own).
 STREAM_PARAMETERS = frozenset({
     "prompts", "transition", "prompt_interpolation_method", "denoising_step_list",
-    "noise_scale", "noise_controller", "manage_cache", "lora_scales",
+    "noise_scale", "noise_controller", "manage_cache", "lora_scales", *VACE_PARAMETERS,
 })
 
 
@@ -100,7 +102,8 @@ class StreamMemory(FrameMemory, Protocol):
 class CausalStream(Stream):
     """Per-stream caches and conditioning over shared :class:`WanComponents`."""
 
-    extra_parameters = ("prompt_embeds",)
+    extra_parameters = ("prompt_embeds", "vace_input_frames", "vace_input_masks")
+    chunk_parameters = ("vace_input_frames", "vace_input_masks")
 
     def __init__(
         self,
@@ -113,6 +116,7 @@ class CausalStream(Stream):
         default_steps: list[int],
         video_defaults: dict[str, Any],
         lora_dir: Path | None = None,
+        vace: VaceOptions | None = None,
     ):
         from scope.pipelines.wan.conditioning import PromptConditioner
 
@@ -142,6 +146,13 @@ class CausalStream(Stream):
             protect_sink=settings.protect_sink,
         )
         self.vae_state = components.vae.new_state()
+        #: VACE conditioning, when the pipeline was loaded with it.
+        self.vace = None
+        if vace is not None:
+            self.vace = VaceConditioner(
+                components.vae, self.vae_state, vace, height=height, width=width,
+                device=components.device, dtype=components.dtype,
+            )
         self.conditioner = PromptConditioner(self._encode_prompts)
         self.noise_controller = NoiseController()
         self.current_start_frame = 0
@@ -179,6 +190,8 @@ class CausalStream(Stream):
     def _reset(self) -> None:
         self.cache.reset()
         self.vae_state.reset()
+        if self.vace is not None:
+            self.vace.reset()
         self.noise_controller.reset()
         self.current_start_frame = 0
         self.chunk_index = 0
@@ -192,6 +205,9 @@ class CausalStream(Stream):
     @torch.inference_mode()
     def run_chunk(self, params: dict[str, Any], video: np.ndarray | None = None, *, init_cache: bool = False) -> Chunk:
         timings = {"text_ms": 0.0, "dit_ms": 0.0, "vae_ms": 0.0}
+        control_input = None
+        if video is not None and self.vace is not None and self.vace.takes_input_video(params):
+            control_input, video = video, None  # the input track is VACE's control video
         mode = "video" if video is not None else "text"
         if self._mode is None or mode != self._mode:
             init_cache = True
@@ -225,7 +241,8 @@ class CausalStream(Stream):
         if self.current_start_frame >= ROPE_POSITIONS - nfpb:
             init_cache = True
         in_transition = update.transition_active or self._transition_was_active
-        if changed and manage_cache and mode == "video" and not in_transition:
+        controlled = self.vace is not None and self.vace.has_control(params, control_input)
+        if changed and manage_cache and (mode == "video" or controlled) and not in_transition:
             init_cache = True
         self._transition_was_active = update.transition_active
         if init_cache:
@@ -247,7 +264,8 @@ class CausalStream(Stream):
         recache = changed and self.current_start_frame > 0 and self.settings.recache_on_prompt_change
         if recache:
             self._recache()
-        x0 = self._denoise(latents, steps, rng)
+        vace = self._vace_context(params, control_input, video, timings)
+        x0 = self._denoise(latents, steps, rng, vace)
         if self.memory is not None:
             self.memory.before_clean_pass(self.chunk_index)
         self._forward(x0, torch.zeros_like(self._timesteps(x0, 0)))  # the clean pass fills the cache
@@ -282,26 +300,52 @@ class CausalStream(Stream):
             self.lora_scales[path] = float(entry["scale"])
         return changed
 
+    def _vace_context(
+        self, params: dict[str, Any], control_input: Any, video: Any, timings: dict[str, float]
+    ) -> VaceContext | None:
+        """The chunk's VACE context (after the input latents and the re-cache, as the reference)."""
+        if self.vace is None:
+            return None
+        started = time.perf_counter()
+        context = self.vace.context(
+            params, control_input, first_chunk=self.current_start_frame == 0, frames_per_block=self.settings.frames_per_block
+        )
+        if context is not None and video is not None and not self.vace.options.video_mode:
+            raise ValueError("this pipeline takes VACE in text mode only: send no VACE input with input video")
+        timings["vae_ms"] += _elapsed_ms(started, self.components.device)
+        return context
+
     def _timesteps(self, latents: torch.Tensor, value: int) -> torch.Tensor:
         return torch.full(latents.shape[:2], value, device=latents.device, dtype=torch.long)
 
     def _forward(
-        self, latents: torch.Tensor, timestep: torch.Tensor, start_frame: int | None = None, *, commit: bool = True
+        self,
+        latents: torch.Tensor,
+        timestep: torch.Tensor,
+        start_frame: int | None = None,
+        *,
+        commit: bool = True,
+        vace: VaceContext | None = None,
     ) -> torch.Tensor:
         start = self.current_start_frame if start_frame is None else start_frame
         runtime = self.components.runtime_loras
         if runtime is not None:  # the weights are shared: this stream's scales for its forwards
             runtime.scales = self.lora_scales
         return self.components.generator(
-            latents, timestep, self.embedding, cache=self.cache, start_frame=start, commit=commit
+            latents, timestep, self.embedding, cache=self.cache, start_frame=start, commit=commit, vace=vace
         )
 
-    def _denoise(self, latents: torch.Tensor, steps: list[int], rng: torch.Generator) -> torch.Tensor:
-        """The few-step loop: predict x0, re-noise to the next step's level with the chunk's RNG."""
+    def _denoise(
+        self, latents: torch.Tensor, steps: list[int], rng: torch.Generator, vace: VaceContext | None = None
+    ) -> torch.Tensor:
+        """The few-step loop: predict x0, re-noise to the next step's level with the chunk's RNG.
+
+        Only these steps carry the VACE context; the clean pass and the re-cache never do.
+        """
         x0 = latents
         for index, step in enumerate(steps):
             timestep = self._timesteps(latents, step)
-            flow = self._forward(latents, timestep, commit=self.settings.denoising_commits)
+            flow = self._forward(latents, timestep, commit=self.settings.denoising_commits, vace=vace)
             x0 = self.schedule.to_x0(flow, latents, timestep)
             if index + 1 < len(steps):
                 noise = self._randn((latents.shape[1], *latents.shape[2:]), rng).unsqueeze(0)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from scope.models.artifacts import UMT5_ENCODER, WAN_1_3B, Artifact, local_path
+from scope.models.artifacts import UMT5_ENCODER, VACE, WAN_1_3B, Artifact, local_path
 from scope.pipelines.wan.device import compute_device
 
 logger = logging.getLogger(__name__)
@@ -39,10 +39,17 @@ class WanPaths:
     lora: Path | None
     text_encoder: Path
     tokenizer: Path
+    #: The VACE module, when VACE is enabled.
+    vace: Path | None = None
 
     @classmethod
     def resolve(
-        cls, models_dir: Path, generator: tuple[Artifact, str], lora: tuple[Artifact, str] | None = None
+        cls,
+        models_dir: Path,
+        generator: tuple[Artifact, str],
+        lora: tuple[Artifact, str] | None = None,
+        *,
+        vace: bool = False,
     ) -> "WanPaths":
         return cls(
             config=local_path(models_dir, WAN_1_3B, "config.json"),
@@ -50,13 +57,13 @@ class WanPaths:
             lora=local_path(models_dir, *lora) if lora else None,
             text_encoder=local_path(models_dir, UMT5_ENCODER, TEXT_ENCODER_FILE),
             tokenizer=local_path(models_dir, WAN_1_3B, TOKENIZER_DIR),
+            vace=local_path(models_dir, VACE, VACE.files[0]) if vace else None,
         )
 
     def check(self, pipeline_id: str) -> None:
         """Fail with one clear message listing every missing file."""
         paths = [self.config, self.generator, self.text_encoder, self.tokenizer]
-        if self.lora is not None:
-            paths.append(self.lora)
+        paths += [path for path in (self.lora, self.vace) if path is not None]
         missing = [p for p in paths if not p.exists()]
         if missing:
             raise MissingModelFiles(pipeline_id, missing)
@@ -113,6 +120,7 @@ class WanComponents:
             dtype=dtype,
             quantization=quantization,
             merged_loras=merged,
+            vace_path=paths.vace,
         )
         runtime_loras = None
         kept = [lora for lora in user_loras if lora.merge_mode == "runtime_peft"]

@@ -258,9 +258,10 @@ class Fp8Linear(nn.Module):
 
 
 def quantize_fp8(model: CausalWanTransformer) -> int:
-    """Replace every Linear inside the transformer blocks with an `Fp8Linear`; returns how many."""
+    """Replace every Linear inside the transformer blocks (VACE's too) with an `Fp8Linear`; returns how many."""
     count = 0
-    for block in model.blocks:
+    blocks = list(model.blocks) + (list(model.vace.vace_blocks) if model.vace is not None else [])
+    for block in blocks:
         for name, child in list(block.named_modules()):
             for child_name, leaf in list(child.named_children()):
                 if isinstance(leaf, nn.Linear):
@@ -284,6 +285,7 @@ def load_generator(
     quantization: str | None = None,
     lora_scaling: float = 1.0,
     merged_loras: Iterable[tuple[str | Path, float]] = (),
+    vace_path: str | Path | None = None,
 ) -> CausalWanTransformer:
     """Build the generator of a LongLive-style container, merge its built-in LoRA, cast, quantize.
 
@@ -291,6 +293,7 @@ def load_generator(
     `lora_path` a PEFT adapter (rank 256 / alpha 256 upstream, hence `lora_scaling` 1.0).
     `merged_loras` are user LoRA files `(path, scale)` merged after it, in float32, before the
     cast and the fp8 quantisation (which then rounds the merged weights once).
+    `vace_path` adds VACE's hint layers (a VACE module file); LoRAs apply to the base blocks only.
     """
     check_quantization(quantization)
     config = WanConfig.from_json(config_path)
@@ -307,6 +310,10 @@ def load_generator(
         from .lora import merge_loras, read_lora
 
         merge_loras(model, [(read_lora(path, model), scale) for path, scale in merged_loras])
+    if vace_path is not None:
+        from .vace import load_vace_layers
+
+        load_vace_layers(model, vace_path)
     model.to(dtype=dtype)
     model.rebuild_buffers(device)
     model.eval().requires_grad_(False)

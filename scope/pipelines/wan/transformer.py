@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +18,9 @@ from torch import nn
 from .config import WanConfig
 from .kv_cache import GeneratorCache
 from .rope import FrameRope, WanRotaryEmbedding, apply_rope
+
+if TYPE_CHECKING:
+    from .vace import VaceContext, VaceLayers
 
 # kernel(q, k, v, mask): q [B, Lq, H, D], k/v [B, Lk, H, D], mask None or broadcastable to
 # [B, H, Lq, Lk] (bool: True takes part; float: added to the logits) -> [B, Lq, H, D].
@@ -98,6 +102,7 @@ class WanSelfAttention(WanAttentionProjections):
         current_start: int = 0,
         mask: torch.Tensor | None = None,
         commit: bool = True,
+        pad_keys_to: int = 0,
     ) -> torch.Tensor:
         b, n, _ = x.shape
         shape = (b, n, self.num_heads, self.head_dim)
@@ -114,7 +119,22 @@ class WanSelfAttention(WanAttentionProjections):
             k = apply_rope(k, rope.freqs)
             if cache is not None:
                 k, v = cache.write_and_window(index, current_start, k, v, commit=commit)
+        if pad_keys_to:
+            k, v = pad_with_zero_keys(k, v, pad_keys_to)
         return self.o(attention(q, k, v, mask).flatten(2))
+
+
+def pad_with_zero_keys(k: torch.Tensor, v: torch.Tensor, multiple: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Append zero keys and values up to a multiple of `multiple` tokens.
+
+    The reference's uncached attention pads q/k/v for its kernel and masks nothing, so every
+    padding key takes part in the softmax with a zero logit and a zero value: this reproduces it.
+    """
+    extra = -k.shape[1] % multiple
+    if not extra:
+        return k, v
+    zeros = k.new_zeros(k.shape[0], extra, *k.shape[2:])
+    return torch.cat([k, zeros], dim=1), torch.cat([v, zeros], dim=1)
 
 
 class WanCrossAttention(WanAttentionProjections):
@@ -180,6 +200,7 @@ class WanBlock(nn.Module):
         current_start: int = 0,
         mask: torch.Tensor | None = None,
         commit: bool = True,
+        pad_keys_to: int = 0,
     ) -> torch.Tensor:
         b, n, c = x.shape
         frames = e0.shape[1]
@@ -188,7 +209,9 @@ class WanBlock(nn.Module):
         h = (self._norm(x).view(per_frame) * (1 + scale1) + shift1).view(b, n, c)
         if cache is not None and cache.memory is not None:
             cache.memory.before_attention(index, lambda: self.cross_attn.cached_kv(context, cache, index)[0])
-        y = self.self_attn(h, rope, cache=cache, index=index, current_start=current_start, mask=mask, commit=commit)
+        y = self.self_attn(
+            h, rope, cache=cache, index=index, current_start=current_start, mask=mask, commit=commit, pad_keys_to=pad_keys_to
+        )
         x = x + (y.view(per_frame) * gate1).view(b, n, c)
         x = x + self.cross_attn(self.norm3(x), context, cache=cache, index=index)
         h = (self._norm(x).view(per_frame) * (1 + scale2) + shift2).view(b, n, c)
@@ -239,6 +262,8 @@ class CausalWanTransformer(nn.Module):
         self.blocks = nn.ModuleList(WanBlock(config) for _ in range(config.num_layers))
         self.head = WanHead(config)
         self.rope = WanRotaryEmbedding(config.head_dim)
+        #: VACE's hint layers (``vace.VaceLayers``), added by the loader when VACE is enabled.
+        self.vace: VaceLayers | None = None
 
     def rebuild_buffers(self, device: torch.device | str | None = None) -> None:
         """Recompute the unsaved RoPE table, e.g. after loading weights into a meta-built model."""
@@ -251,14 +276,15 @@ class CausalWanTransformer(nn.Module):
         _, q, r = self.config.patch_size
         return (height // q) * (width // r)
 
-    def _patchify(self, latents: torch.Tensor) -> torch.Tensor:
+    def _patchify(self, latents: torch.Tensor, embedding: nn.Conv3d | None = None) -> torch.Tensor:
         """Conv3d with kernel == stride written as one matmul over flattened patches (same math)."""
+        embedding = self.patch_embedding if embedding is None else embedding
         b, f, c, h, w = latents.shape
         _, q, r = self.config.patch_size
-        weight = self.patch_embedding.weight
+        weight = embedding.weight
         patches = latents.to(weight.dtype).view(b, f, c, h // q, q, w // r, r).permute(0, 1, 3, 5, 2, 4, 6)
         patches = patches.reshape(b, f * (h // q) * (w // r), c * q * r)
-        return F.linear(patches, weight.reshape(weight.shape[0], -1), self.patch_embedding.bias)
+        return F.linear(patches, weight.reshape(weight.shape[0], -1), embedding.bias)
 
     def _unpatchify(self, x: torch.Tensor, frames: int, gh: int, gw: int) -> torch.Tensor:
         b = x.shape[0]
@@ -287,6 +313,7 @@ class CausalWanTransformer(nn.Module):
         start_frame: int = 0,
         attention_mask: torch.Tensor | None = None,
         commit: bool = True,
+        vace: VaceContext | None = None,
     ) -> torch.Tensor:
         if latents.ndim != 5:
             raise ValueError(f"latents must be [B, F, C, h, w], got {tuple(latents.shape)}")
@@ -313,17 +340,25 @@ class CausalWanTransformer(nn.Module):
             t = self._frame_timesteps(timestep, b, frames, latents.device)
             e = self.time_embedding(sinusoidal_embedding(self.config.freq_dim, t).to(dtype))
             e0 = self.time_projection(e).unflatten(1, (6, self.config.dim)).unflatten(0, (b, frames))
-            if cache is not None and cache.cross_filled:
+            if cache is not None and cache.cross_filled and vace is None:
                 text = None
             else:
                 if context is None:
                     raise ValueError("context is required unless the cache holds the cross-attention K/V")
                 text = self.text_embedding(context.to(dtype))
+            hints = None
+            if vace is not None:
+                if self.vace is None:
+                    raise ValueError("this generator was loaded without VACE (load it with vace_enabled)")
+                hints = self.vace.hints(self, vace, x, e0, text, (frames, gh, gw))
             rope = FrameRope(self.rope, start_frame, frames, gh, gw, x.device)
             for index, block in enumerate(self.blocks):
                 x = block(
                     x, e0, rope, text, cache=cache, index=index, current_start=current_start, mask=attention_mask,
                     commit=commit,
                 )
+                hint = hints.get(index) if hints is not None else None
+                if hint is not None:
+                    x = x + hint * vace.scale
             x = self.head(x, e.unflatten(0, (b, frames)).unsqueeze(2))
             return self._unpatchify(x, frames, gh, gw)

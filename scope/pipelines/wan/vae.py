@@ -396,6 +396,8 @@ def infer_widths(state_dict: dict[str, Tensor], path: Path) -> WanVAEWidths:
 class WanVAE(VideoAutoencoder):
     """Streaming Wan2.1 VAE / LightVAE with the shared interface."""
 
+    shares_control_cache = True
+
     def __init__(self, net: WanVAENet) -> None:
         super().__init__()
         self.net = net
