@@ -180,6 +180,8 @@ def test_masks_are_binarised_and_follow_the_frames_resampling():
     # round(linspace(0, 5, 12)) = 0 0 1 1 2 2 3 3 4 4 5 5: the second half follows frame 3 onwards
     assert out[:6].sum() == 0 and bool(out[6:].all())
     assert mask_pixels(np.ones((8, 8)) * 0.4, count=3, source_count=3, height=8, width=8).sum() == 0
+    reference_form = torch.from_numpy(masks).float()[None, None] / 255
+    assert torch.equal(mask_pixels(reference_form, count=12, source_count=6, height=8, width=8), out)
     with pytest.raises(ValueError, match="5 masks for 6 control frames"):
         mask_pixels(np.ones((5, 8, 8)), count=12, source_count=6, height=8, width=8)
 

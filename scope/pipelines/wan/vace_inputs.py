@@ -99,10 +99,12 @@ def mask_pixels(masks, *, count: int, source_count: int, height: int, width: int
     """Masks as ``[count, H, W]`` of 0 and 1 (1 = generate, 0 = keep), binarised at 0.5.
 
     ``masks`` is one mask for every frame (``(H, W)``), or one per control frame
-    (``(T, H, W)`` or ``(T, H, W, 1)``), either per frame given (``source_count``, resampled with
+    (``(T, H, W)``, ``(T, H, W, 1)`` or the reference's ``[1, 1, T, H, W]``), either per frame given (``source_count``, resampled with
     the frames) or per frame encoded (``count``). uint8 masks are read as 0..255.
     """
     tensor = torch.as_tensor(np.asarray(masks) if not isinstance(masks, torch.Tensor) else masks)
+    if tensor.ndim == 5 and tensor.shape[:2] == (1, 1):  # the reference's [B, 1, T, H, W] form
+        tensor = tensor[0, 0]
     if tensor.ndim == 4 and tensor.shape[-1] == 1:
         tensor = tensor[..., 0]
     if tensor.ndim == 2:
