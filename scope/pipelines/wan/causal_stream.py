@@ -260,11 +260,12 @@ class CausalStream(Stream):
             latents = self._randn((1, frames, LATENT_CHANNELS, self.latent_h, self.latent_w), rng)
         timings["vae_ms"] += _elapsed_ms(started, self.components.device)
 
+        # The reference encodes VACE's inputs after the re-cache; they share no state with it.
+        vace = self._vace_context(params, control_input, video, timings)
         started = time.perf_counter()
         recache = changed and self.current_start_frame > 0 and self.settings.recache_on_prompt_change
         if recache:
             self._recache()
-        vace = self._vace_context(params, control_input, video, timings)
         x0 = self._denoise(latents, steps, rng, vace)
         if self.memory is not None:
             self.memory.before_clean_pass(self.chunk_index)
