@@ -18,6 +18,31 @@ from tests.rtc import ScopeRtcClient, connected
 
 pytestmark = pytest.mark.usefixtures("jp_serverapp")
 
+#: Every stream parameter naming an asset file, with where its first path sits in an error's ``loc``.
+ASSET_PATH_FIELDS = {
+    "vace_ref_images": ["vace_ref_images", 0],
+    "vace_input_frames": ["vace_input_frames"],
+    "vace_input_masks": ["vace_input_masks"],
+    "first_frame_image": ["first_frame_image"],
+    "last_frame_image": ["last_frame_image"],
+}
+
+
+def naming(field: str, path: str) -> dict:
+    """A parameters message naming ``path`` in ``field`` (a list for the references)."""
+    return {field: [path] if field == "vace_ref_images" else path}
+
+
+def png_bytes() -> bytes:
+    """A real (tiny) PNG: the server reads the images a client names."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 4), (200, 30, 30)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
 
 async def load_pattern(api) -> None:
     assert (await api("POST", "api/v1/pipeline/load", {"pipeline_id": "test-pattern"})).status == 200
@@ -43,7 +68,7 @@ def outside_paths(scope_dirs) -> dict[str, str]:
 
 async def test_data_channel_refuses_paths_outside_and_keeps_streaming(api, test_pipelines, scope_dirs):
     await load_pattern(api)
-    (scope_dirs["assets"] / "ref.png").write_bytes(b"png")
+    (scope_dirs["assets"] / "ref.png").write_bytes(png_bytes())
     (scope_dirs["lora"] / "style.safetensors").write_bytes(b"lora")
     async with connected(api, {"prompts": ["one"]}) as client:
         await asyncio.wait_for(client.channel_open.wait(), 10)
@@ -98,6 +123,29 @@ def test_traversal_and_symlinks_out_are_refused_inside_paths_accepted(scope_dirs
     (scope_dirs["lora"] / "a.safetensors").write_bytes(b"lora")
     parsed, _ = parse_parameters({"lora_scales": [{"path": str(scope_dirs["lora"] / "a.safetensors"), "scale": 1}]}, context=context)
     assert parsed["lora_scales"][0]["path"].endswith("a.safetensors")
+
+
+@pytest.mark.parametrize("field", list(ASSET_PATH_FIELDS))
+def test_every_asset_path_parameter_is_contained(scope_dirs, field):
+    context = path_context(scope_dirs["assets"], scope_dirs["lora"])
+    for name, path in outside_paths(scope_dirs).items():
+        with pytest.raises(ParameterErrors) as refused:
+            parse_parameters(naming(field, path), context=context)
+        assert refused.value.errors[0]["loc"] == ASSET_PATH_FIELDS[field], name
+        assert "outside the assets directory" in refused.value.errors[0]["msg"], name
+    parsed, _ = parse_parameters(naming(field, "clip.mp4"), context=context)
+    assert parsed == naming(field, "clip.mp4")
+
+
+@pytest.mark.parametrize("field", list(ASSET_PATH_FIELDS))
+async def test_offer_with_any_asset_path_outside_gets_422_naming_the_field(api, test_pipelines, field):
+    await load_pattern(api)
+    for path in ("/etc/passwd", "../lora/x.png"):
+        reply = await ScopeRtcClient(api, recvonly=True).connect(naming(field, path), expect_status=422)
+        error = reply.json["detail"][0]
+        assert error["loc"] == ["body", "initialParameters", *ASSET_PATH_FIELDS[field]], error
+        assert "outside the assets directory" in error["msg"]
+    assert (await api("GET", "api/v1/webrtc/sessions")).json["sessions"] == []
 
 
 async def test_offer_initial_parameters_outside_get_422(api, test_pipelines):

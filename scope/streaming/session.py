@@ -23,8 +23,9 @@ from typing import Any
 from aiortc import RTCDataChannel, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from scope.params import ParameterErrors, StreamParameters, parse_parameters
+from scope.params import ParameterErrors, StreamParameters, parse_parameters, unused_parameters
 from scope.pipelines.base import Stream
+from scope.streaming.asset_parameters import ASSET_PARAMETERS, names_assets, resolved_assets, unreadable_assets
 from scope.streaming.failures import RepeatedFailures
 from scope.streaming.liveness import watch_peer
 from scope.streaming.manager import LOADED, PipelineManager
@@ -51,6 +52,7 @@ TASK_ROLES = {
     "stats": "reporting stats",
     "liveness": "watching the peer",
     "refuse": "refusing the peer",
+    "assets": "reading the files a message names",
 }
 
 
@@ -96,6 +98,8 @@ class StreamSession:
         self._failures = RepeatedFailures(max_repeated_failures)
         self._channel: RTCDataChannel | None = None
         self._outbox: list[str] = []
+        #: Messages that arrived while an earlier one's files are read (None: none is being read).
+        self._held: list[str | bytes] | None = None
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
         self._stream: Stream | None = None
@@ -210,7 +214,14 @@ class StreamSession:
             self._channel.send(text)
 
     def handle_message(self, raw: str | bytes) -> None:
-        """A data-channel message: validate, then merge it (or refuse it as a whole)."""
+        """A data-channel message: validate, then merge it (or refuse it as a whole).
+
+        A message naming asset files waits for them to be read off the event loop; messages
+        that arrive meanwhile wait behind it, so updates still apply in arrival order.
+        """
+        if self._held is not None:
+            self._held.append(raw)
+            return
         try:
             message = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
@@ -244,9 +255,35 @@ class StreamSession:
             msg = f"input_mode '{mode}' is not supported by pipeline '{pipeline.info.id}'"
             self.send({"type": "parameters_rejected", "errors": [{"loc": ["input_mode"], "msg": msg}]})
             return
-        for warning in parameter_warnings(pipeline, list(update), unknown):
+        warnings = parameter_warnings(pipeline, list(update), unknown)
+        if names_assets(update):
+            self._held = []
+            self._spawn(self._apply_after_reading(update, warnings), "assets")
+            return
+        for warning in warnings:
             self.send(warning)
         self.apply_update(update)
+
+    async def _apply_after_reading(self, update: dict[str, Any], warnings: list[dict[str, Any]]) -> None:
+        """Read the files ``update`` names, then apply it (or refuse it naming each unreadable
+        file), then handle the messages held meanwhile."""
+        try:
+            pipeline = self.manager.pipeline
+            skip = frozenset(unused_parameters(pipeline.parameters_model, ASSET_PARAMETERS)) if pipeline else frozenset()
+            errors = await asyncio.to_thread(unreadable_assets, update, self.manager.context.assets_dir, skip)
+            if errors:
+                self.send({"type": "parameters_rejected", "errors": [{"loc": e["loc"], "msg": e["msg"]} for e in errors]})
+            else:
+                for warning in warnings:
+                    self.send(warning)
+                self.apply_update(update)
+        finally:
+            held, self._held = self._held or [], None
+            for index, raw in enumerate(held if not self.closed else ()):
+                if self._held is not None:  # this one's files are being read: the rest wait behind it
+                    self._held.extend(held[index:])
+                    break
+                self.handle_message(raw)
 
     def apply_update(self, update: dict[str, Any]) -> None:
         """Apply a validated update; ``paused`` acts at once, the rest on the next chunk."""
@@ -358,8 +395,10 @@ class StreamSession:
             init_cache = bool(params.pop("reset_cache", False)) or self._init_cache
             started = time.perf_counter()
             try:
+                # The stream opens asset files by the paths resolved inside the assets directory.
+                for_stream = resolved_assets(params, self.manager.context.assets_dir)
                 chunk = await loop.run_in_executor(
-                    self.executor, functools.partial(stream.run_chunk, params, video, init_cache=init_cache)
+                    self.executor, functools.partial(stream.run_chunk, for_stream, video, init_cache=init_cache)
                 )
             except Exception as exc:
                 if self.closed:

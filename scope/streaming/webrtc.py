@@ -13,7 +13,8 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSession
 from aiortc.sdp import candidate_from_sdp
 
 from scope.config import setting_default
-from scope.params import ParameterErrors, parse_parameters
+from scope.params import ParameterErrors, parse_parameters, unused_parameters
+from scope.streaming.asset_parameters import ASSET_PARAMETERS, names_assets, unreadable_assets
 from scope.streaming.host_addresses import drop_unreachable_candidates, may_check
 from scope.streaming.manager import LOADED, LOADING, PipelineManager
 from scope.streaming.messages import parameter_warnings
@@ -160,6 +161,7 @@ class SessionService:
         params, warnings = self.initial_parameters(raw_parameters, sends_video=sends_video(sdp))
         self._creating += 1
         try:
+            await self._check_assets(params)
             servers = await self.ice_servers()
             pc = RTCPeerConnection(RTCConfiguration(iceServers=servers))
             session = StreamSession(
@@ -183,6 +185,16 @@ class SessionService:
             params["input_mode"], len(self.sessions),
         )
         return {"sdp": answer.sdp, "type": answer.type, "sessionId": session.id}
+
+    async def _check_assets(self, params: dict[str, Any]) -> None:
+        """422 naming each asset file of ``initialParameters`` the stream could not read (read off the loop)."""
+        if not names_assets(params):
+            return
+        pipeline = self.manager.pipeline
+        skip = frozenset(unused_parameters(pipeline.parameters_model, ASSET_PARAMETERS))
+        errors = await asyncio.to_thread(unreadable_assets, params, self.manager.context.assets_dir, skip)
+        if errors:
+            raise SignallingError(422, [{**e, "loc": ["body", "initialParameters", *e["loc"]]} for e in errors])
 
     async def _negotiate(self, pc: RTCPeerConnection, session: StreamSession, sdp: str):
         @pc.on("datachannel")

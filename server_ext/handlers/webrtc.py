@@ -47,7 +47,8 @@ class OfferHandler(ScopeHandler):
                 400: "No pipeline loaded, unsupported input_mode, malformed or deeply nested JSON, or an "
                 "unusable SDP offer (unparsable, no usable video section, no DTLS fingerprint or ICE credentials)",
                 409: "A pipeline is loading",
-                422: "Invalid initialParameters",
+                422: "Invalid initialParameters, naming the field: a bad value, a path outside the assets "
+                "directory or a file the stream cannot read, VACE inputs the loaded pipeline does not take",
                 503: "Too many streaming sessions (max_sessions) or pending offers (max_pending_sessions)",
             },
             tags=("webrtc",),
