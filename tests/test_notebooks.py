@@ -208,7 +208,7 @@ def started_its_own_server(run: Executed) -> None:
 
 
 def test_notebooks_are_stored_clean():
-    """Eight notebooks, valid nbformat v4, no outputs or execution counts, the python3 kernel."""
+    """Nine notebooks, valid nbformat v4, no outputs or execution counts, the python3 kernel."""
     assert ALL == [
         "01_quick_start.ipynb",
         "02_parameters_and_transitions.ipynb",
@@ -218,6 +218,7 @@ def test_notebooks_are_stored_clean():
         "06_comparing_longlive_siblings.ipynb",
         "07_streamdiffusionv2.ipynb",
         "08_user_loras.ipynb",
+        "09_vace.ipynb",
     ]
     for name in ALL:
         notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
@@ -458,6 +459,74 @@ def test_user_loras_scales_swept(tmp_path, synthetic_models):
     assert v["merged_difference"] <= 1
     assert abs(v["merged_away"] - away["1,0"]) < 0.1
     assert "unloaded" in run.stdout(run.cell_with("merged.unload()"))
+
+
+# 09: VACE, a reference image and a control video, the context scale swept -----------------
+
+VACE = "09_vace.ipynb"
+#: The suite's run: two chunks per stream (the one-shot check needs a second chunk).
+VACE_SHORT = {"CHUNKS": 2}
+
+
+def test_vace_notebook_defaults():
+    _, settings = settings_cell(nbformat.read(NOTEBOOKS / VACE, as_version=4))
+    assert settings["SYNTHETIC"] is True and settings["MODELS_DIR"] is None and settings["CHUNKS"] >= 2
+    assert (settings["HEIGHT"], settings["WIDTH"]) == (64, 64)
+    assert settings["SCALES"][0] == 0.0 and 1.0 in settings["SCALES"]
+    assert settings["SCALES"] == sorted(settings["SCALES"]) and max(settings["SCALES"]) <= 2
+
+
+def test_vace_reference_and_control_scale_swept(tmp_path, synthetic_models):
+    run = execute(VACE, tmp_path, synthetic_models, {
+        "synthetic": "pipeline.synthetic", "vace": "pipeline.load_params.vace_enabled",
+        "clip": "clip.shape", "control_shapes": "[control_for(k).shape for k in range(CHUNKS)]",
+        "reference": "Image.open(reference_image).size",
+        "sweep": "{f'{s:g}': [c.shape for c in made] for s, made in sweep.items()}",
+        "effect": "{f'{s:g}': v for s, v in effect.items()}", "zero_is_plain": "zero_is_plain",
+        "once_vs_plain": "once_vs_plain", "again_vs_once": "again_vs_once",
+        "kept": "int(keep_left.sum())", "halves": "halves", "masked": "masked.shape",
+        "extended": "{k: v.shape for k, v in extended.items()}", "extension_away": "extension_away",
+    }, parameters=VACE_SHORT)
+    v = run.values
+    chunks = VACE_SHORT["CHUNKS"]
+    frames = [[9, 64, 64, 3]] + [[12, 64, 64, 3]] * (chunks - 1)
+    assert not list((tmp_path / "logs").glob("daydream-scope-*.out")), "the in-kernel API needs no server"
+    assert v["synthetic"] is True and v["vace"] is True
+    assert "synthetic weights" in run.stdout(run.cell_with("vace_enabled=True"))
+
+    # The inputs: a 96x72 picture; 13 control frames for the first chunk, 12 for each other.
+    assert v["reference"] == [96, 72]
+    assert v["clip"] == [13 + 12 * (chunks - 1), 64, 64, 3]
+    assert v["control_shapes"] == [[13, 64, 64, 3]] + [[12, 64, 64, 3]] * (chunks - 1)
+    assert run.images(run.cell_with("def control_video")) == 1
+
+    # The sweep: scale 0 is the stream without VACE inputs, and the output moves further from
+    # it the larger the scale (measured 4.7, 8.5, 11.5 grey levels at 0.5, 1, 1.5 with 3 chunks).
+    assert v["sweep"] == {s: frames for s in ("0", "0.5", "1", "1.5")}
+    assert v["zero_is_plain"] is True
+    effect = [v["effect"][s] for s in ("0", "0.5", "1", "1.5")]
+    assert effect[0] == 0 and 1 < effect[1] < effect[2] < effect[3], effect
+    printed = run.stdout(run.cell_with("for scale in SCALES"))
+    assert "scale 0 gives the frames of the stream without VACE inputs: True" in printed
+    assert run.images(run.cell_with("for scale in SCALES")) == 1
+
+    # One-shot references: the first chunk moves, later chunks follow only through the cache;
+    # sending the reference again changes the chunk it comes with and nothing before it.
+    once, again = v["once_vs_plain"], v["again_vs_once"]
+    assert len(once) == len(again) == chunks
+    assert once[0] > 2 and once[1] > 0.5, once
+    assert again[0] == 0 and again[1] > 2, again
+
+    # The mask keeps the left half; either half differs from the unmasked stream.
+    assert v["kept"] == 64 * 32
+    assert v["masked"] == [9 + 12 * (chunks - 1), 64, 64, 3]
+    assert min(v["halves"].values()) > 0.2, v["halves"]
+
+    # Extension: one chunk per variant, each away from the plain first chunk.
+    assert v["extended"] == {name: [9, 64, 64, 3] for name in ("first", "last", "first + last")}
+    assert min(v["extension_away"].values()) > 2, v["extension_away"]
+    assert run.images(run.cell_with("first_frame_image")) == 1
+    assert "unloaded" in run.stdout(run.cell_with("pipeline.unload()"))
 
 
 # 01: quick start ------------------------------------------------------------------------
