@@ -307,6 +307,7 @@ async def test_streamdiffusionv2_takes_vace_in_text_mode_only(api, scope_dirs):
     for params, loc in (
         ({"input_mode": "video", "vace_ref_images": ["ref.png"]}, ["vace_ref_images"]),
         ({"input_mode": "video", "vace_use_input_video": True}, ["vace_use_input_video"]),
+        ({"vace_ref_images": ["ref.png"]}, ["vace_ref_images"]),  # a sent track: the default video mode
     ):
         reply = await ScopeRtcClient(api, send_track=StillTrack(gradient(64, 64))).connect(
             {"prompts": PROMPT, **params}, expect_status=422

@@ -246,7 +246,9 @@ class StreamSession:
             self.send({"type": "parameters_rejected", "errors": [{"loc": [], "msg": TOO_DEEP}]})
             return
         pipeline = self.manager.pipeline
-        errors = pipeline.check_parameters(update) if pipeline is not None else []
+        # The pipeline sees the mode the update will run in (StreamDiffusionV2 takes VACE in text mode only).
+        in_mode = {"input_mode": self.parameters.input_mode, **update} if self.parameters.input_mode else update
+        errors = pipeline.check_parameters(in_mode) if pipeline is not None else []
         if errors:
             self.send({"type": "parameters_rejected", "errors": [{"loc": e["loc"], "msg": e["msg"]} for e in errors]})
             return

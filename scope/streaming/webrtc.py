@@ -127,9 +127,6 @@ class SessionService:
             given, unknown = parse_parameters(raw or {}, pipeline.parameters_model, context=context)
         except ParameterErrors as exc:
             raise SignallingError(422, [{**e, "loc": ["body", "initialParameters", *e["loc"]]} for e in exc.errors]) from None
-        errors = pipeline.check_parameters(given)
-        if errors:
-            raise SignallingError(422, [{**e, "loc": ["body", "initialParameters", *e["loc"]]} for e in errors])
         mode = given.get("input_mode") or pipeline.info.default_mode
         if "input_mode" not in given and not sends_video and "text" in pipeline.info.supported_modes:
             mode = "text"
@@ -139,6 +136,9 @@ class SessionService:
                 f"input_mode '{mode}' is not supported by pipeline '{pipeline.info.id}' "
                 f"(supported: {', '.join(pipeline.info.supported_modes)})",
             )
+        errors = pipeline.check_parameters({**given, "input_mode": mode})
+        if errors:
+            raise SignallingError(422, [{**e, "loc": ["body", "initialParameters", *e["loc"]]} for e in errors])
         params: dict[str, Any] = dict(pipeline.default_parameters)
         if mode == "video":
             # Mode defaults use the config schema's names; only those that are stream parameters apply.
