@@ -96,6 +96,11 @@ def _parameter_value(name: str, value: Any) -> Any:
     return parsed.model_dump(mode="json")[name]
 
 
+def _asset_path(image: Any) -> str:
+    """An asset's path on the server: a string or Path as given, or the ``path`` of an ``Asset``."""
+    return str(getattr(image, "path", image))
+
+
 def _prompts_value(value: Any) -> Any:
     """Prompts as the data channel takes them, refusing an empty text (it would generate from nothing).
 
@@ -262,6 +267,30 @@ class ScopeWidget(anywidget.AnyWidget, StreamParameterTraits):
         """
         entries = _parameter_value("lora_scales", [{"path": str(path), "scale": scale}])
         self._send_command("lora_scales", lora_scales=entries)
+
+    def send_reference_images(self, *images: str | Path | Any) -> None:
+        """Send VACE reference images: asset paths on the server (or what ``upload_asset`` answers).
+
+        One-shot: they condition the chunk they come with (the stream's first chunk when none
+        is running yet), so send them again to renew them. Upload a file with
+        ``ScopeClient(w.server).upload_asset(path)``: the kernel holds no connection of its own.
+        """
+        refs = _parameter_value("vace_ref_images", [_asset_path(image) for image in images])
+        self._send_once({"vace_ref_images": refs}, "vace_ref_images: " + ", ".join(refs))
+
+    def send_frame_images(self, first: str | Path | Any = None, last: str | Path | Any = None) -> None:
+        """Send VACE extension images (one-shot): the frame the next chunk starts from, ends on, or both."""
+        parameters = {
+            name: _parameter_value(name, _asset_path(image))
+            for name, image in (("first_frame_image", first), ("last_frame_image", last))
+            if image is not None
+        }
+        if not parameters:
+            raise ValueError("send_frame_images needs first=, last= or both")
+        self._send_once(parameters, ", ".join(f"{name}: {path}" for name, path in parameters.items()))
+
+    def _send_once(self, parameters: dict[str, Any], what: str) -> None:
+        self._send_command("send_once", parameters=parameters, what=what)
 
     def reset_cache(self) -> None:
         """Flush queued frames and restart the stream's caches on the next chunk."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from scope.server_ext.api_models import Asset
+
 PromptsLike = str | list[str | Mapping[str, Any]]
 
 
@@ -25,9 +27,19 @@ def normalise_prompts(prompts: PromptsLike) -> list[dict[str, Any]]:
     return items
 
 
+def asset_paths(value: Any) -> Any:
+    """``value`` with each ``Asset`` (what ``upload_asset`` answers) replaced by its path on the server."""
+    if isinstance(value, Asset):
+        return value.path
+    if isinstance(value, (list, tuple)):
+        return [asset_paths(item) for item in value]
+    return value
+
+
 def wire_parameters(parameters: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of ``parameters`` whose prompts (and transition target prompts) are in list form."""
-    wire = dict(parameters)
+    """A copy of ``parameters`` whose prompts (and transition target prompts) are in list form
+    and whose assets (``vace_ref_images=[asset]``) are their paths."""
+    wire = {name: asset_paths(value) for name, value in parameters.items()}
     if wire.get("prompts") is not None:
         wire["prompts"] = normalise_prompts(wire["prompts"])
     transition = wire.get("transition")

@@ -58,13 +58,15 @@ function describeDetail(status, detail) {
 
 /**
  * A function `api(method, path, body)` calling the Scope API below `base` (a URL ending in "/").
- * Answers parsed JSON (or null) and throws ApiError. `sameOrigin` pages send Jupyter's cookie and
- * XSRF header; a page calling another origin sends neither (that API is open, with CORS).
+ * `body` is sent as JSON, or as raw bytes when it is a Blob (a File: an upload). Answers parsed
+ * JSON (or null) and throws ApiError. `sameOrigin` pages send Jupyter's cookie and XSRF header; a
+ * page calling another origin sends neither (that API is open, with CORS).
  */
 export function createApi({ base, token = null, sameOrigin = true }) {
   return async function api(method, path, body) {
+    const raw = body instanceof Blob;
     const headers = {};
-    if (body !== undefined) headers["Content-Type"] = "application/json";
+    if (body !== undefined) headers["Content-Type"] = raw ? "application/octet-stream" : "application/json";
     if (token) headers["Authorization"] = `token ${token}`;
     if (sameOrigin && method !== "GET") {
       const xsrf = cookie("_xsrf");
@@ -74,7 +76,7 @@ export function createApi({ base, token = null, sameOrigin = true }) {
       method,
       headers,
       credentials: sameOrigin ? "same-origin" : "omit",
-      body: body === undefined ? undefined : JSON.stringify(body),
+      body: body === undefined || raw ? body : JSON.stringify(body),
     });
     const text = await response.text();
     let data = null;

@@ -11,6 +11,7 @@ import { ScopeStream } from "./stream.js";
 import { startTestPattern } from "./test-pattern.js";
 import { schemaControl } from "./schema-form.js";
 import { LoraPicker, LoraSliders } from "./lora-controls.js";
+import { VACE_PARAMETERS, VacePanel } from "./vace-controls.js";
 import { element } from "./dom.js";
 
 const POLL_MS = 500;
@@ -20,16 +21,17 @@ const MAX_MESSAGES = 30;
 /** Stream parameters with their own controls, or none: the rest are generated from the schema. */
 const HAND_MADE = new Set([
   "input_mode", "prompts", "prompt_interpolation_method", "transition", "reset_cache", "paused",
-  "lora_scales", "vace_ref_images", "spout_sender", "spout_receiver", "prompt_embeds",
+  "lora_scales", "spout_sender", "spout_receiver", "prompt_embeds", ...VACE_PARAMETERS,
 ]);
 
 /** Which schema flag a generated stream control depends on. */
 const NEEDS_SUPPORT = {
   kv_cache_attention_bias: "supports_kv_cache_bias",
   manage_cache: "supports_cache_management",
-  vace_context_scale: "supports_vace",
-  vace_use_input_video: "supports_vace",
 };
+
+/** Stream parameters whose null means "stop": a change to null goes out, where others' stays unsent. */
+const NULL_STOPS = new Set(["vace_input_frames", "vace_input_masks"]);
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -113,6 +115,8 @@ class WidgetView {
     /** Parameters asked for after a queued transition: sent right after it, in order. */
     this.heldSends = [];
     this.extraParameters = {};
+    /** One-shot requests made with no stream: they go with the next stream's first chunk. */
+    this.startOnce = {};
     this.controls = {};
     this.polls = { models: 0, pipeline: 0 };
     this.timers = [];
@@ -161,6 +165,16 @@ class WidgetView {
     this.loraSliders = new LoraSliders((path, scale) => this.setLoraScales([{ path, scale }]));
     ui.loras = this.loraPicker.element;
     ui.loraScales = this.loraSliders.element;
+    this.vace = new VacePanel({
+      api: this.api,
+      base: this.base,
+      get: (name) => this.model.get(name),
+      set: (name, value) => this.setTrait(name, value),
+      sendOnce: (parameters, what) => this.sendOnce(parameters, what),
+      useInput: () => this.useInput(),
+      log: (text, kind) => this.log(text, kind),
+    });
+    ui.vace = this.vace.element;
     ui.video.muted = true;
     for (const method of ["linear", "slerp"]) {
       ui.blend.append(new Option(method, method));
@@ -192,7 +206,8 @@ class WidgetView {
           ui.loras,
           element("section", { className: "scope-row" }, ui.load, ui.pipelineStatus),
           element("section", { className: "scope-row" }, element("span", { textContent: "Input" }), ui.input, ui.start, ui.pause, ui.reset, ui.stop),
-          ui.loraScales),
+          ui.loraScales,
+          ui.vace),
         ui.promptEditor = element("section", { className: "scope-prompt-editor" },
           ui.prompts,
           element("div", { className: "scope-row" },
@@ -356,6 +371,20 @@ class WidgetView {
     const hints = this.hints().load;
     for (const [name, control] of Object.entries(this.loadControls ?? {})) showValue(control, params[name], hints[name]);
     this.loraPicker.show(params.loras);
+    this.showVace();
+  }
+
+  /**
+   * The VACE panel, for a pipeline that supports VACE when it is to be loaded (`vace_enabled` in
+   * the load parameters) or is loaded with it. Shown afresh, it reads the server's assets again.
+   */
+  showVace() {
+    const schema = this.selected();
+    const loaded = this.loaded?.pipeline_id === schema?.id && this.loaded?.load_params?.vace_enabled;
+    const wanted = Boolean(schema?.supports_vace && (this.model.get("load_params").vace_enabled || loaded));
+    const shown = !this.ui.vace.hidden;
+    this.ui.vace.hidden = !wanted;
+    if (wanted && !shown) this.vace.refresh();
   }
 
   /** The LoRA picker, for a pipeline that takes user LoRAs: the server's files, read afresh. */
@@ -514,6 +543,7 @@ class WidgetView {
     if (this.loraSliders.show(this.loaded?.loaded_lora_adapters)) values.lora_adapters = this.loraSliders.report();
     if (status.status === "error") values.error = text;
     this.setTraits(values);
+    this.showVace();
     if (!this.stream) {
       if (status.status === "error") this.fail("error", text);
       else this.setStatus(status.status === "loading" ? "loading" : this.loaded ? "ready" : "idle");
@@ -594,7 +624,7 @@ class WidgetView {
   /** What the stream starts with: the mode's hints (`mode_defaults`) under what the user set. */
   initialParameters(schema, video) {
     const mode = video ? "video" : "text";
-    const parameters = { input_mode: mode, ...modeHints(schema, mode).stream, ...this.extraParameters };
+    const parameters = { input_mode: mode, ...modeHints(schema, mode).stream, ...this.extraParameters, ...this.startOnce };
     for (const name of this.streamTraits) {
       const value = this.model.get(name);
       if (value === null || (name === "prompts" && !value.length)) continue;
@@ -634,6 +664,7 @@ class WidgetView {
     try {
       this.source = await this.openSource(schema);
       await stream.start(this.source?.stream ?? null, this.initialParameters(schema, Boolean(this.source)));
+      this.startOnce = {}; // taken by the stream's first chunk
       if (this.stream !== stream) return;
       this.el.dataset.session = stream.sessionId ?? "";
       this.setTraits({ session_id: stream.sessionId ?? "", error: "" });
@@ -770,6 +801,8 @@ class WidgetView {
       if (this.stream) this.setStatus(value ? "paused" : "streaming");
     }
     if (this.controls[name]) showValue(this.controls[name], value, this.hints().stream[name]);
+    if (VACE_PARAMETERS.includes(name)) this.vace.show();
+    if (value === null && NULL_STOPS.has(name)) return this.send({ [name]: null });
     if (value === null || (name === "prompts" && !value.length)) return;
     if (name === "prompts" && this.transitionTarget === JSON.stringify(value)) return; // reached by the transition
     this.transitionTarget = null;
@@ -822,6 +855,27 @@ class WidgetView {
     this.log(`LoRA scales sent: ${entries.map((e) => `${e.path.split(/[\\/]/).pop()} ${e.scale}`).join(", ")}`);
   }
 
+  /**
+   * A one-shot request (a VACE image): to the live stream, which applies it to its next chunk;
+   * with no stream, it goes with the next stream's first chunk (in `initialParameters`).
+   */
+  sendOnce(parameters, what) {
+    if (!this.stream) {
+      this.startOnce = { ...this.startOnce, ...parameters };
+      return this.log(`Queued for the stream's first chunk: ${what}.`);
+    }
+    if (this.send(parameters)) this.log(`Sent ${what}.`);
+  }
+
+  /** The input track becomes VACE's control video: make sure the stream has one. */
+  useInput() {
+    const schema = this.selected();
+    if (schema && this.inputSource(schema) === "none") this.setTrait("input_source", "webcam");
+    if (this.stream && !this.source) {
+      this.log("This stream has no input video: Stop and Start it to send the webcam as the control video.", "warning");
+    }
+  }
+
   command(request) {
     const actions = {
       load: () => this.load(),
@@ -829,6 +883,7 @@ class WidgetView {
       stop: () => this.stop(),
       reset_cache: () => this.send({ reset_cache: true }),
       lora_scales: () => this.setLoraScales(request.lora_scales),
+      send_once: () => this.sendOnce(request.parameters, request.what),
     };
     actions[request?.name]?.();
   }
