@@ -72,6 +72,21 @@ def load(models_dir: Path, width: int, height: int, vae_type: str = "wan", pipel
     return scope.load_pipeline(pipeline_id, models_dir=models_dir, height=height, width=width, vae_type=vae_type, **params)
 
 
+def side_by_side_arguments(parser) -> None:
+    """The options of the benches that run lines side by side on synthetic weights, or at real
+    size on random weights with ``--device`` (``loras.py``, ``vace.py``)."""
+    synthetic = parser.add_argument_group("synthetic weights (no --device)")
+    synthetic.add_argument("--chunks", type=int, default=8, help="timed chunks per line")
+    synthetic.add_argument("--models-dir", type=Path, default=None)
+    real = parser.add_argument_group("real size on random weights")
+    real.add_argument("--device", choices=["cuda", "cpu"], default=None, help="run at real size on this device")
+    real.add_argument("--warmup", type=int, default=None, help="untimed chunks after the first (default 0 synthetic; "
+                      "with --device 8, at least until the window is full)")
+    real.add_argument("--timed", type=int, default=20, help="timed chunks per line")
+    real.add_argument("--layers", type=int, default=None, help="fewer transformer layers than the real 30 (a CPU try)")
+    real.add_argument("--vae-base", type=int, default=96, help="Wan VAE base width (real: 96)")
+
+
 def machine() -> dict[str, Any]:
     """What the figures were measured on."""
     return {

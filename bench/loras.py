@@ -38,7 +38,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
 
 import torch
 
-from bench.longlive import PROMPTS, load, machine, parse_size
+from bench.longlive import PROMPTS, load, machine, parse_size, side_by_side_arguments
 
 #: The lines, as (merge mode, number of adapters); ``none`` is the baseline of every ratio.
 LINES: dict[str, tuple[str | None, int]] = {
@@ -173,16 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", default=None, help="WxH (default 576x320; 832x480 with --device)")
     parser.add_argument("--rank", type=int, default=None, help="LoRA rank (default 4 synthetic, 32 with --device)")
     parser.add_argument("--json", type=Path, default=None)
-    synthetic = parser.add_argument_group("synthetic weights (no --device)")
-    synthetic.add_argument("--chunks", type=int, default=8, help="timed chunks per line")
-    synthetic.add_argument("--models-dir", type=Path, default=None)
-    real = parser.add_argument_group("real size on random weights")
-    real.add_argument("--device", choices=["cuda", "cpu"], default=None, help="run at real size on this device")
-    real.add_argument("--warmup", type=int, default=None, help="untimed chunks after the first (default 0 synthetic; "
-                      "with --device 8, at least until the window is full)")
-    real.add_argument("--timed", type=int, default=20, help="timed chunks per line")
-    real.add_argument("--layers", type=int, default=None, help="fewer transformer layers than the real 30 (a CPU try)")
-    real.add_argument("--vae-base", type=int, default=96, help="Wan VAE base width (real: 96)")
+    side_by_side_arguments(parser)
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available here")

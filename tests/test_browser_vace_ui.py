@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import statistics
 
 import av
 import numpy as np
