@@ -164,5 +164,6 @@ def test_prewarm_with_the_synthetic_environment_variable(tmp_path):
         assert status["pipeline_id"] == "longlive" and status["synthetic"] is True
         assert status["load_params"] == {
             "height": 320, "width": 576, "seed": 42, "quantization": None, "vae_type": "wan",
-            "vace_enabled": False, "loras": None, "lora_merge_mode": "permanent_merge",
+            "vace_enabled": False, "vace_mask_hint_padding": False, "vace_separate_control_caches": False,
+            "loras": None, "lora_merge_mode": "permanent_merge",
         }
