@@ -452,23 +452,29 @@ class Setup:
         return self.server.pid if side == "ours" else self.peer.pid
 
 
-async def load(http: httpx.AsyncClient, load_params: dict | None) -> float:
-    """Load passthrough and wait until it is loaded; returns the seconds it took."""
-    body: dict[str, Any] = {"pipeline_id": "passthrough"}
+async def load(
+    http: httpx.AsyncClient,
+    load_params: dict | None,
+    pipeline_id: str = "passthrough",
+    poll_s: float = 0.01,
+    timeout_s: float = LOAD_TIMEOUT_S,
+) -> float:
+    """Load ``pipeline_id`` over REST and wait until it is loaded; returns the seconds it took."""
+    body: dict[str, Any] = {"pipeline_id": pipeline_id}
     if load_params is not None:
         body["load_params"] = load_params
     t0 = time.monotonic()
     reply = await http.post("/api/v1/pipeline/load", json=body)
     if reply.status_code != 200:
-        raise Broken(f"load answered {reply.status_code}: {reply.text[:300]}")
-    while time.monotonic() - t0 < LOAD_TIMEOUT_S:
+        raise Broken(f"loading {pipeline_id} answered {reply.status_code}: {reply.text[:300]}")
+    while time.monotonic() - t0 < timeout_s:
         status = (await http.get("/api/v1/pipeline/status")).json()
-        if status["status"] == "loaded":
+        if status["status"] == "loaded" and status.get("pipeline_id") in (None, pipeline_id):
             return time.monotonic() - t0
         if status["status"] == "error":
-            raise Broken(f"load failed: {status['error']}")
-        await asyncio.sleep(0.01)
-    raise Broken(f"passthrough did not load in {LOAD_TIMEOUT_S:.0f} s")
+            raise Broken(f"loading {pipeline_id} failed: {status.get('error')}")
+        await asyncio.sleep(poll_s)
+    raise Broken(f"{pipeline_id} did not load in {timeout_s:.0f} s")
 
 
 async def wait_no_sessions(http: httpx.AsyncClient, timeout: float = 10.0) -> None:

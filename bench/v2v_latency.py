@@ -44,7 +44,8 @@ import torch
 
 from bench.longlive import PROMPTS, machine, parse_size, split_figures, timed_chunk
 from bench.passthrough import (
-    Broken, fmt, free_port, log_tail, ratio, run_servers, server_command, spawn, stop_children, write_json,
+    Broken, fmt, free_port, load, log_tail, ratio, run_servers, server_command, spawn, stop_children, wait_no_sessions,
+    write_json,
 )
 from scope.client.peer import ReceivedFrame, ScopePeer
 from scope.pipelines.passthrough import CHUNK_FRAMES as PASSTHROUGH_CHUNK
@@ -108,31 +109,6 @@ async def start_server(tmp: Path, models_dir: Path, command: str | None) -> tupl
             await asyncio.sleep(0.1)
 
 
-async def load_pipeline(http: httpx.AsyncClient, pipeline_id: str, load_params: dict[str, Any]) -> float:
-    """Load ``pipeline_id`` over REST and wait until it is loaded; returns the seconds it took."""
-    started = time.monotonic()
-    reply = await http.post("/api/v1/pipeline/load", json={"pipeline_id": pipeline_id, "load_params": load_params})
-    if reply.status_code != 200:
-        raise Broken(f"loading {pipeline_id} answered {reply.status_code}: {reply.text[:300]}")
-    while time.monotonic() - started < LOAD_TIMEOUT_S:
-        status = (await http.get("/api/v1/pipeline/status")).json()
-        if status["status"] == "loaded" and status.get("pipeline_id") in (None, pipeline_id):
-            return time.monotonic() - started
-        if status["status"] == "error":
-            raise Broken(f"loading {pipeline_id} failed: {status.get('error')}")
-        await asyncio.sleep(0.05)
-    raise Broken(f"{pipeline_id} did not load in {LOAD_TIMEOUT_S:.0f} s")
-
-
-async def wait_no_sessions(http: httpx.AsyncClient, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.HTTPError):
-            if not (await http.get("/api/v1/webrtc/sessions")).json()["sessions"]:
-                return
-        await asyncio.sleep(0.05)
-
-
 # One streaming session -------------------------------------------------------------------------
 
 
@@ -145,7 +121,7 @@ def initial_parameters(pipeline_id: str) -> dict[str, Any]:
 
 async def stream_run(http: httpx.AsyncClient, pipeline_id: str, args: argparse.Namespace) -> dict[str, Any]:
     """Load ``pipeline_id``, stream the pattern through it, and measure a steady-state window."""
-    load_s = await load_pipeline(http, pipeline_id, {"height": args.height, "width": args.width})
+    load_s = await load(http, {"height": args.height, "width": args.width}, pipeline_id, 0.05, LOAD_TIMEOUT_S)
     arrivals: list[float] = []
     stats: list[tuple[float, dict[str, Any]]] = []
     first = asyncio.Event()
