@@ -50,9 +50,12 @@ class WanPaths:
         lora: tuple[Artifact, str] | None = None,
         *,
         vace: bool = False,
+        config: tuple[Artifact, str] = (WAN_1_3B, "config.json"),
     ) -> "WanPaths":
+        """The files under ``models_dir``; ``config`` is the architecture's ``config.json`` (the
+        1.3B one unless the generator is another size: Krea's 14B)."""
         return cls(
-            config=local_path(models_dir, WAN_1_3B, "config.json"),
+            config=local_path(models_dir, *config),
             generator=local_path(models_dir, *generator),
             lora=local_path(models_dir, *lora) if lora else None,
             text_encoder=local_path(models_dir, UMT5_ENCODER, TEXT_ENCODER_FILE),
@@ -103,6 +106,7 @@ class WanComponents:
         vae_type: str,
         quantization: str | None,
         user_loras: tuple[UserLora, ...] = (),
+        fuse_qkv: bool = False,
     ) -> "WanComponents":
         from scope.pipelines.wan.autoencoders import load_vae
         from scope.pipelines.wan.loading import load_generator
@@ -121,6 +125,7 @@ class WanComponents:
             quantization=quantization,
             merged_loras=merged,
             vace_path=paths.vace,
+            fuse_qkv=fuse_qkv,
         )
         runtime_loras = None
         kept = [lora for lora in user_loras if lora.merge_mode == "runtime_peft"]

@@ -3,6 +3,13 @@
 Upstream loads non-strictly, so a wrong file silently yields garbage. Here every mismatch is an
 error that names the file and the offending keys, pickled code is never executed
 (`weights_only=True`), and models are built on the meta device and filled with `assign=True`.
+
+Generators load tensor by tensor (:func:`load_generator`): each weight is read from the
+memory-mapped file, merged with its LoRA deltas, converted to the compute dtype on the compute
+device and put in place before the next is read; each block is fused and quantised as soon as it
+is complete. Host memory therefore stays near the model in its compute dtype plus one tensor
+(nothing at all beyond one tensor when the model goes to a GPU), which is what lets Krea's 28 GB
+14B file load on machines with less than twice that.
 """
 
 from __future__ import annotations
@@ -94,26 +101,26 @@ def _first(keys: Iterable[str]) -> str:
     return shown + (f", ... ({len(keys)} in all)" if len(keys) > _SHOW else "")
 
 
-def load_strict(
+def check_shapes(
     module: nn.Module,
-    state: Mapping[str, torch.Tensor],
+    shapes: Mapping[str, tuple[int, ...]],
     file: str | Path,
     allow_missing: Iterable[str] = (),
     allow_unexpected: Iterable[str] = (),
 ) -> None:
-    """Load `state` into `module` with `assign=True`, failing on any key or shape mismatch.
+    """Fail naming the file and keys unless `shapes` (a file's keys) match `module`'s state dict.
 
     `allow_missing` / `allow_unexpected` are glob patterns for keys that may legitimately be
     absent from the file or present only in it (e.g. `vace_blocks.*`).
     """
     allow_missing, allow_unexpected = tuple(allow_missing), tuple(allow_unexpected)
     expected = {name: tuple(t.shape) for name, t in module.state_dict().items()}
-    missing = [k for k in expected if k not in state and not _matches(k, allow_missing)]
-    unexpected = [k for k in state if k not in expected and not _matches(k, allow_unexpected)]
+    missing = [k for k in expected if k not in shapes and not _matches(k, allow_missing)]
+    unexpected = [k for k in shapes if k not in expected and not _matches(k, allow_unexpected)]
     wrong = [
-        f"{k}: file {list(state[k].shape)} vs model {list(expected[k])}"
-        for k in state
-        if k in expected and tuple(state[k].shape) != expected[k]
+        f"{k}: file {list(shapes[k])} vs model {list(expected[k])}"
+        for k in shapes
+        if k in expected and tuple(shapes[k]) != expected[k]
     ]
     if missing or unexpected or wrong:
         parts = []
@@ -124,7 +131,60 @@ def load_strict(
         if wrong:
             parts.append(f"{len(wrong)} shape mismatch(es): " + "; ".join(wrong[:_SHOW]))
         raise CheckpointMismatch(f"{file}: checkpoint does not match {type(module).__name__}: " + "; ".join(parts))
+
+
+def load_strict(
+    module: nn.Module,
+    state: Mapping[str, torch.Tensor],
+    file: str | Path,
+    allow_missing: Iterable[str] = (),
+    allow_unexpected: Iterable[str] = (),
+) -> None:
+    """Load `state` into `module` with `assign=True`, failing on any key or shape mismatch
+    (see :func:`check_shapes`)."""
+    check_shapes(module, {k: tuple(v.shape) for k, v in state.items()}, file, allow_missing, allow_unexpected)
+    expected = module.state_dict()
     module.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False, assign=True)
+
+
+class CheckpointTensors:
+    """A generator checkpoint's tensors, read one at a time.
+
+    Safetensors files are memory-mapped; torch zip files are opened with torch's mmap. Keys come
+    without their container (`generator`) and `model.` prefix, as :func:`unpack_generator` gives them.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint not found: {path}")
+        if path.suffix.lower() == ".safetensors":
+            from safetensors import safe_open
+
+            try:
+                self._file = safe_open(str(path), framework="pt", device="cpu")
+                raw = {key: tuple(self._file.get_slice(key).get_shape()) for key in self._file.keys()}
+            except Exception as exc:
+                raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
+            if not raw:
+                raise CheckpointError(f"{path}: the generator state dict is empty")
+            prefix = "model." if all(key.startswith("model.") for key in raw) else ""
+            self._keys = {key[len(prefix) :]: key for key in raw}
+            self.shapes = {key[len(prefix) :]: shape for key, shape in raw.items()}
+            self._state = None
+        else:
+            self._file = None
+            self._state = unpack_generator(read_state_dict(path), path)
+            self.shapes = {key: tuple(value.shape) for key, value in self._state.items()}
+
+    def get(self, key: str) -> torch.Tensor:
+        """The tensor under `key`, still in the file's dtype and (where mapped) in the file's pages."""
+        if self._state is not None:
+            return self._state[key]
+        return self._file.get_tensor(self._keys[key])
+
+    def close(self) -> None:
+        self._file = self._state = None
 
 
 # PEFT `get_peft_model_state_dict` keys, optionally with the adapter name kept.
@@ -166,28 +226,6 @@ def parse_peft_lora(
     if missing:
         raise CheckpointMismatch(f"{file}: {len(missing)} missing LoRA key(s): {_first(missing)}")
     return {name: (ab["A"], ab["B"]) for name, ab in parts.items()}
-
-
-def merge_peft_lora(
-    model: CausalWanTransformer, state: Mapping[str, Any], file: str | Path, scaling: float = 1.0
-) -> None:
-    """Fold a PEFT adapter into the base weights: `W += scaling * B @ A`, computed in float32.
-
-    Merged weights stay float32 so a later cast to the compute dtype rounds only once.
-    """
-    pairs = parse_peft_lora(state, file, model.config)
-    modules = dict(model.named_modules())
-    for name, (a, b) in pairs.items():
-        linear = modules[name]
-        out_features, in_features = linear.weight.shape
-        if a.ndim != 2 or b.ndim != 2 or a.shape[1] != in_features or b.shape[0] != out_features or a.shape[0] != b.shape[1]:
-            raise CheckpointMismatch(
-                f"{file}: LoRA for {name} has A {list(a.shape)} and B {list(b.shape)}, "
-                f"which do not fit a [{out_features}, {in_features}] weight"
-            )
-        weight = linear.weight.detach().to(torch.float32)
-        delta = b.to(device=weight.device, dtype=torch.float32) @ a.to(device=weight.device, dtype=torch.float32)
-        linear.weight = nn.Parameter(weight + scaling * delta, requires_grad=False)
 
 
 FP8_MAX = 448.0  # largest finite float8_e4m3fn value
@@ -257,17 +295,21 @@ class Fp8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, fp8_e4m3fn"
 
 
+def quantize_block(block: nn.Module) -> int:
+    """Replace every Linear inside `block` with an `Fp8Linear`; returns how many."""
+    count = 0
+    for _, child in list(block.named_modules()):
+        for child_name, leaf in list(child.named_children()):
+            if isinstance(leaf, nn.Linear):
+                setattr(child, child_name, Fp8Linear.from_linear(leaf))
+                count += 1
+    return count
+
+
 def quantize_fp8(model: CausalWanTransformer) -> int:
     """Replace every Linear inside the transformer blocks (VACE's too) with an `Fp8Linear`; returns how many."""
-    count = 0
     blocks = list(model.blocks) + (list(model.vace.vace_blocks) if model.vace is not None else [])
-    for block in blocks:
-        for name, child in list(block.named_modules()):
-            for child_name, leaf in list(child.named_children()):
-                if isinstance(leaf, nn.Linear):
-                    setattr(child, child_name, Fp8Linear.from_linear(leaf))
-                    count += 1
-    return count
+    return sum(quantize_block(block) for block in blocks)
 
 
 def check_quantization(quantization: str | None) -> None:
@@ -286,37 +328,107 @@ def load_generator(
     lora_scaling: float = 1.0,
     merged_loras: Iterable[tuple[str | Path, float]] = (),
     vace_path: str | Path | None = None,
+    fuse_qkv: bool = False,
 ) -> CausalWanTransformer:
-    """Build the generator of a LongLive-style container, merge its built-in LoRA, cast, quantize.
+    """Build the generator of a Wan checkpoint tensor by tensor; merge LoRAs, cast, fuse, quantize.
 
-    `generator_path` holds `{"generator": {"model.<wan key>": ...}}` (or a flat dict);
-    `lora_path` a PEFT adapter (rank 256 / alpha 256 upstream, hence `lora_scaling` 1.0).
-    `merged_loras` are user LoRA files `(path, scale)` merged after it, in float32, before the
-    cast and the fp8 quantisation (which then rounds the merged weights once).
-    `vace_path` adds VACE's hint layers (a VACE module file); LoRAs apply to the base blocks only.
+    `generator_path` holds `{"generator": {"model.<wan key>": ...}}`, a flat dict, or a flat
+    safetensors file (Krea's). `lora_path` is a PEFT adapter (rank 256 / alpha 256 upstream,
+    hence `lora_scaling` 1.0); `merged_loras` are user LoRA files `(path, scale)` merged after
+    it. Each weight is merged in float32, cast to `dtype` on `device`, and rounded once; each
+    block then has its q/k/v fused (`fuse_qkv`) and its linears stored in fp8 (`quantization`),
+    so user LoRAs on q/k/v reach the fused projection. `vace_path` adds VACE's hint layers;
+    LoRAs apply to the base blocks only.
     """
     check_quantization(quantization)
     config = WanConfig.from_json(config_path)
     with torch.device("meta"):
         model = CausalWanTransformer(config)
-    state = unpack_generator(read_state_dict(generator_path), generator_path)
-    load_strict(model, state, generator_path)
-    del state
-    model.to(device=device)  # stored dtypes kept, so the LoRA merge below sees the file's precision
-    if lora_path is not None:
-        merge_peft_lora(model, read_state_dict(lora_path), lora_path, lora_scaling)
-    merged_loras = list(merged_loras)
-    if merged_loras:
-        from .lora import merge_loras, read_lora
-
-        merge_loras(model, [(read_lora(path, model), scale) for path, scale in merged_loras])
+    tensors = CheckpointTensors(generator_path)
+    check_shapes(model, tensors.shapes, generator_path)
+    deltas = _lora_deltas(model, lora_path, lora_scaling, merged_loras)
+    names = list(model.state_dict())
+    for position, name in enumerate(names):
+        module_name, _, attr = name.rpartition(".")
+        value = _converted(tensors.get(name), deltas.pop(module_name, ()) if attr == "weight" else (), device, dtype)
+        module = model.get_submodule(module_name)
+        module._parameters[attr] = nn.Parameter(value, requires_grad=False)
+        block = _block_index(name)
+        if block is not None and _block_index(names[position + 1] if position + 1 < len(names) else "") != block:
+            _finish_block(model.blocks[block], fuse_qkv, quantization)
+    tensors.close()
     if vace_path is not None:
         from .vace import load_vace_layers
 
         load_vace_layers(model, vace_path)
-    model.to(dtype=dtype)
+        model.vace.to(device=device, dtype=dtype)
+        if quantization == "fp8_e4m3fn":
+            for vace_block in model.vace.vace_blocks:
+                quantize_block(vace_block)
     model.rebuild_buffers(device)
     model.eval().requires_grad_(False)
-    if quantization == "fp8_e4m3fn":
-        quantize_fp8(model)
     return model
+
+
+_BLOCK = re.compile(r"^blocks\.(\d+)\.")
+
+
+def _block_index(name: str) -> int | None:
+    match = _BLOCK.match(name)
+    return int(match.group(1)) if match else None
+
+
+def _finish_block(block: nn.Module, fuse_qkv: bool, quantization: str | None) -> None:
+    """A block whose weights are all in place: fuse q/k/v, then quantise (one fp8 scale for the
+    fused projection, as the reference quantises after fusing)."""
+    if fuse_qkv:
+        block.self_attn.fuse_projections()
+    if quantization == "fp8_e4m3fn":
+        quantize_block(block)
+
+
+def _lora_deltas(
+    model: CausalWanTransformer,
+    lora_path: str | Path | None,
+    lora_scaling: float,
+    merged_loras: Iterable[tuple[str | Path, float]],
+) -> dict[str, list[tuple[float, torch.Tensor, torch.Tensor]]]:
+    """`{linear: [(scale, up, down), ...]}`: the built-in adapter first, then each user LoRA in order."""
+    deltas: dict[str, list[tuple[float, torch.Tensor, torch.Tensor]]] = {}
+    if lora_path is not None:
+        for name, (a, b) in parse_peft_lora(read_state_dict(lora_path), lora_path, model.config).items():
+            out_features, in_features = model.get_submodule(name).weight.shape
+            if a.ndim != 2 or b.ndim != 2 or a.shape[1] != in_features or b.shape[0] != out_features or a.shape[0] != b.shape[1]:
+                raise CheckpointMismatch(
+                    f"{lora_path}: LoRA for {name} has A {list(a.shape)} and B {list(b.shape)}, "
+                    f"which do not fit a [{out_features}, {in_features}] weight"
+                )
+            deltas.setdefault(name, []).append((lora_scaling, b, a))
+    merged_loras = list(merged_loras)
+    if merged_loras:
+        from .lora import read_lora
+
+        for path, scale in merged_loras:
+            for name, delta in read_lora(path, model).deltas.items():
+                deltas.setdefault(name, []).append((scale, delta.up, delta.down))
+    return deltas
+
+
+def _converted(
+    stored: torch.Tensor, deltas: Iterable[tuple[float, torch.Tensor, torch.Tensor]], device, dtype: torch.dtype
+) -> torch.Tensor:
+    """One weight on `device` in `dtype`, its LoRA deltas added in float32 first (rounded once).
+
+    The result always owns its memory: a tensor still backed by the file's pages is copied.
+    """
+    value = stored.to(device=device)
+    deltas = list(deltas)
+    if deltas:
+        value = value.to(torch.float32)
+        for scale, up, down in deltas:
+            update = up.to(device=value.device, dtype=torch.float32) @ down.to(device=value.device, dtype=torch.float32)
+            value = value + scale * update
+    value = value.to(dtype)
+    if value.data_ptr() == stored.data_ptr():
+        value = value.clone()
+    return value
