@@ -12,6 +12,7 @@ independent and deterministic for a given seed.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,10 @@ from pydantic import ValidationError
 
 from scope.params import ParameterErrors, validation_errors
 from scope.pipelines.base import LoadContext, Pipeline
+
+
+class LoadWarning(UserWarning):
+    """What a load advises (the pipeline status's ``warnings``), e.g. fp8 on a small GPU."""
 
 
 def load_pipeline(
@@ -49,4 +54,7 @@ def load_pipeline(
     context = LoadContext(settings.models_path, settings.lora_path, settings.assets_path)
     if synthetic and cls.artifacts:
         ensure_synthetic(context.models_dir, cls.artifacts)
-    return cls.load(params, context)
+    pipeline = cls.load(params, context)
+    for message in pipeline.load_warnings:
+        warnings.warn(message, LoadWarning, stacklevel=2)
+    return pipeline

@@ -105,6 +105,9 @@ class PipelineStatusResponse(BaseModel):
     loaded_lora_adapters: list[dict[str, Any]] | None
     error: str | None
     synthetic: bool = Field(False, description="True when the loaded weights are synthetic.")
+    warnings: list[str] = Field(
+        default_factory=list, description="What the load advises, e.g. fp8 quantization on a GPU with too little memory."
+    )
 
 
 class PipelineSchemasResponse(BaseModel):

@@ -180,6 +180,9 @@ class Pipeline(ABC):
 
     def __init__(self, load_params: BaseModel):
         self.load_params = load_params
+        #: What the load advises the user (``pipeline/status`` ``warnings``; a Python warning in
+        #: :func:`scope.load_pipeline`), e.g. fp8 on a GPU with too little memory.
+        self.load_warnings: list[str] = []
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Every stream a pipeline opens validates ``generate`` with the pipeline's own model.

@@ -166,6 +166,7 @@ class PipelineManager:
             "loaded_lora_adapters": self.pipeline.loaded_lora_adapters if self.pipeline else None,
             "error": self.error,
             "synthetic": bool(self.pipeline and self.pipeline.synthetic),
+            "warnings": list(self.pipeline.load_warnings) if self.pipeline else [],
         }
 
 

@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from scope.models.artifacts import Artifact
+from scope.models.artifacts import WAN_1_3B, Artifact
 from scope.models.synthetic.writer import uses_synthetic
 from scope.params import MAX_SEED, LoraPath, StreamParameters
 from scope.pipelines.base import LoadContext, Pipeline, PipelineInfo, Stream
@@ -42,9 +42,11 @@ def causal_info(
     docs_url: str,
     default_mode: Literal["text", "video"] = "text",
     min_dimension: int = 16,
+    **differences: Any,
 ) -> PipelineInfo:
-    """A causal Wan pipeline's facts: what names it, and the capabilities they share."""
-    return PipelineInfo(
+    """A causal Wan pipeline's facts: what names it, and the capabilities they share
+    (``differences`` overrides any of them)."""
+    facts = dict(
         id=id,
         name=name,
         description=description,
@@ -60,6 +62,7 @@ def causal_info(
         min_dimension=min_dimension,
         modified=True,
     )
+    return PipelineInfo(**{**facts, **differences})
 
 
 def causal_config(title: str, pipeline_id: str) -> type[PipelineConfig]:
@@ -90,8 +93,8 @@ def user_loras(load_params: BaseModel, lora_dir: Path) -> tuple[UserLora, ...]:
     )
 
 
-class CausalLoadParams(BaseModel):
-    """Load parameters of a causal Wan pipeline; changing any of them means loading again."""
+class WanLoadParams(BaseModel):
+    """Load parameters every causal Wan pipeline has; changing any of them means loading again."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -102,6 +105,21 @@ class CausalLoadParams(BaseModel):
         None, description="Store the generator's linear weights in fp8 (computed in the compute dtype)."
     )
     vae_type: VaeType = Field("wan", description="Autoencoder: full Wan VAE, LightVAE, TAE or LightTAE.")
+    loras: list[LoraConfig] | None = Field(
+        None,
+        description="User LoRAs: files in the LoRA directory (or absolute paths in the kernel), each "
+        "with a scale and an optional merge_mode overriding lora_merge_mode.",
+    )
+    lora_merge_mode: Literal["permanent_merge", "runtime_peft"] = Field(
+        "permanent_merge",
+        description="How user LoRAs are applied: merged into the weights at load (no per-chunk cost), "
+        "or kept apart so each stream can change their scales with lora_scales.",
+    )
+
+
+class CausalLoadParams(WanLoadParams):
+    """Load parameters of the causal Wan pipelines that take VACE."""
+
     vace_enabled: bool = Field(
         False,
         description="Load the VACE module: reference images, control videos, masks and first/last frames "
@@ -117,17 +135,6 @@ class CausalLoadParams(BaseModel):
         description="VACE with the Wan VAE: encode the kept and the generated parts of the control video "
         "with their own encoder caches. Off reproduces the reference, which shares one (TAE keeps them apart).",
     )
-    loras: list[LoraConfig] | None = Field(
-        None,
-        description="User LoRAs: files in the LoRA directory (or absolute paths in the kernel), each "
-        "with a scale and an optional merge_mode overriding lora_merge_mode.",
-    )
-    lora_merge_mode: Literal["permanent_merge", "runtime_peft"] = Field(
-        "permanent_merge",
-        description="How user LoRAs are applied: merged into the weights at load (no per-chunk cost), "
-        "or kept apart so each stream can change their scales with lora_scales.",
-    )
-
 
 
 class CausalParameters(StreamParameters):
@@ -148,6 +155,10 @@ class CausalWanPipeline(Pipeline):
     #: ``(artifact, path in the repo)`` of the generator checkpoint and of its built-in LoRA.
     generator_file: ClassVar[tuple[Artifact, str]]
     lora_file: ClassVar[tuple[Artifact, str] | None] = None
+    #: ``(artifact, path)`` of the architecture's original Wan ``config.json``.
+    config_file: ClassVar[tuple[Artifact, str]] = (WAN_1_3B, "config.json")
+    #: Whether each self-attention's q/k/v are fused into one linear after load (Krea).
+    fuse_qkv: ClassVar[bool] = False
     default_steps: ClassVar[list[int]] = DEFAULT_STEPS
     #: The autoencoder a pipeline always loads whatever ``vae_type`` says (None: as asked).
     fixed_vae_type: ClassVar[str | None] = None
@@ -166,7 +177,11 @@ class CausalWanPipeline(Pipeline):
     @classmethod
     def load(cls, load_params: BaseModel, context: LoadContext) -> "CausalWanPipeline":
         paths = WanPaths.resolve(
-            context.models_dir, generator=cls.generator_file, lora=cls.lora_file, vace=load_params.vace_enabled
+            context.models_dir,
+            generator=cls.generator_file,
+            lora=cls.lora_file,
+            vace=getattr(load_params, "vace_enabled", False),
+            config=cls.config_file,
         )
         paths.check(cls.info.id)
         components = WanComponents.load(
@@ -175,8 +190,14 @@ class CausalWanPipeline(Pipeline):
             vae_type=cls.fixed_vae_type or load_params.vae_type,
             quantization=load_params.quantization,
             user_loras=user_loras(load_params, context.lora_dir),
+            fuse_qkv=cls.fuse_qkv,
         )
-        return cls(load_params, components, uses_synthetic(context.models_dir, cls.artifacts), context.lora_dir)
+        pipeline = cls(load_params, components, uses_synthetic(context.models_dir, cls.artifacts), context.lora_dir)
+        pipeline.warm_up()
+        return pipeline
+
+    def warm_up(self) -> None:
+        """Run what the first real chunk would otherwise pay for (none here; Krea warms up)."""
 
     def stream_settings(self) -> CausalStreamSettings:
         """The settings a new stream runs with (a load parameter may change them)."""
@@ -199,7 +220,7 @@ class CausalWanPipeline(Pipeline):
     def vace_options(self) -> VaceOptions | None:
         """How streams run VACE (None: loaded without it)."""
         params = self.load_params
-        if not params.vace_enabled:
+        if not getattr(params, "vace_enabled", False):
             return None
         return VaceOptions(
             mask_padding=params.vace_mask_hint_padding,
@@ -240,7 +261,9 @@ class CausalWanPipeline(Pipeline):
 
     def _check_vace(self, update: dict[str, Any]) -> list[dict[str, Any]]:
         given = [name for name in VACE_INPUTS if update.get(name) not in (None, [])]
-        if not self.load_params.vace_enabled:
+        if not self.info.supports_vace:
+            msg = f"{self.info.id} does not take VACE"
+        elif not self.load_params.vace_enabled:
             msg = "VACE is not loaded: load the pipeline with vace_enabled true to use it"
         elif not self.vace_in_video_mode and (update.get("input_mode") == "video" or update.get("vace_use_input_video")):
             given += ["vace_use_input_video"] if update.get("vace_use_input_video") else []

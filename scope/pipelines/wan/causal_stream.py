@@ -3,8 +3,9 @@
 A chunk runs these stages in the reference's order: prompt conditioning (encode, blend,
 transition), schedule, cache set-up (reset when asked, on a mode or step-list change, at the
 RoPE limit, or on a video-mode prompt change), input (noise, or encoded and noised video),
-KV re-cache on a prompt change, the few-step denoising loop, the clean pass at t=0 that leaves
-clean keys in the cache, streaming decode, and advancing the frame counter. Everything that
+KV re-cache on a prompt change (or Krea's recompute of the whole window from context frames),
+the few-step denoising loop, the clean pass at t=0 that leaves clean keys in the cache,
+streaming decode, and advancing the frame counter. Everything that
 evolves lives here, so streams over one set of weights never disturb each other. What a pipeline
 does differently is data in its :class:`CausalStreamSettings`, never a branch on its name.
 """
@@ -13,15 +14,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from scope.pipelines.base import Chunk, Stream
+from scope.pipelines.wan.attention_bias import NO_BIAS, CacheAttentionBias
 from scope.pipelines.wan.components import WanComponents
+from scope.pipelines.wan.context_frames import ContextFrames
 from scope.pipelines.wan.frames import frames_to_video, video_to_frames
 from scope.pipelines.wan.kv_cache import EvictionHook, FrameMemory, GeneratorCache
 from scope.pipelines.wan.lora import resolve_lora_path
@@ -90,6 +93,16 @@ class CausalStreamSettings:
     noise_scale_from_default: bool = False
     #: Whether the noise controller smooths from its own previous output, whatever is sent.
     controller_smooths_own_output: bool = False
+    #: Context latents the window is rebuilt from before every chunk after the first (Krea: 3;
+    #: 0: the cache carries over). The chunk then runs at frame positions ``count..`` for ever.
+    recompute_context_frames: int = 0
+    #: Whether a clean pass at t=0 leaves the chunk's clean keys in the cache (Krea: no, the
+    #: next chunk's recompute supersedes them).
+    clean_pass: bool = True
+    #: The ``kv_cache_attention_bias`` a stream uses until it sends one (None: the pipeline has none).
+    attention_bias: float | None = None
+    #: Whether the bias's attention masks the zero keys the reference pads with (see attention_bias.py).
+    attention_bias_mask_padding: bool = False
 
 
 class StreamMemory(FrameMemory, Protocol):
@@ -159,6 +172,8 @@ class CausalStream(Stream):
         #: Chunks since the last reset.
         self.chunk_index = 0
         self.recache_buffer = self._empty_recache_buffer()
+        #: Krea's recompute context, when the pipeline rebuilds its window each chunk.
+        self.context = ContextFrames(settings.recompute_context_frames) if settings.recompute_context_frames else None
         self.embedding: torch.Tensor | None = None
         self.noise_scale: float | None = None
         self._mode: str | None = None
@@ -196,6 +211,8 @@ class CausalStream(Stream):
         self.current_start_frame = 0
         self.chunk_index = 0
         self.recache_buffer = self._empty_recache_buffer()
+        if self.context is not None:
+            self.context.reset()
 
     def frames_needed(self, params: dict[str, Any]) -> int:
         return self.settings.frames_per_block * VAE_TEMPORAL
@@ -262,15 +279,20 @@ class CausalStream(Stream):
 
         # The reference encodes VACE's inputs after the re-cache; they share no state with it.
         vace = self._vace_context(params, control_input, video, timings)
+        position = None
+        if self.context is not None and self.current_start_frame > 0:
+            position = self._recompute_from_context(timings)
         started = time.perf_counter()
         recache = changed and self.current_start_frame > 0 and self.settings.recache_on_prompt_change
         if recache:
             self._recache()
-        x0 = self._denoise(latents, steps, rng, vace)
-        if self.memory is not None:
-            self.memory.before_clean_pass(self.chunk_index)
-        self._forward(x0, torch.zeros_like(self._timesteps(x0, 0)))  # the clean pass fills the cache
-        timings["dit_ms"] = _elapsed_ms(started, self.components.device)
+        bias = self._attention_bias(params)
+        x0 = self._denoise(latents, steps, rng, vace, start_frame=position, bias=bias)
+        if self.settings.clean_pass:
+            if self.memory is not None:
+                self.memory.before_clean_pass(self.chunk_index)
+            self._forward(x0, torch.zeros_like(self._timesteps(x0, 0)))  # the clean pass fills the cache
+        timings["dit_ms"] += _elapsed_ms(started, self.components.device)
 
         started = time.perf_counter()
         decoded = self.components.vae.stream_decode(x0, self.vae_state)
@@ -278,6 +300,8 @@ class CausalStream(Stream):
         timings["vae_ms"] += _elapsed_ms(started, self.components.device)
 
         self._remember(x0)
+        if self.context is not None:
+            self.context.remember(self.current_start_frame, x0, decoded)
         info = {
             "current_start_frame": self.current_start_frame,
             "noise_scale": self.noise_scale,
@@ -285,6 +309,8 @@ class CausalStream(Stream):
             "recached": recache,
             **timings,
         }
+        if self.settings.attention_bias is not None:
+            info["kv_cache_attention_bias"] = bias.bias if bias is not None else NO_BIAS
         first_video_chunk = video is not None and info["current_start_frame"] == 0
         self.current_start_frame += x0.shape[1] - (self.settings.first_video_chunk_overlap if first_video_chunk else 0)
         self.chunk_index += 1
@@ -300,6 +326,31 @@ class CausalStream(Stream):
             changed |= self.lora_scales[path] != float(entry["scale"])
             self.lora_scales[path] = float(entry["scale"])
         return changed
+
+    def _attention_bias(self, params: dict[str, Any]) -> CacheAttentionBias | None:
+        """The chunk's KV-cache attention bias (None: plain attention, as the reference at 1.0)."""
+        if self.settings.attention_bias is None:
+            return None
+        value = params.get("kv_cache_attention_bias")
+        value = self.settings.attention_bias if value is None else float(value)
+        if value == NO_BIAS:
+            return None
+        return CacheAttentionBias(
+            value, self.frame_seq_len, self.settings.frames_per_block, self.settings.attention_bias_mask_padding
+        )
+
+    def _recompute_from_context(self, timings: dict[str, float]) -> int:
+        """Clear the window and rebuild it at t=0 from the context latents under the current
+        prompt (RoPE from frame 0); returns the frame position the chunk then denoises at."""
+        started = time.perf_counter()
+        count = self.context.count
+        context = self.context.latents_for(self.current_start_frame, self.settings.frames_per_block, self.components.vae)
+        timings["vae_ms"] += _elapsed_ms(started, self.components.device)
+        started = time.perf_counter()
+        self.cache.clear_self_attention()
+        self._forward(context, self._timesteps(context, 0), start_frame=0)
+        timings["dit_ms"] += _elapsed_ms(started, self.components.device)
+        return min(self.current_start_frame, count)
 
     def _vace_context(
         self, params: dict[str, Any], control_input: Any, video: Any, timings: dict[str, float]
@@ -327,26 +378,38 @@ class CausalStream(Stream):
         *,
         commit: bool = True,
         vace: VaceContext | None = None,
+        bias: CacheAttentionBias | None = None,
     ) -> torch.Tensor:
         start = self.current_start_frame if start_frame is None else start_frame
         runtime = self.components.runtime_loras
         if runtime is not None:  # the weights are shared: this stream's scales for its forwards
             runtime.scales = self.lora_scales
         return self.components.generator(
-            latents, timestep, self.embedding, cache=self.cache, start_frame=start, commit=commit, vace=vace
+            latents, timestep, self.embedding, cache=self.cache, start_frame=start, commit=commit, vace=vace,
+            attention_bias=bias,
         )
 
     def _denoise(
-        self, latents: torch.Tensor, steps: list[int], rng: torch.Generator, vace: VaceContext | None = None
+        self,
+        latents: torch.Tensor,
+        steps: list[int],
+        rng: torch.Generator,
+        vace: VaceContext | None = None,
+        *,
+        start_frame: int | None = None,
+        bias: CacheAttentionBias | None = None,
     ) -> torch.Tensor:
         """The few-step loop: predict x0, re-noise to the next step's level with the chunk's RNG.
 
-        Only these steps carry the VACE context; the clean pass and the re-cache never do.
+        Only these steps carry the VACE context and the attention bias; the clean pass, the
+        re-cache and Krea's recompute never do.
         """
         x0 = latents
         for index, step in enumerate(steps):
             timestep = self._timesteps(latents, step)
-            flow = self._forward(latents, timestep, commit=self.settings.denoising_commits, vace=vace)
+            flow = self._forward(
+                latents, timestep, start_frame, commit=self.settings.denoising_commits, vace=vace, bias=bias
+            )
             x0 = self.schedule.to_x0(flow, latents, timestep)
             if index + 1 < len(steps):
                 noise = self._randn((latents.shape[1], *latents.shape[2:]), rng).unsqueeze(0)

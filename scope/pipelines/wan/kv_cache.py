@@ -174,14 +174,19 @@ class GeneratorCache:
 
     def reset(self) -> None:
         """Start a new stream: zero the buffers, rewind the indices, forget the prompt."""
+        self.clear_self_attention()
+        if self.memory is not None:
+            self.memory.reset()
+        self.reset_cross()
+
+    def clear_self_attention(self) -> None:
+        """Zero the self-attention buffers and rewind their indices, keeping the prompt's K/V
+        (Krea rebuilds its window from context frames before every chunk)."""
         for layer in self.layers:
             layer.k.zero_()
             layer.v.zero_()
             layer.global_end = 0
             layer.local_end = 0
-        if self.memory is not None:
-            self.memory.reset()
-        self.reset_cross()
 
     def reset_cross(self) -> None:
         """Forget the cross-attention K/V (the next forward recomputes them from its context)."""

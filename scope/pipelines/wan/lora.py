@@ -97,13 +97,33 @@ class LoraFile:
         return max(delta.rank for delta in self.deltas.values())
 
 
+def fused_parts(model: nn.Module) -> dict[str, tuple[str, int, int]]:
+    """``{"blocks.N.self_attn.q": ("blocks.N.self_attn.qkv", first row, rows), ...}`` for every
+    self-attention whose q/k/v were fused: LoRA files name the original linears."""
+    parts = {}
+    for name, module in model.named_modules():
+        fused = getattr(module, "qkv", None)
+        if isinstance(fused, nn.Module) and hasattr(fused, "out_features"):
+            rows = fused.out_features // 3
+            for i, part in enumerate("qkv"):
+                parts[f"{name}.{part}"] = (f"{name}.qkv", i * rows, rows)
+    return parts
+
+
 def linear_shapes(model: nn.Module) -> dict[str, tuple[int, int]]:
-    """``{module name: (out, in)}`` of every linear a LoRA may target (fp8 ones included)."""
+    """``{module name: (out, in)}`` of every linear a LoRA may target (fp8 ones included); a
+    fused q/k/v projection is targeted through the names of the three linears it replaced."""
     shapes = {}
+    fused = fused_parts(model)
+    targets = {target for target, _, _ in fused.values()}
     for name, module in model.named_modules():
         weight = getattr(module, "weight", None)
+        if name in targets:
+            continue
         if isinstance(weight, torch.Tensor) and weight.ndim == 2 and hasattr(module, "in_features"):
             shapes[name] = (module.out_features, module.in_features)
+    for name, (target, _, rows) in fused.items():
+        shapes[name] = (rows, model.get_submodule(target).in_features)
     return shapes
 
 
@@ -192,12 +212,19 @@ def merge_loras(model: nn.Module, loras: Iterable[tuple[LoraFile, float]]) -> No
     """``W += scale * up @ down`` for each file, in float32; the weights stay float32 until the
     model is cast (and, with fp8, quantised) once, after every merge."""
     modules = dict(model.named_modules())
+    fused = fused_parts(model)
     for lora, scale in loras:
         for name, delta in lora.deltas.items():
-            linear = modules[name]
+            target, first, rows = fused.get(name, (name, 0, None))
+            linear = modules[target]
             weight = linear.weight.detach().to(torch.float32)
             update = delta.up.to(weight.device) @ delta.down.to(weight.device)
-            linear.weight = nn.Parameter(weight + scale * update, requires_grad=False)
+            if rows is not None:  # one of q/k/v inside a fused projection: its rows only
+                weight = weight.clone()
+                weight[first : first + rows] += scale * update
+            else:
+                weight = weight + scale * update
+            linear.weight = nn.Parameter(weight, requires_grad=False)
 
 
 class RuntimeLoras:
@@ -214,17 +241,20 @@ class RuntimeLoras:
         #: Scale per adapter, by its file's resolved path; unnamed adapters are off (scale 0).
         self.scales: dict[Path, float] = {}
         modules = dict(model.named_modules())
+        fused = fused_parts(model)
         self._stacks: dict[str, tuple[torch.Tensor, torch.Tensor, list[tuple[Path, int]]]] = {}
-        by_module: dict[str, list[tuple[Path, LoraDelta]]] = {}
+        by_module: dict[str, list[tuple[Path, LoraDelta, int | None]]] = {}
         for lora in self.loras:
-            for module, delta in lora.deltas.items():
-                by_module.setdefault(module, []).append((lora.path, delta))
+            for name, delta in lora.deltas.items():
+                target, first, rows = fused.get(name, (name, 0, None))
+                by_module.setdefault(target, []).append((lora.path, delta, first if rows is not None else None))
         self._handles = []
         self._scale_vectors: dict[str, tuple[tuple[float, ...], torch.Tensor]] = {}
         for module, pairs in by_module.items():
-            down = torch.cat([d.down for _, d in pairs]).to(device=device, dtype=dtype)
-            up = torch.cat([d.up for _, d in pairs], dim=1).to(device=device, dtype=dtype)
-            self._stacks[module] = (down, up, [(path, d.rank) for path, d in pairs])
+            down = torch.cat([d.down for _, d, _ in pairs]).to(device=device, dtype=dtype)
+            up = torch.cat([_rows_of(d.up, first, modules[module].out_features) for _, d, first in pairs], dim=1)
+            up = up.to(device=device, dtype=dtype)
+            self._stacks[module] = (down, up, [(path, d.rank) for path, d, _ in pairs])
             self._handles.append(modules[module].register_forward_hook(self._hook(module)))
 
     def _rank_scales(self, module: str, like: torch.Tensor) -> torch.Tensor | None:
@@ -255,3 +285,13 @@ class RuntimeLoras:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+
+
+def _rows_of(up: torch.Tensor, first: int | None, rows: int) -> torch.Tensor:
+    """``up`` as it acts on a fused projection: its rows placed from ``first``, zeros elsewhere
+    (``first`` None: the linear is not fused, ``up`` as it is)."""
+    if first is None:
+        return up
+    placed = up.new_zeros(rows, up.shape[1])
+    placed[first : first + up.shape[0]] = up
+    return placed

@@ -20,6 +20,7 @@ from .kv_cache import GeneratorCache
 from .rope import FrameRope, WanRotaryEmbedding, apply_rope
 
 if TYPE_CHECKING:
+    from .attention_bias import CacheAttentionBias
     from .vace import VaceContext, VaceLayers
 
 # kernel(q, k, v, mask): q [B, Lq, H, D], k/v [B, Lk, H, D], mask None or broadcastable to
@@ -89,8 +90,37 @@ class WanSelfAttention(WanAttentionProjections):
     """Self-attention with q/k RMSNorm and RoPE; reads and writes the stream's cache when given one.
 
     With a cache of relative positions the keys are cached as computed and the attended window
-    is rotated at frame positions `0..N-1`, the queries at the window's last positions.
+    is rotated at frame positions `0..N-1`, the queries at the window's last positions. After
+    :meth:`fuse_projections` q, k and v come from one matmul (``qkv``, Krea's load-time fusion).
     """
+
+    def __init__(self, dim: int, num_heads: int, qk_norm: bool = True, eps: float = 1e-6):
+        super().__init__(dim, num_heads, qk_norm, eps)
+        self.qkv: nn.Linear | None = None
+
+    @torch.no_grad()
+    def fuse_projections(self) -> None:
+        """Replace q, k and v by one linear of their stacked weights (the originals are dropped,
+        so the fusion costs no memory beyond one layer's projection while it runs)."""
+        if self.qkv is not None:
+            return
+        parts = (self.q, self.k, self.v)
+        if any(not isinstance(p, nn.Linear) for p in parts):
+            raise TypeError("fuse q/k/v before quantising them")
+        weight = torch.cat([p.weight for p in parts])
+        bias = torch.cat([p.bias for p in parts])
+        with torch.device("meta"):
+            fused = nn.Linear(weight.shape[1], weight.shape[0])
+        fused.weight = nn.Parameter(weight, requires_grad=False)
+        fused.bias = nn.Parameter(bias, requires_grad=False)
+        del self.q, self.k, self.v
+        self.qkv = fused
+
+    def _project(self, x: torch.Tensor, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self.qkv is not None:
+            q, k, v = self.qkv(x).chunk(3, dim=-1)
+            return self.norm_q(q).view(shape), self.norm_k(k).view(shape), v.reshape(shape)
+        return self.norm_q(self.q(x)).view(shape), self.norm_k(self.k(x)).view(shape), self.v(x).view(shape)
 
     def forward(
         self,
@@ -103,12 +133,10 @@ class WanSelfAttention(WanAttentionProjections):
         mask: torch.Tensor | None = None,
         commit: bool = True,
         pad_keys_to: int = 0,
+        bias: CacheAttentionBias | None = None,
     ) -> torch.Tensor:
         b, n, _ = x.shape
-        shape = (b, n, self.num_heads, self.head_dim)
-        q = self.norm_q(self.q(x)).view(shape)
-        k = self.norm_k(self.k(x)).view(shape)
-        v = self.v(x).view(shape)
+        q, k, v = self._project(x, (b, n, self.num_heads, self.head_dim))
         if cache is not None and cache.relative_positions:
             k, v = cache.write_and_window(index, current_start, k, v, commit=commit)
             window, frames = k.shape[1] // cache.frame_seq_len, rope.frames
@@ -121,6 +149,10 @@ class WanSelfAttention(WanAttentionProjections):
                 k, v = cache.write_and_window(index, current_start, k, v, commit=commit)
         if pad_keys_to:
             k, v = pad_with_zero_keys(k, v, pad_keys_to)
+        if bias is not None:
+            if mask is not None:
+                raise ValueError("an attention bias applies to cached attention, which takes no mask")
+            k, v, mask = bias.apply(n, k, v)
         return self.o(attention(q, k, v, mask).flatten(2))
 
 
@@ -201,6 +233,7 @@ class WanBlock(nn.Module):
         mask: torch.Tensor | None = None,
         commit: bool = True,
         pad_keys_to: int = 0,
+        bias: CacheAttentionBias | None = None,
     ) -> torch.Tensor:
         b, n, c = x.shape
         frames = e0.shape[1]
@@ -210,7 +243,8 @@ class WanBlock(nn.Module):
         if cache is not None and cache.memory is not None:
             cache.memory.before_attention(index, lambda: self.cross_attn.cached_kv(context, cache, index)[0])
         y = self.self_attn(
-            h, rope, cache=cache, index=index, current_start=current_start, mask=mask, commit=commit, pad_keys_to=pad_keys_to
+            h, rope, cache=cache, index=index, current_start=current_start, mask=mask, commit=commit,
+            pad_keys_to=pad_keys_to, bias=bias,
         )
         x = x + (y.view(per_frame) * gate1).view(b, n, c)
         x = x + self.cross_attn(self.norm3(x), context, cache=cache, index=index)
@@ -241,10 +275,11 @@ class CausalWanTransformer(nn.Module):
     """The Wan2.1 text-to-video generator, streaming-capable.
 
     `forward(latents [B,F,16,h,w], timestep [B,F], context [B,L,text_dim] | None, *, cache,
-    start_frame, attention_mask, commit) -> flow [B,F,16,h,w]`. Without a cache it is a plain
-    forward over the given frames (RoPE from `start_frame`, optional token mask); with a cache it
-    applies the cache's write rule at token `start_frame * frame_seq_len` and attends to its
-    window (`commit=False`: reads the window as the write would leave it, changing nothing).
+    start_frame, attention_mask, commit, vace, attention_bias) -> flow [B,F,16,h,w]`. Without a
+    cache it is a plain forward over the given frames (RoPE from `start_frame`, optional token
+    mask); with a cache it applies the cache's write rule at token `start_frame * frame_seq_len`
+    and attends to its window (`commit=False`: reads the window as the write would leave it,
+    changing nothing; `attention_bias`: Krea's bias on the cached frames' logits).
     """
 
     def __init__(self, config: WanConfig):
@@ -264,6 +299,11 @@ class CausalWanTransformer(nn.Module):
         self.rope = WanRotaryEmbedding(config.head_dim)
         #: VACE's hint layers (``vace.VaceLayers``), added by the loader when VACE is enabled.
         self.vace: VaceLayers | None = None
+
+    def fuse_projections(self) -> None:
+        """Fuse every self-attention's q/k/v into one linear (see :meth:`WanSelfAttention.fuse_projections`)."""
+        for block in self.blocks:
+            block.self_attn.fuse_projections()
 
     def rebuild_buffers(self, device: torch.device | str | None = None) -> None:
         """Recompute the unsaved RoPE table, e.g. after loading weights into a meta-built model."""
@@ -314,6 +354,7 @@ class CausalWanTransformer(nn.Module):
         attention_mask: torch.Tensor | None = None,
         commit: bool = True,
         vace: VaceContext | None = None,
+        attention_bias: CacheAttentionBias | None = None,
     ) -> torch.Tensor:
         if latents.ndim != 5:
             raise ValueError(f"latents must be [B, F, C, h, w], got {tuple(latents.shape)}")
@@ -355,7 +396,7 @@ class CausalWanTransformer(nn.Module):
             for index, block in enumerate(self.blocks):
                 x = block(
                     x, e0, rope, text, cache=cache, index=index, current_start=current_start, mask=attention_mask,
-                    commit=commit,
+                    commit=commit, bias=attention_bias,
                 )
                 hint = hints.get(index) if hints is not None else None
                 if hint is not None:
