@@ -21,6 +21,7 @@ BUILTIN_MODULES = (
     "scope.pipelines.reward_forcing",
     "scope.pipelines.memflow",
     "scope.pipelines.streamdiffusionv2",
+    "scope.pipelines.krea_realtime_video",
 )
 
 _registry: dict[str, type[Pipeline]] = {}

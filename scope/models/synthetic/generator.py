@@ -143,6 +143,19 @@ def write_generator(
     return path
 
 
+def write_flat_safetensors_generator(
+    path: str | Path, config: WanConfig, seed: int, dtype: torch.dtype = torch.bfloat16
+) -> Path:
+    """Krea's container: one flat safetensors file, every original Wan key `model.`-prefixed, bf16."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {f"model.{key}": value.contiguous() for key, value in generator_state_dict(config, seed, dtype=dtype).items()}
+    save_file(state, str(path))
+    return path
+
+
 def lora_targets(config: WanConfig) -> dict[str, tuple[int, int]]:
     """The 10 LoRA-targeted linears per block, as `blocks.{i}.<path>` -> (out_features, in_features)."""
     dim, ffn = config.dim, config.ffn_dim

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from scope.models.artifacts import (
     INCOMPLETE_SUFFIX,
+    KREA_GENERATOR,
     LIGHTTAE,
     LIGHTVAE,
     LONGLIVE_GENERATOR,
@@ -31,6 +32,7 @@ from scope.models.artifacts import (
     UMT5_ENCODER,
     VACE,
     WAN_1_3B,
+    WAN_14B_CONFIG,
     Artifact,
     local_path,
 )
@@ -53,6 +55,21 @@ def _wan_config(path: Path, seed: int) -> None:
     from scope.pipelines.wan.config import SYNTHETIC_WAN_CONFIG
 
     write_wan_config(path, SYNTHETIC_WAN_CONFIG)
+
+
+def _wan_14b_config(path: Path, seed: int) -> None:
+    from scope.models.synthetic.generator import write_wan_config
+    from scope.pipelines.wan.config import SYNTHETIC_WAN_14B_CONFIG
+
+    write_wan_config(path, SYNTHETIC_WAN_14B_CONFIG)
+
+
+def _krea_generator(path: Path, seed: int) -> None:
+    """Krea's file: flat safetensors, ``model.``-prefixed keys, bf16, the 14B stand-in's shapes."""
+    from scope.models.synthetic.generator import write_flat_safetensors_generator
+    from scope.pipelines.wan.config import SYNTHETIC_WAN_14B_CONFIG
+
+    write_flat_safetensors_generator(path, SYNTHETIC_WAN_14B_CONFIG, seed)
 
 
 def _wan_vae(path: Path, seed: int) -> None:
@@ -146,6 +163,8 @@ WRITERS: dict[tuple[str, str], Writer] = {
     (MEMFLOW_GENERATOR.repo_id, "base.pt"): _nested_generator,
     (MEMFLOW_GENERATOR.repo_id, "lora.pt"): _flat_peft_lora,
     (STREAMDIFFUSIONV2_GENERATOR.repo_id, STREAMDIFFUSIONV2_GENERATOR.files[0]): _nested_generator,
+    (WAN_14B_CONFIG.repo_id, WAN_14B_CONFIG.files[0]): _wan_14b_config,
+    (KREA_GENERATOR.repo_id, KREA_GENERATOR.files[0]): _krea_generator,
 }
 
 

@@ -100,3 +100,6 @@ class WanConfig:
 WAN_1_3B_CONFIG = WanConfig(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30)
 WAN_14B_CONFIG = WanConfig(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40)
 SYNTHETIC_WAN_CONFIG = WanConfig(dim=256, ffn_dim=512, num_heads=2, num_layers=2)
+#: The synthetic stand-in for the 14B architecture (Krea): its own size, so a load that read the
+#: 1.3B config instead would fail on the first key.
+SYNTHETIC_WAN_14B_CONFIG = WanConfig(dim=384, ffn_dim=768, num_heads=3, num_layers=3)
