@@ -137,7 +137,7 @@ async def wait_for_status(api, wanted: str, timeout: float = 60.0) -> dict:
 
 
 #: The pipelines whose synthetic weights :func:`synthetic_models` holds.
-SYNTHETIC_PIPELINES = ("longlive", "reward-forcing", "memflow", "streamdiffusionv2")
+SYNTHETIC_PIPELINES = ("longlive", "reward-forcing", "memflow", "streamdiffusionv2", "krea-realtime-video")
 
 
 @pytest.fixture(scope="session")

@@ -37,6 +37,7 @@ CHECKPOINT_LAYOUTS = {
         "MemFlow/lora.pt": (None, "base_model.model.blocks."),
     },
     "streamdiffusionv2": {"StreamDiffusionV2/wan_causal_dmd_v2v/model.pt": ("generator", "model.")},
+    "krea-realtime-video": {"krea-realtime-video/krea-realtime-video-14b.safetensors": (None, "model.")},
 }
 
 
@@ -49,8 +50,11 @@ def digest(root: Path) -> dict[str, str]:
 
 
 def check_checkpoint_layouts(models_dir: Path, pipeline_id: str) -> None:
+    from safetensors.torch import load_file
+
     for name, (entry, prefix) in CHECKPOINT_LAYOUTS[pipeline_id].items():
-        state = torch.load(models_dir / name, map_location="cpu", weights_only=True)
+        path = models_dir / name
+        state = load_file(path) if path.suffix == ".safetensors" else torch.load(path, map_location="cpu", weights_only=True)
         if entry is not None:
             assert list(state) == [entry], f"{name}: {list(state)[:3]}"
             state = state[entry]

@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from scope.models.synthetic.generator import (
+    generator_shapes,
     generator_state_dict,
     peft_lora_state_dict,
     write_generator,
@@ -19,11 +20,17 @@ from scope.models.synthetic.generator import (
     write_vace_module,
     write_wan_config,
 )
-from scope.pipelines.wan.config import SYNTHETIC_WAN_CONFIG, WAN_1_3B_CONFIG, WanConfig
+from scope.pipelines.wan.config import (
+    SYNTHETIC_WAN_CONFIG,
+    WAN_1_3B_CONFIG,
+    WAN_14B_CONFIG,
+    WanConfig,
+)
 from scope.pipelines.wan.loading import (
     CheckpointError,
     CheckpointMismatch,
     Fp8Linear,
+    check_shapes,
     load_generator,
     load_strict,
     read_state_dict,
@@ -34,9 +41,11 @@ from scope.pipelines.wan.transformer import CausalWanTransformer
 CONFIG = SYNTHETIC_WAN_CONFIG
 
 
-def expected_1_3b_shapes() -> dict[str, tuple[int, ...]]:
-    """Wan2.1-T2V-1.3B generator keys, written out from the original module tree."""
-    d, f = 1536, 8960
+def expected_wan_shapes(d: int, f: int, layers: int) -> dict[str, tuple[int, ...]]:
+    """Wan2.1 T2V generator keys (dim ``d``, ffn ``f``), written out from the original module tree.
+
+    Text embeddings of 4096, frequencies of 256, 16 channels in and out, patches of (1, 2, 2):
+    the same for the 1.3B and the 14B."""
     table = {
         "patch_embedding.weight": (d, 16, 1, 2, 2),
         "patch_embedding.bias": (d,),
@@ -54,7 +63,7 @@ def expected_1_3b_shapes() -> dict[str, tuple[int, ...]]:
         "head.head.bias": (64,),
         "head.modulation": (1, 2, d),
     }
-    for i in range(30):
+    for i in range(layers):
         for attn in ("self_attn", "cross_attn"):
             for name in ("q", "k", "v", "o"):
                 table[f"blocks.{i}.{attn}.{name}.weight"] = (d, d)
@@ -94,7 +103,7 @@ def sample_inputs(seed=0, frames=2):
 
 
 def test_real_1_3b_layout_matches_writer_and_model():
-    expected = expected_1_3b_shapes()
+    expected = expected_wan_shapes(1536, 8960, 30)
     written = {k: tuple(v.shape) for k, v in generator_state_dict(WAN_1_3B_CONFIG, seed=0, device="meta").items()}
     assert written == expected
     with torch.device("meta"):
@@ -102,6 +111,33 @@ def test_real_1_3b_layout_matches_writer_and_model():
     assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == expected
     params = sum(math.prod(shape) for shape in expected.values())
     assert abs(params / 1e9 - 1.418) < 0.001
+
+
+def test_real_14b_layout_of_the_krea_file_on_meta():
+    """``krea-realtime-video-14b.safetensors`` holds the Wan2.1-T2V-14B tree (keys without their
+    ``model.`` prefix here): the writer, the meta-built model and, after fusion, its q/k/v."""
+    expected = expected_wan_shapes(5120, 13824, 40)
+    block = sorted(key.split(".", 2)[2] for key in expected if key.startswith("blocks.7."))
+    norms = {f"{attn}.norm_{x}.weight" for attn in ("self_attn", "cross_attn") for x in "qk"}
+    assert len(block) == 27 and norms | {"norm3.weight", "norm3.bias", "modulation"} <= set(block)
+    assert len(expected) == 15 + 40 * 27
+    assert generator_shapes(WAN_14B_CONFIG) == expected
+    # Per block 8d^2 + 2fd + 21d + f = 351,394,304 (d 5120, f 13824), times 40 layers, plus
+    # 232,719,424 outside the blocks (embeddings, time projection, head).
+    params = sum(math.prod(shape) for shape in expected.values())
+    assert params == 40 * 351_394_304 + 232_719_424 == 14_288_491_584
+    # The published bf16 file of the 14B is listed at 28.6 GB: 2 bytes a parameter.
+    assert abs(2 * params - 28.6e9) / 28.6e9 < 0.005
+    with torch.device("meta"):
+        model = CausalWanTransformer(WAN_14B_CONFIG)
+    check_shapes(model, expected, "krea-realtime-video-14b.safetensors")
+    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == expected
+    model.fuse_projections()
+    for attn in (b.self_attn for b in model.blocks):
+        assert (tuple(attn.qkv.weight.shape), tuple(attn.qkv.bias.shape)) == ((15360, 5120), (15360,))
+    fused = model.state_dict()
+    assert not [k for k in fused if k.split(".")[2:4] == ["self_attn", "q"]]
+    assert len(fused) == len(expected) - 40 * 4
 
 
 def test_config_json_round_trip_and_validation(tmp_path):
