@@ -38,11 +38,9 @@ from scope.pipelines.wan.config import WAN_1_3B_CONFIG, WanConfig
 
 #: Wan2.1-1.3B's width with 10 layers: a 0.98 GB bf16 file, 1.96 GB in float32.
 MEMORY_CONFIG = dataclasses.replace(WAN_1_3B_CONFIG, num_layers=10)
-#: The bound's slack over "model + largest tensor": a fixed part (the RoPE table, allocator
-#: rounding, the interpreter's own growth) and a part for heap fragmentation, which depends on
-#: the allocator's state before the load and grows with the model (measured: bench/README.md).
-MARGIN_FIXED = 64 * 2**20
-MARGIN_FRACTION = 0.05
+#: The bound's slack over "model + largest tensor": the RoPE table, allocator rounding and the
+#: interpreter's own growth (measured at 3-5 MiB from 0.5 to 2 GB files: bench/README.md).
+MARGIN_FIXED = 32 * 2**20
 
 _SAFETENSORS_DTYPES = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32"}
 
@@ -92,7 +90,7 @@ def bound(config: WanConfig, file_dtype: torch.dtype, dtype: torch.dtype = torch
     item = torch.finfo(dtype).bits // 8
     model = sum(numels) * item
     largest = max(numels) * max(item, torch.finfo(file_dtype).bits // 8)
-    margin = MARGIN_FIXED + round(MARGIN_FRACTION * model)
+    margin = MARGIN_FIXED
     return {"parameters": sum(numels), "model_bytes": model, "largest_tensor_bytes": largest,
             "margin_bytes": margin, "bound_bytes": model + largest + margin}
 

@@ -347,15 +347,22 @@ def load_generator(
     tensors = CheckpointTensors(generator_path)
     check_shapes(model, tensors.shapes, generator_path)
     deltas = _lora_deltas(model, lora_path, lora_scaling, merged_loras)
+    fused = _FusedSlots(device, dtype) if fuse_qkv else None
     names = list(model.state_dict())
     for position, name in enumerate(names):
         module_name, _, attr = name.rpartition(".")
-        value = _converted(tensors.get(name), deltas.pop(module_name, ()) if attr == "weight" else (), device, dtype)
-        module = model.get_submodule(module_name)
-        module._parameters[attr] = nn.Parameter(value, requires_grad=False)
+        shape = tensors.shapes[name]
+        slot = fused.slot(module_name, attr, shape) if fused is not None else None
+        destination = slot if slot is not None else torch.empty(shape, device=device, dtype=dtype)
+        _fill(destination, tensors.get(name), deltas.pop(module_name, ()) if attr == "weight" else ())
+        if slot is None:
+            model.get_submodule(module_name)._parameters[attr] = nn.Parameter(destination, requires_grad=False)
         block = _block_index(name)
         if block is not None and _block_index(names[position + 1] if position + 1 < len(names) else "") != block:
-            _finish_block(model.blocks[block], fuse_qkv, quantization)
+            if fused is not None:
+                model.blocks[block].self_attn.fuse_projections(*fused.take(f"blocks.{block}.self_attn"))
+            if quantization == "fp8_e4m3fn":
+                quantize_block(model.blocks[block])
     tensors.close()
     if vace_path is not None:
         from .vace import load_vace_layers
@@ -378,13 +385,33 @@ def _block_index(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _finish_block(block: nn.Module, fuse_qkv: bool, quantization: str | None) -> None:
-    """A block whose weights are all in place: fuse q/k/v, then quantise (one fp8 scale for the
-    fused projection, as the reference quantises after fusing)."""
-    if fuse_qkv:
-        block.self_attn.fuse_projections()
-    if quantization == "fp8_e4m3fn":
-        quantize_block(block)
+class _FusedSlots:
+    """Where a self-attention's q/k/v weights land when they are fused at load: rows of one
+    weight and one bias allocated up front, so fusing copies nothing and frees nothing.
+    Quantisation follows the fusion, so the fused projection gets one fp8 scale, as the
+    reference quantises after fusing."""
+
+    _PARTS = {"q": 0, "k": 1, "v": 2}
+
+    def __init__(self, device, dtype: torch.dtype):
+        self.device, self.dtype = device, dtype
+        self._slots: dict[str, dict[str, torch.Tensor]] = {}
+
+    def slot(self, module_name: str, attr: str, shape: tuple[int, ...]) -> torch.Tensor | None:
+        """The rows of the fused tensor for `<attention>.<q|k|v>.<attr>` (None for any other name)."""
+        attention, _, part = module_name.rpartition(".")
+        if not attention.endswith(".self_attn") or part not in self._PARTS:
+            return None
+        rows = shape[0]
+        tensors = self._slots.setdefault(attention, {})
+        if attr not in tensors:
+            tensors[attr] = torch.empty((3 * rows, *shape[1:]), device=self.device, dtype=self.dtype)
+        first = self._PARTS[part] * rows
+        return tensors[attr][first : first + rows]
+
+    def take(self, attention: str) -> tuple[torch.Tensor, torch.Tensor]:
+        tensors = self._slots.pop(attention)
+        return tensors["weight"], tensors["bias"]
 
 
 def _lora_deltas(
@@ -414,21 +441,19 @@ def _lora_deltas(
     return deltas
 
 
-def _converted(
-    stored: torch.Tensor, deltas: Iterable[tuple[float, torch.Tensor, torch.Tensor]], device, dtype: torch.dtype
-) -> torch.Tensor:
-    """One weight on `device` in `dtype`, its LoRA deltas added in float32 first (rounded once).
+def _fill(
+    destination: torch.Tensor, stored: torch.Tensor, deltas: Iterable[tuple[float, torch.Tensor, torch.Tensor]]
+) -> None:
+    """Write one tensor into its place on the compute device, converting on the way; a weight's
+    LoRA deltas are added in float32 first, so it is rounded to the compute dtype once.
 
-    The result always owns its memory: a tensor still backed by the file's pages is copied.
-    """
-    value = stored.to(device=device)
+    Without deltas nothing is allocated beyond the destination: the copy reads the file's pages."""
     deltas = list(deltas)
-    if deltas:
-        value = value.to(torch.float32)
-        for scale, up, down in deltas:
-            update = up.to(device=value.device, dtype=torch.float32) @ down.to(device=value.device, dtype=torch.float32)
-            value = value + scale * update
-    value = value.to(dtype)
-    if value.data_ptr() == stored.data_ptr():
-        value = value.clone()
-    return value
+    if not deltas:
+        destination.copy_(stored)
+        return
+    value = stored.to(device=destination.device, dtype=torch.float32)
+    for scale, up, down in deltas:
+        update = up.to(device=value.device, dtype=torch.float32) @ down.to(device=value.device, dtype=torch.float32)
+        value = value + scale * update
+    destination.copy_(value)

@@ -99,16 +99,19 @@ class WanSelfAttention(WanAttentionProjections):
         self.qkv: nn.Linear | None = None
 
     @torch.no_grad()
-    def fuse_projections(self) -> None:
-        """Replace q, k and v by one linear of their stacked weights (the originals are dropped,
-        so the fusion costs no memory beyond one layer's projection while it runs)."""
+    def fuse_projections(self, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> None:
+        """Replace q, k and v by one linear of their stacked weights; the originals are dropped.
+
+        The loader passes the stacked ``weight`` and ``bias`` it already wrote q, k and v into
+        (nothing is copied); without them they are stacked here."""
         if self.qkv is not None:
             return
-        parts = (self.q, self.k, self.v)
-        if any(not isinstance(p, nn.Linear) for p in parts):
-            raise TypeError("fuse q/k/v before quantising them")
-        weight = torch.cat([p.weight for p in parts])
-        bias = torch.cat([p.bias for p in parts])
+        if weight is None or bias is None:
+            parts = (self.q, self.k, self.v)
+            if any(not isinstance(p, nn.Linear) for p in parts):
+                raise TypeError("fuse q/k/v before quantising them")
+            weight = torch.cat([p.weight for p in parts])
+            bias = torch.cat([p.bias for p in parts])
         with torch.device("meta"):
             fused = nn.Linear(weight.shape[1], weight.shape[0])
         fused.weight = nn.Parameter(weight, requires_grad=False)
