@@ -38,6 +38,7 @@ import torch
 
 from bench.longlive import PROMPTS, load, long_run, machine, parse_size, split_figures, timed_chunk
 from bench.real_size import CAUSAL_LINES, LINES, PAPER_FPS, parameter_count, paper_note, plan, random_components, time_line
+from bench.report import write_json
 
 BASELINE = "longlive"
 
@@ -183,8 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         synthetic_sections(args, report)
     else:
         real_size_sections(args, report)
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
+    write_json(args.json, report)
     return 0
 
 

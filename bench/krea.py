@@ -42,6 +42,7 @@ from bench.causal_pipelines import interleaved_split, ratios, release
 from bench.longlive import forward_flops, load, machine, parse_size
 from bench.memory_peak import MEMORY_CONFIG, measure_in_subprocess, mib, write_memory_files
 from bench.real_size import WAN_VAE_BASE, recorded_keys
+from bench.report import write_json
 from scope.models.synthetic.generator import generator_shapes
 from scope.models.synthetic.vae import wan_vae_state_dict
 from scope.pipelines.krea_realtime_video import KreaRealtimeVideoPipeline
@@ -285,8 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         synthetic_sections(args, report)
     else:
         real_size_sections(args, report)
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
+    write_json(args.json, report)
     return 0
 
 

@@ -29,9 +29,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+if __package__ in (None, ""):  # run as a script: make `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 import psutil
 import torch
 
+from bench.report import write_json
 from scope.models.artifacts import PIPELINE_ARTIFACTS
 from scope.models.synthetic.writer import write_synthetic
 
@@ -335,8 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         report["long_run_C8"] = long_run(load(models_dir, lw, lh), args.long_chunks)
         print("long run (C8):", json.dumps(report["long_run_C8"]), flush=True)
 
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
+    write_json(args.json, report)
     if temp is not None:
         temp.cleanup()
     return 0

@@ -39,6 +39,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
 import torch
 
 from bench.longlive import PROMPTS, load, machine, parse_size, side_by_side_arguments
+from bench.report import write_json
 
 #: The lines, as (merge mode, number of adapters); ``none`` is the baseline of every ratio.
 LINES: dict[str, tuple[str | None, int]] = {
@@ -189,8 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{line:>10}: DiT {row['dit_ms']:9.2f} ms/chunk (median of {row['chunks']}), "
               f"chunk {row['chunk_ms']:9.2f} ms, x{report['dit_vs_none'][line]:.3f} of none", flush=True)
     print("DiT vs none:", json.dumps(report["dit_vs_none"]), flush=True)
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
+    write_json(args.json, report)
     return 0
 
 

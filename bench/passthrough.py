@@ -36,6 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+if __package__ in (None, ""):  # run as a script: make `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 import av
 import httpx
 import numpy as np
@@ -44,6 +47,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc import __version__ as aiortc_version
 from aiortc.mediastreams import MediaStreamError
 
+from bench.report import write_json
 from scope.pipelines.passthrough import CHUNK_FRAMES as PASSTHROUGH_CHUNK  # 4, upstream's design
 from scope.streaming.pattern import BITS, BLOCK, PatternTrack, pattern_frame, read_index
 
@@ -136,13 +140,6 @@ def run_servers(run: Callable[[], Awaitable[dict[str, Any]]], stopping: str) -> 
         return 1, None
     finally:
         stop_children()
-
-
-def write_json(path: Path | None, report: dict[str, Any]) -> None:
-    """``--json``: every figure of the run, for later comparison."""
-    if path:
-        path.write_text(json.dumps(report, indent=1))
-        print(f"\nwrote {path}")
 
 
 # Statistics ----------------------------------------------------------------------------------

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import signal
 import socket
@@ -32,6 +31,7 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.report import write_json  # noqa: E402
 from scope.client.peer import ScopePeer  # noqa: E402
 
 
@@ -128,8 +128,7 @@ def main() -> None:
             process.wait(30)
     for key in ("killed_s", "pending_s"):
         print(f"{key[:-2]:>8}: median {statistics.median(result[key]):.2f} s  all {result[key]}")
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+    write_json(args.json, result)
 
 
 if __name__ == "__main__":

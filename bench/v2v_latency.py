@@ -45,8 +45,8 @@ import torch
 from bench.longlive import PROMPTS, machine, parse_size, split_figures, timed_chunk
 from bench.passthrough import (
     Broken, fmt, free_port, load, log_tail, ratio, run_servers, server_command, spawn, stop_children, wait_no_sessions,
-    write_json,
 )
+from bench.report import write_json
 from scope.client.peer import ReceivedFrame, ScopePeer
 from scope.pipelines.passthrough import CHUNK_FRAMES as PASSTHROUGH_CHUNK
 from scope.streaming.pattern import PatternTrack, pattern_frame

@@ -49,6 +49,7 @@ from bench.longlive import (
     parse_size,
     side_by_side_arguments,
 )
+from bench.report import write_json
 
 #: The lines: (VACE loaded, control video with every chunk, reference image with every chunk).
 LINES: dict[str, tuple[bool, bool, bool]] = {
@@ -316,8 +317,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{row['chunks']} chunks; frames {row['distance_from_none']:.2f} from none", flush=True)
     print(f"DiT ratio predicted for a chunk with VACE (FLOP model): x{report['dit_predicted']:.3f}", flush=True)
     print("vs none:", json.dumps(report["vs_none"]), flush=True)
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
+    write_json(args.json, report)
     return 0
 
 

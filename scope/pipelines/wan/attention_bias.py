@@ -11,6 +11,7 @@ zero value. That dilution is part of the numbers the reference gives (about 4 % 
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -53,11 +54,19 @@ class CacheAttentionBias:
         total = kv_len
         if not self.mask_padding:
             total = math.ceil(max(q_len, kv_len) / REFERENCE_PADDING) * REFERENCE_PADDING
-        mask = torch.zeros(total, device=k.device, dtype=k.dtype)
-        start, end = self.frame_seq_len, kv_len - self.current_frames * self.frame_seq_len
-        if end > start:
-            mask[start:end] = torch.tensor(self.log_bias, dtype=k.dtype)
+        end = kv_len - self.current_frames * self.frame_seq_len
+        mask = _logit_mask(total, self.frame_seq_len, end, self.log_bias, k.device, k.dtype)
         if total > kv_len:
             zeros = k.new_zeros(k.shape[0], total - kv_len, *k.shape[2:])
             k, v = torch.cat([k, zeros], dim=1), torch.cat([v, zeros], dim=1)
-        return k, v, mask.view(1, 1, 1, total)
+        return k, v, mask
+
+
+@functools.lru_cache(maxsize=16)
+def _logit_mask(total: int, start: int, end: int, log_bias: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``[1, 1, 1, total]``: ``log_bias`` on keys ``[start, end)``, 0 elsewhere. Every layer and
+    step of a chunk attends with the same one, so it is built once and only read."""
+    mask = torch.zeros(total, device=device, dtype=dtype)
+    if end > start:
+        mask[start:end] = log_bias
+    return mask.view(1, 1, 1, total)
