@@ -114,6 +114,21 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+async def wait_healthy(server: subprocess.Popen, base_url: str, log: Path, started: float) -> None:
+    """Wait until the server answers ``/health``: Broken, with its log's tail, if it exits first
+    or takes more than SERVER_START_TIMEOUT_S from ``started``."""
+    async with httpx.AsyncClient(base_url=base_url, timeout=2.0) as http:
+        while True:
+            if server.poll() is not None:
+                raise Broken(f"the server exited ({server.returncode}):\n{log_tail(log)}")
+            with contextlib.suppress(httpx.HTTPError):
+                if (await http.get("/health")).status_code == 200:
+                    return
+            if time.monotonic() - started > SERVER_START_TIMEOUT_S:
+                raise Broken(f"the server did not answer /health in {SERVER_START_TIMEOUT_S:.0f} s:\n{log_tail(log)}")
+            await asyncio.sleep(0.1)
+
+
 def log_tail(path: Path, lines: int = 30) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -718,16 +733,7 @@ async def start_servers(tmp: Path, args: argparse.Namespace) -> tuple[subprocess
         raise Broken(f"the echo peer did not start: {line!r}")
     peer_port = int(line.split()[1])
     base_url = f"http://127.0.0.1:{port}"
-    async with httpx.AsyncClient(base_url=base_url, timeout=2.0) as http:
-        while True:
-            if server.poll() is not None:
-                raise Broken(f"the server exited ({server.returncode}):\n{log_tail(server_log)}")
-            with contextlib.suppress(httpx.HTTPError):
-                if (await http.get("/health")).status_code == 200:
-                    break
-            if time.monotonic() - t0 > SERVER_START_TIMEOUT_S:
-                raise Broken(f"the server did not answer /health in {SERVER_START_TIMEOUT_S:.0f} s:\n{log_tail(server_log)}")
-            await asyncio.sleep(0.1)
+    await wait_healthy(server, base_url, server_log, t0)
     return server, base_url, peer, peer_port, time.monotonic() - t0
 
 

@@ -44,7 +44,8 @@ import torch
 
 from bench.longlive import PROMPTS, machine, parse_size, split_figures, timed_chunk
 from bench.passthrough import (
-    Broken, fmt, free_port, load, log_tail, ratio, run_servers, server_command, spawn, stop_children, wait_no_sessions,
+    Broken, fmt, free_port, load, log_tail, ratio, run_servers, server_command, spawn, stop_children, wait_healthy,
+    wait_no_sessions,
 )
 from bench.report import write_json
 from scope.client.peer import ReceivedFrame, ScopePeer
@@ -97,16 +98,8 @@ async def start_server(tmp: Path, models_dir: Path, command: str | None) -> tupl
     server = spawn([*server_command(command), "--port", str(port), "-N", "--host", "127.0.0.1", "--synthetic"],
                    env=env, log=log)
     base_url = f"http://127.0.0.1:{port}"
-    async with httpx.AsyncClient(base_url=base_url, timeout=2.0) as http:
-        while True:
-            if server.poll() is not None:
-                raise Broken(f"the server exited ({server.returncode}):\n{log_tail(log)}")
-            with contextlib.suppress(httpx.HTTPError):
-                if (await http.get("/health")).status_code == 200:
-                    return base_url, time.monotonic() - started
-            if time.monotonic() - started > SERVER_START_TIMEOUT_S:
-                raise Broken(f"the server did not answer /health in {SERVER_START_TIMEOUT_S:.0f} s:\n{log_tail(log)}")
-            await asyncio.sleep(0.1)
+    await wait_healthy(server, base_url, log, started)
+    return base_url, time.monotonic() - started
 
 
 # One streaming session -------------------------------------------------------------------------

@@ -100,6 +100,15 @@ class ScopeSettings(Configurable):
         "site) on the endpoints a file page needs. False refuses it everywhere.",
     ).tag(config=True, env="DAYDREAM_SCOPE_ALLOW_NULL_ORIGIN")
 
+    pipeline_memory_budget_bytes = Integer(
+        0,
+        min=0,
+        help="Most bytes the loaded pipelines may hold on a device, together. 0: the device's free memory "
+        "(the GPU's, or the host's available RAM) plus what the pipelines hold, less 20%. A load that does "
+        "not fit first unloads the least recently used pipelines no session uses, and gets 409 naming "
+        "what holds the memory when that is not enough.",
+    ).tag(config=True, env="DAYDREAM_SCOPE_PIPELINE_MEMORY_BUDGET_BYTES")
+
     max_sessions = Integer(
         4,
         help="How many WebRTC sessions may stream (have a connected peer) at once; further offers "

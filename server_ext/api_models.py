@@ -98,6 +98,51 @@ class LoadRequest(BaseModel):
         return self.pipeline_ids[0] if self.pipeline_ids else self.pipeline_id  # type: ignore[return-value]
 
 
+class UnloadRequest(BaseModel):
+    """Which pipeline to unload; an empty body unloads the current one."""
+
+    # The pipeline the load example loads, as it loaded it.
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra=examples({"pipeline_id": "passthrough", "load_params": {"height": 512, "width": 512}}),
+    )
+
+    pipeline_id: str | None = Field(None, description="A loaded pipeline of the pool (not necessarily the current one).")
+    load_params: dict[str, Any] | None = Field(
+        None, description="Its load parameters, as it was loaded with (defaults filled in); omitted: the defaults."
+    )
+
+
+class PoolMemory(BaseModel):
+    held_bytes: int = Field(
+        description="What the pool counts for it: its weights, its shared caches at full size, and one "
+        "stream's caches per session (one at least)."
+    )
+    estimated_weights_bytes: int = Field(description="Its weights as estimated before the load, from its files.")
+    measured_weights_bytes: int | None = Field(description="Its weights as the load measured them (null while loading).")
+    cache_bytes: int = Field(description="The caches its streams share, at their full size (prompt embeddings).")
+    stream_bytes: int = Field(description="One stream's caches: as measured once a stream has run, else as estimated.")
+    estimated_stream_bytes: int = Field(description="One stream's caches as estimated from the pipeline's shapes.")
+    measured_stream_bytes: int | None = Field(description="The largest stream of it measured so far (null before).")
+
+
+class PooledPipeline(BaseModel):
+    pipeline_id: str
+    load_params: dict[str, Any]
+    status: Literal["loading", "loaded", "error"] = Field(
+        description="'error': a failed load, listed (holding nothing) until it is loaded again or "
+        "dismissed by an unload naming it."
+    )
+    error: str | None = Field(None, description="Why the load failed.")
+    current: bool = Field(description="The pipeline the top-level fields describe (pipeline/load's last).")
+    sessions: list[str] = Field(description="Ids of the sessions streaming from it.")
+    unload_when_idle: bool = Field(description="An unload was asked for while sessions used it: it unloads when the last ends.")
+    synthetic: bool
+    loaded_lora_adapters: list[dict[str, Any]] | None = None
+    warnings: list[str] = Field(default_factory=list, description="What its load advises.")
+    memory: PoolMemory
+
+
 class PipelineStatusResponse(BaseModel):
     status: Literal["not_loaded", "loading", "loaded", "error"]
     pipeline_id: str | None
@@ -108,6 +153,10 @@ class PipelineStatusResponse(BaseModel):
     warnings: list[str] = Field(
         default_factory=list, description="What the load advises, e.g. fp8 quantization on a GPU with too little memory."
     )
+    pipelines: list[PooledPipeline] = Field(
+        default_factory=list, description="Every pipeline of the pool, loading or loaded, the current one among them."
+    )
+    memory_budget_bytes: int = Field(0, description="What the pool may hold on the device (the setting, or the free memory less a margin).")
 
 
 class PipelineSchemasResponse(BaseModel):
@@ -164,8 +213,14 @@ class OfferRequest(BaseModel):
     sdp: str = Field(description="The client's SDP offer.")
     type: str = Field(description="Must be 'offer'.")
     initialParameters: InitialParameters | None = Field(
-        None, description="Stream parameters applied from the first chunk (validated against the loaded pipeline)."
+        None, description="Stream parameters applied from the first chunk (validated against the session's pipeline)."
     )
+    pipeline_id: str | None = Field(
+        None,
+        description="The pipeline this session streams from, loaded into the pool if needed (the session "
+        "waits in state 'loading'); omitted: the current pipeline. The session keeps it until it ends.",
+    )
+    load_params: dict[str, Any] | None = Field(None, description="That pipeline's load parameters (with pipeline_id).")
 
 
 class OfferResponse(BaseModel):
@@ -190,6 +245,7 @@ class SessionInfo(BaseModel):
     id: str
     input_mode: str
     pipeline_id: str | None
+    load_params: dict[str, Any] | None = Field(None, description="The load parameters of the pipeline the session streams from.")
     connection_state: str
     parameters: dict[str, Any]
     stats: SessionStats

@@ -50,10 +50,13 @@ class ScopeServices:
         settings.ensure_dirs()
         if settings.ice_host_addresses:
             restrict_host_addresses(settings.ice_host_addresses)
-        # Model calls are serialised on one thread per device; sessions queue fairly on it.
+        # Chunks are serialised on one thread per device; sessions queue fairly on it. (Loads
+        # run on the pool's loader thread beside it.)
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scope-device")
         context = LoadContext(models_dir=settings.models_path, lora_dir=settings.lora_path, assets_dir=settings.assets_path)
-        manager = PipelineManager(context, executor, synthetic_fallback=settings.synthetic)
+        manager = PipelineManager(
+            context, executor, synthetic_fallback=settings.synthetic, memory_budget_bytes=settings.pipeline_memory_budget_bytes
+        )
         ice = IceServerProvider.from_env(
             cloudflare_url=settings.cloudflare_turn_url,
             twilio_base_url=settings.twilio_base_url,
@@ -98,16 +101,16 @@ class ScopeServices:
         """Work that needs the running event loop (pre-warming the pipeline)."""
         if self.settings.pipeline:
             try:
-                self.manager.request_load(self.settings.pipeline, None)
+                await self.manager.request_load(self.settings.pipeline, None)
             except Exception as exc:
                 logger.error("cannot pre-warm pipeline %r: %s", self.settings.pipeline, exc)
 
     async def stop(self) -> None:
         await self.sessions.close_all()
         try:
-            await asyncio.wait_for(self.manager.wait_idle(), timeout=30)
-            await self.manager.unload()
+            await asyncio.wait_for(self.manager.unload_all(), timeout=30)
         except Exception as exc:
             logger.warning("unloading on shutdown: %s", exc)
+        self.manager.pool.shutdown()
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.logs.stop()

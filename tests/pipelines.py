@@ -36,6 +36,7 @@ class PatternLoadParams(BaseModel):
     fail_load: bool = False
     fail_chunks: list[int] = Field(default_factory=list, description="Chunk numbers that raise.")
     fatal_chunk: int | None = Field(None, description="Chunk number that raises an out-of-memory error.")
+    load_warnings: list[str] = Field(default_factory=list, description="What the load advises (pipeline/status warnings).")
 
 
 def prompt_level(params: dict[str, Any]) -> int:
@@ -97,7 +98,9 @@ class PatternPipeline(Pipeline):
         time.sleep(load_params.load_seconds)
         if load_params.fail_load:
             raise RuntimeError("weights are corrupt (on purpose)")
-        return cls(load_params)
+        pipeline = cls(load_params)
+        pipeline.load_warnings = list(load_params.load_warnings)
+        return pipeline
 
     def open_stream(self) -> Stream:
         stream = PatternStream(self)

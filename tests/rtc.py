@@ -26,6 +26,8 @@ class ScopeRtcClient:
     api: Any
     send_track: MediaStreamTrack | None = None
     recvonly: bool = False
+    #: More fields of the offer's body beside ``sdp`` and ``type`` (``pipeline_id``, ``load_params``).
+    offer_fields: dict[str, Any] = field(default_factory=dict)
     frames: list[ReceivedFrame] = field(default_factory=list)
     session_id: str | None = None
     peer: ScopePeer | None = None
@@ -44,7 +46,7 @@ class ScopeRtcClient:
 
     async def connect(self, initial_parameters: dict | None = None, expect_status: int = 200):
         self.peer = ScopePeer(self.send_track, recvonly=self.recvonly, on_frame=self.frames.append)
-        body = await self.peer.create_offer()
+        body = {**await self.peer.create_offer(), **self.offer_fields}
         if initial_parameters is not None:
             body["initialParameters"] = initial_parameters
         reply = await self.api("POST", "api/v1/webrtc/offer", body)

@@ -29,6 +29,7 @@ from tests._subprocess_server import (
     start_scope_server,
     stopped_after,
 )
+from tests.empty_pool import empty_pool
 
 __all__ = [
     "TEST_TOKEN",
@@ -59,7 +60,7 @@ class LabServer(ServerProcess):
         return f"http://127.0.0.1:{self.port}{self.base_url}"
 
     def reset(self) -> None:
-        """Shut down every kernel and Scope session and unload the pipeline, for the next user."""
+        """Shut down every kernel and Scope session and unload every pipeline, for the next user."""
         headers = {"Authorization": f"token {self.token}"}
         with httpx.Client(base_url=self.url, headers=headers, trust_env=False, timeout=60) as client:
             for session in client.get("api/sessions").json():
@@ -68,7 +69,7 @@ class LabServer(ServerProcess):
                 client.delete(f"api/kernels/{kernel['id']}")
             for session in client.get("api/v1/webrtc/sessions").json()["sessions"]:
                 client.delete(f"api/v1/webrtc/sessions/{session['id']}")
-            assert client.post("api/v1/pipeline/unload", json={}).status_code == 200
+            empty_pool(client)
 
 
 

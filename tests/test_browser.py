@@ -19,8 +19,10 @@ import pytest
 from scope.widgets.scope_widget import DEFAULT_PROMPT
 from tests._subprocess_server import running_scope_server
 from tests.chromium import VIDEO_PIXELS, browser, new_page, page, wait_for, wait_until  # noqa: F401  (fixtures)
+from tests.empty_pool import empty_pool
 from tests.fakehub import FakeHub
 from tests.pipelines import DownloadablePipeline, prompt_level
+from tests.polling import wait_until_sync
 from tests.servers import ScopeServer
 from tests.subprocess_only import jp_asyncio_loop, jp_server_cleanup  # noqa: F401  (autouse fixtures)
 
@@ -110,11 +112,11 @@ def scope_server_process(tmp_path_factory, hub) -> ScopeServer:
 
 @pytest.fixture
 def server(scope_server_process: ScopeServer) -> ScopeServer:
-    """The module's server with no pipeline loaded and no session left from an earlier test."""
+    """The module's server with no pipeline in its pool and no session left from an earlier test."""
     with scope_server_process.client() as client:
         for session in client.get("/api/v1/webrtc/sessions").json()["sessions"]:
             client.delete(f"/api/v1/webrtc/sessions/{session['id']}")
-        assert client.post("/api/v1/pipeline/unload", json={}).status_code == 200
+        empty_pool(client)
     return scope_server_process
 
 
@@ -419,6 +421,50 @@ def test_scope_page_loads_with_the_input_modes_size_hints(page, server):
     with server.client() as client:
         wait_until(page, lambda: client.get("/api/v1/pipeline/status").json()["load_params"]["width"] == 128, "the typed width")
 
+    # The view's own load fails, and another client makes passthrough current before the view
+    # first looks: the failed load's entry in the pool still says why.
+    def passthrough_made_current(route) -> None:
+        with server.client() as client:
+            wait_until_sync(lambda s: any(p["status"] == "error" for p in s["pipelines"]), what="the failed load",
+                            value=lambda: client.get("/api/v1/pipeline/status").json())
+            make_current(server, client, "passthrough")
+        route.continue_()
+
+    page.route(STATUS_URL, passthrough_made_current, times=1)
+    page.locator(f"{PAGE} .scope-load .scope-field", has_text="Fail Load").locator("input").check()
+    page.click(LOAD)
+    wait_for_status(page, "error")
+    status_line = page.inner_text(PIPELINE_STATUS)
+    assert status_line.startswith("Loading test-pattern failed:") and "weights are corrupt (on purpose)" in status_line
+
+    # Its own pipeline's load warnings, not the current one's (passthrough, made current again
+    # before the reopened view first looks): its entry in the pool carries them.
+    with server.client() as client:
+        make_current(server, client, "test-pattern", {"load_warnings": ["Use fp8 on this GPU."]})
+    looks: list[str] = []
+
+    def passthrough_current_at_the_second_look(route) -> None:
+        looks.append(route.request.url)  # the page's own look (it picks test-pattern), then the view's
+        if len(looks) == 2:
+            with server.client() as client:
+                make_current(server, client, "passthrough")
+        route.continue_()
+
+    page.route(STATUS_URL, passthrough_current_at_the_second_look, times=2)
+    page.goto(server.url + "/scope/")
+    wait_for(page, text_is(PIPELINE_STATUS, "Loaded test-pattern."))
+    wait_for_message(page, "test-pattern: Use fp8 on this GPU.")
+
+
+STATUS_URL = "**/api/v1/pipeline/status"
+
+
+def make_current(server: ScopeServer, client: httpx.Client, pipeline_id: str, load_params: dict | None = None) -> None:
+    """Another client's load: ``pipeline_id`` becomes the server's current pipeline."""
+    body = {"pipeline_id": pipeline_id, "load_params": load_params or {}}
+    assert client.post("/api/v1/pipeline/load", json=body).status_code == 200
+    server.wait_status(client, ("loaded",))
+
 
 def messages(page) -> str:
     return page.inner_text(MESSAGES)
@@ -457,7 +503,8 @@ def test_scope_page_prompts_and_shows_the_servers_refusals(page, server):
     assert page.input_value(INPUT) == "none"
     assert page.input_value(PROMPT) == DEFAULT_PROMPT
 
-    # Another client swaps in passthrough: the page's text-mode start is refused by the server.
+    # Another client makes passthrough the current pipeline: the page keeps the test-pattern it
+    # loaded (its offer names it) and streams the prompt typed in the box.
     with server.client() as client:
         assert client.post("/api/v1/pipeline/load", json={"pipeline_id": "passthrough"}).status_code == 200
         wait_until(page, lambda: client.get("/api/v1/pipeline/status").json()["pipeline_id"] == "passthrough",
@@ -465,16 +512,9 @@ def test_scope_page_prompts_and_shows_the_servers_refusals(page, server):
         server.wait_status(client, ("loaded",))
     page.fill(PROMPT, RED_FOX)
     page.click(START)
-    wait_for_status(page, "error")
-    assert "input_mode 'text' is not supported by pipeline 'passthrough'" in messages(page)
-    assert not sessions(server)
-
-    # Loaded again from the page, test-pattern streams the prompt typed in the box.
-    page.click(LOAD)
-    wait_for(page, text_is(PIPELINE_STATUS, "Loaded test-pattern."))
-    page.click(START)
     wait_for_chunks(page)
     (live,) = sessions(server)
+    assert (live["pipeline_id"], live["load_params"]["width"]) == ("test-pattern", 96)
     assert live["input_mode"] == "text" and live["parameters"]["prompts"] == [{"text": RED_FOX, "weight": 1.0}]
     assert_picture_follows_prompt(page, RED_FOX)
 
@@ -500,6 +540,16 @@ def test_scope_page_prompts_and_shows_the_servers_refusals(page, server):
     wait_for_status(page, "stopped")
     assert "Stream stopped." in messages(page)
     assert page.is_enabled(START)
+
+    # A refusal over the pool's memory budget (409) reads as why, then what holds the memory.
+    refusal = page.evaluate("""async () => (await import("./api.js")).describeErrors([{
+      loc: ["body", "pipeline_id"], msg: "Not enough memory for pipeline 'longlive'.", type: "memory_budget",
+      holders: [{pipeline_id: "passthrough", load_params: {height: 64, width: 96}, sessions: ["s1"], held_bytes: 3 * 2 ** 20}],
+    }])""")
+    assert refusal == (
+        "Not enough memory for pipeline 'longlive'. Held by: passthrough 96x64 (1 session, 3.0 MiB). "
+        "Stop one of their streams or unload a pipeline to make room."
+    )
 
 
 def test_scope_page_queues_a_transition_asked_for_before_start(page, server):

@@ -13,9 +13,10 @@ import threading
 
 import pytest
 
-from scope.client import ScopeApiError, ScopeClient
+from scope.client import PipelineLoadError, ScopeApiError, ScopeClient
 from scope.client.peer import ScopePeer
-from tests.pipelines import PatternPipeline
+from scope.streaming.pattern import read_index
+from tests.pipelines import PatternPipeline, prompt_level
 from tests.polling import wait_until
 
 pytestmark = pytest.mark.usefixtures("jp_serverapp")
@@ -113,3 +114,52 @@ async def test_add_ice_candidates_reach_the_sessions_peer_and_bad_ones_get_the_s
         await run(client.delete_session, answer.sessionId)
     finally:
         await peer.close()
+
+
+def centre_level(frames) -> float:
+    """The mean grey level of the frames' centres, where ``test-pattern`` paints its prompt's level."""
+    height, width = frames.shape[1:3]
+    return float(frames[:, height // 4: 3 * height // 4, width // 2:].mean())
+
+
+@pytest.mark.usefixtures("test_pipelines")
+async def test_each_client_streams_from_the_pipeline_it_loaded(scope_url):
+    """Two clients, two pipelines: a stream keeps its client's pipeline after another client's
+    load made another one current, and the client's waits follow its own pipeline too."""
+    with ScopeClient(scope_url, token="") as fox, ScopeClient(scope_url, token="") as relay:
+        # A load that fails, then another client's load: the wait is about this client's pipeline,
+        # and says why it failed (its entry keeps the error once another pipeline is current).
+        await run(fox.load_pipeline, "test-pattern", {"fail_load": True})
+        await wait_until(lambda s: s.status == "error", value=lambda: run(fox.pipeline_status), what="the failed load")
+        await run(relay.ensure_pipeline, "passthrough")
+        with pytest.raises(PipelineLoadError, match="test-pattern.*weights are corrupt"):
+            await run(fox.wait_for_pipeline)
+
+        await run(fox.ensure_pipeline, "test-pattern", {"height": 32, "width": 48})
+        # Its pipeline as the server normalised it: a failing load of the same size by another
+        # client (now current, holding everything fox asked for) is not fox's.
+        assert fox.pipeline.load_params["seed"] == 42 and not fox.pipeline.load_params["fail_load"]
+        await run(relay.load_pipeline, "test-pattern", {"height": 32, "width": 48, "fail_load": True})
+        with pytest.raises(PipelineLoadError, match="weights are corrupt"):
+            await run(relay.wait_for_pipeline)
+        assert (await run(fox.wait_for_pipeline)).status == "error"  # the server's: the current one failed
+        await run(relay.ensure_pipeline, "passthrough")  # current again: it loaded last
+        assert (await run(fox.pipeline_status)).pipeline_id == "passthrough"
+        async with fox.stream("a red fox") as text, relay.stream(input="pattern") as video:
+            sessions = {info.id: info for info in await run(fox.sessions)}
+            assert (sessions[text.session_id].pipeline_id, sessions[text.session_id].input_mode) == ("test-pattern", "text")
+            assert sessions[text.session_id].load_params["width"] == 48
+            assert sessions[video.session_id].pipeline_id == "passthrough"
+            # Both stream at once, each its own pipeline's pictures.
+            foxes, patterns = await asyncio.gather(text.read(6, timeout=30), video.read(6, timeout=30))
+            assert foxes.shape == (6, 32, 48, 3)
+            assert abs(centre_level(foxes) - prompt_level({"prompts": [{"text": "a red fox"}]})) < 12
+            indices = [read_index(frame) for frame in patterns]
+            assert indices == sorted(indices) and len(set(indices)) > 2, indices
+            # The spec's way: no pipeline named, the current one.
+            async with fox.stream(input="pattern", pipeline=None) as current:
+                assert (await run(current.info)).pipeline_id == "passthrough"
+
+        # A pipeline named that is not loaded: the offer loads it into the pool, then it streams.
+        async with relay.stream("a blue bird", pipeline=("test-pattern", {"height": 16, "width": 16})) as named:
+            assert (await named.read(2, timeout=30)).shape == (2, 16, 16, 3)

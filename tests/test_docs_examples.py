@@ -1,7 +1,7 @@
 """The request bodies ``/docs`` fills in for "Try it out" succeed as they are.
 
 Each example is read from the served OpenAPI document (where Swagger UI reads it) and sent
-unchanged, in the order a person trying the API would go: load, download, offer, trickle. Path
+unchanged, in the order a person trying the API would go: load, download, offer, trickle, unload. Path
 parameters are taken from earlier answers, as a person copies the session id from the offer.
 """
 
@@ -20,6 +20,7 @@ TRY_ORDER = [
     ("post", "/api/v1/webrtc/offer"),
     ("patch", "/api/v1/webrtc/offer/{session_id}"),
     ("post", "/api/v1/loras"),
+    ("post", "/api/v1/pipeline/unload"),
 ]
 
 

@@ -13,7 +13,8 @@ import pytest
 
 from scope.streaming.pattern import PatternTrack, read_index
 from scope.streaming.tracks import INPUT_BUFFER_FRAMES
-from tests.pipelines import EchoPipeline, echo_chunk, registered
+from tests.conftest import wait_for_status
+from tests.pipelines import EchoPipeline, PatternPipeline, echo_chunk, registered
 from tests.polling import wait_until
 from tests.rtc import connected
 from tests.test_streaming import load
@@ -107,7 +108,7 @@ async def test_a_reset_discards_the_chunk_in_flight(api, echo, services):
         assert 2 in shown
 
 
-async def test_reset_mode_switch_and_reload_flush_the_output_but_parameter_changes_do_not(
+async def test_reset_and_mode_switch_flush_the_output_but_parameter_changes_and_loads_do_not(
     api, test_pipelines, services
 ):
     await load(api, "test-pattern")
@@ -145,8 +146,11 @@ async def test_reset_mode_switch_and_reload_flush_the_output_but_parameter_chang
         assert counters.received == counters.used + counters.dropped
         await resume()
 
-        await pause_with_output_queued()
+        # Loading another pipeline leaves the session on its own, its output untouched.
+        queued = await pause_with_output_queued()
         assert (await api("POST", "api/v1/pipeline/load",
                           {"pipeline_id": "test-pattern", "load_params": {"seed": 7}})).status == 200
-        await wait_until(lambda: session.track.queued == 0, what="the output flushed by the reload")
+        await wait_for_status(api, "loaded")
+        assert session.track.queued == queued, "a load of another pipeline flushed the output"
         await resume()
+        assert len(PatternPipeline.streams) == 1, "the session opened another stream"

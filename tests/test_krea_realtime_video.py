@@ -324,13 +324,16 @@ def test_fp8_is_advised_below_40_gb(quantization, memory, advised):
 
 def test_load_warnings_reach_the_status_and_the_kernel(synthetic_models, monkeypatch):
     from scope.api import LoadWarning
-    from scope.streaming.manager import PipelineManager
+    from scope.pipelines.base import LoadContext, MemoryEstimate
+    from scope.streaming.manager import LOADED, LoadTarget, PipelineManager
+    from scope.streaming.pool import PipelineSlot
 
     monkeypatch.setattr(krea, "gpu_memory_gb", lambda device: 24.0)  # as if on a 24 GB GPU
     with pytest.warns(LoadWarning, match="fp8_e4m3fn"):
         loaded = scope.load_pipeline("krea-realtime-video", models_dir=synthetic_models, height=HEIGHT, width=WIDTH)
-    manager = PipelineManager.__new__(PipelineManager)
-    manager.target, manager.status, manager.error, manager.pipeline = None, "loaded", None, loaded
+    manager = PipelineManager(LoadContext(synthetic_models, synthetic_models, synthetic_models), executor=None)
+    manager.current = PipelineSlot(LoadTarget("krea-realtime-video", {}), manager.context, MemoryEstimate(), type(loaded))
+    manager.current.status, manager.current.pipeline = LOADED, loaded
     assert manager.status_dict()["warnings"] == loaded.load_warnings and len(loaded.load_warnings) == 1
     with_fp8 = scope.load_pipeline(
         "krea-realtime-video", models_dir=synthetic_models, height=HEIGHT, width=WIDTH, quantization="fp8_e4m3fn"

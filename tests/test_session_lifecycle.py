@@ -9,6 +9,7 @@ import threading
 import pytest
 
 from scope.streaming.pattern import PatternTrack
+from tests.conftest import wait_for_status
 from tests.pipelines import PatternPipeline, prompt_level
 from tests.polling import wait_until
 from tests.rtc import ScopeRtcClient, connected, cut_network
@@ -26,43 +27,54 @@ async def session_info(api, session_id: str) -> dict:
     return next(s for s in sessions if s["id"] == session_id)
 
 
-async def test_reload_while_streaming_keeps_session_and_reopens_stream(api, test_pipelines, services):
+async def test_a_load_while_streaming_leaves_the_session_on_its_own_pipeline_and_stream(api, test_pipelines, services):
     await load(api, "test-pattern")
     async with connected(api, {"prompts": ["steady"]}) as client:
         await client.wait_frames(5)
         await asyncio.wait_for(client.channel_open.wait(), 30)
-        first_stream = PatternPipeline.streams[-1]
+        [first_stream] = PatternPipeline.streams
         PatternPipeline.gate = threading.Event()
-        assert (await api("POST", "api/v1/pipeline/load", {"pipeline_id": "test-pattern", "load_params": {"seed": 1}})).status == 200
-        await client.wait_message(lambda m: m.get("type") == "pipeline_event" and m["event"] == "loading")
-        # While loading the session repeats its last frame instead of going dark.
-        await wait_until(lambda: services.sessions.sessions[client.session_id].state == "waiting")
-        count = len(client.frames)
-        await wait_until(lambda: len(client.frames) >= count + 10, what="frames while the pipeline loads")
-        assert services.sessions.sessions[client.session_id].state == "waiting", "those frames came while loading"
-        # An offer while loading is a conflict.
-        reply = await ScopeRtcClient(api).connect({"prompts": ["x"]}, expect_status=409)
-        assert "loading" in reply.json["detail"]
-        PatternPipeline.gate.set()
-        await client.wait_message(lambda m: m.get("type") == "pipeline_event" and m["event"] == "loaded")
-        await wait_until(lambda: len(PatternPipeline.streams) >= 2)
-        second_stream = PatternPipeline.streams[-1]
-        assert second_stream is not first_stream
-        await wait_until(lambda: second_stream.chunk >= 2)
-        assert second_stream.seen[0]["init_cache"] is True
-        assert second_stream.seen[0]["params"]["prompts"] == [{"text": "steady", "weight": 1.0}]
+        try:
+            assert (await api("POST", "api/v1/pipeline/load", {"pipeline_id": "test-pattern", "load_params": {"seed": 1}})).status == 200
+            assert (await api("GET", "api/v1/pipeline/status")).json["status"] == "loading"
+            # While the other pipeline loads, the session goes on with its own stream.
+            chunks = first_stream.chunk
+            await wait_until(lambda: first_stream.chunk >= chunks + 3, what="chunks while another pipeline loads")
+            assert services.sessions.sessions[client.session_id].state == "streaming"
+            # An offer for the current pipeline while it loads is a conflict.
+            reply = await ScopeRtcClient(api).connect({"prompts": ["x"]}, expect_status=409)
+            assert "loading" in reply.json["detail"]
+        finally:
+            PatternPipeline.gate.set()
+        await wait_for_status(api, "loaded")
+        # A new session streams the new pipeline; the first keeps its stream on the old one.
+        async with connected(api, {"prompts": ["fresh"]}) as second:
+            await second.wait_frames(3)
+            first, fresh = PatternPipeline.streams
+            assert first is first_stream and fresh.pipeline.load_params.seed == 1
+            assert first_stream.pipeline.load_params.seed == 42
+            chunks = first_stream.chunk
+            await wait_until(lambda: first_stream.chunk >= chunks + 3, what="chunks of the first session's stream")
+        assert not [m for m in client.messages if m.get("type") in ("pipeline_event", "stream_stopped")]
         assert client.session_id in services.sessions.sessions
 
 
-async def test_failed_load_reaches_streaming_session_as_event(api, test_pipelines):
+async def test_a_failed_load_of_another_pipeline_leaves_streaming_sessions_alone(api, test_pipelines):
     await load(api, "test-pattern")
     async with connected(api, {"prompts": ["a"]}) as client:
         await asyncio.wait_for(client.channel_open.wait(), 30)
         await api("POST", "api/v1/pipeline/load", {"pipeline_id": "test-pattern", "load_params": {"fail_load": True}})
-        event = await client.wait_message(lambda m: m.get("type") == "pipeline_event" and m["event"] == "load_failed")
-        assert "weights are corrupt" in event["message"]
-        assert not any(m.get("type") == "stream_stopped" for m in client.messages)
+        state = await wait_for_status(api, "error")
+        assert "weights are corrupt" in state["error"]
+        # Stats keep coming after the failure (the data channel is ordered), frames too, and
+        # nothing about a load that was not this session's.
+        since, count = len(client.messages), len(client.frames)
+        await client.peer.wait_message(lambda m: m.get("type") == "stats", 30, since=since)
+        await client.wait_frames(count + 6)
+        assert not [m for m in client.messages if m.get("type") in ("pipeline_event", "stream_stopped")]
         assert client.pc.connectionState == "connected"
+        # The spec's offer, without a pipeline of its own, finds none loaded.
+        assert (await ScopeRtcClient(api).connect({"prompts": ["b"]}, expect_status=400)).status == 400
 
 
 @pytest.fixture

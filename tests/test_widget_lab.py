@@ -135,6 +135,73 @@ def widget_status(page) -> str | None:
     return page.evaluate("document.querySelector('.scope-widget')?.dataset.status ?? null")
 
 
+#: The ``data-`` attributes of every widget on the page, in notebook order.
+WIDGETS_DATA = "() => [...document.querySelectorAll('.scope-widget')].map((w) => ({...w.dataset}))"
+
+#: The size of every widget's video and its picture at 32x32 (null before the first frame).
+WIDGET_VIDEOS = f"""() => [...document.querySelectorAll('.scope-widget video')].map((video, i) => {{
+  video.dataset.index = i;
+  return {{size: [video.videoWidth, video.videoHeight], pixels: ({VIDEO_PIXELS})(`.scope-widget video[data-index="${{i}}"]`)}};
+}})"""
+
+
+def test_two_widgets_in_one_notebook_stream_two_pipelines_side_by_side(page, lab):
+    """Each widget's streams name the pipeline it loaded: the second widget's load makes another
+    pipeline current, and the first widget's new stream still gets its own."""
+    open_notebook(page, lab, "two-widgets.ipynb", notebook(
+        "from scope.widgets import ScopeWidget\n"
+        "fox = ScopeWidget(pipeline_id='longlive', load_params={'height': 32, 'width': 32},\n"
+        "                  prompts='a red fox', autostart=True)\n"
+        "fox",
+        "relay = ScopeWidget(pipeline_id='passthrough', input_source='pattern', autostart=True)\nrelay",
+        "fox.stop()",
+        "fox.start()",
+    ))
+
+    def statuses() -> list[str | None]:
+        return [w.get("status") for w in page.evaluate(WIDGETS_DATA)]
+
+    run_cell(page, 0)
+    wait_until(page, lambda: statuses() == ["streaming"], "the first widget to stream", timeout=120)
+    run_cell(page, 1)
+    wait_until(page, lambda: statuses() == ["streaming", "streaming"], "both widgets to stream", timeout=60)
+    run_cell(page, 2)
+    wait_until(page, lambda: statuses()[0] == "stopped", "the first widget to stop")
+    run_cell(page, 3)
+    wait_until(page, lambda: statuses() == ["streaming", "streaming"], "the first widget to stream again", timeout=60)
+
+    with api(lab) as client:
+        assert client.get("api/v1/pipeline/status").json()["pipeline_id"] == "passthrough", "the last load is current"
+        ids = [w["session"] for w in page.evaluate(WIDGETS_DATA)]
+
+        def live() -> list[dict] | None:
+            by_id = {s["id"]: s for s in client.get("api/v1/webrtc/sessions").json()["sessions"]}
+            return [by_id[i] for i in ids] if all(i in by_id for i in ids) else None
+
+        fox, relay = wait_until(page, live, "both sessions on the server")
+        assert (fox["pipeline_id"], fox["load_params"]["height"], fox["input_mode"]) == ("longlive", 32, "text")
+        assert (relay["pipeline_id"], relay["input_mode"]) == ("passthrough", "video")
+        # Both generate at once.
+        chunks = [s["stats"]["chunk"] for s in (fox, relay)]
+        def both_generate() -> bool:
+            now = live()
+            return bool(now) and all(s["stats"]["chunk"] > c for s, c in zip(now, chunks))
+
+        wait_until(page, both_generate, "chunks from both sessions")
+
+    # Each its own pictures: longlive's at its 32x32, passthrough's the page's 512x512 pattern, both moving.
+    seen: list[list] = []
+
+    def moving_pictures() -> bool:
+        videos = page.evaluate(WIDGET_VIDEOS)
+        pixels = [v["pixels"] for v in videos]
+        moved = [bool(pixels[i]) and any(old[i] and old[i] != pixels[i] for old in seen) for i in (0, 1)]
+        seen.append(pixels)
+        return [v["size"] for v in videos] == [[32, 32], [512, 512]] and all(moved)
+
+    wait_until(page, moving_pictures, "both videos at their own sizes, moving")
+
+
 def test_widget_streams_from_an_explicit_standalone_server(page, lab, tmp_path, synthetic_models):
     """``server=`` names a ``daydream-scope`` on another origin: its open API, with CORS."""
     env = {"DAYDREAM_SCOPE_MODELS_DIR": str(synthetic_models)}

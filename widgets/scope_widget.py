@@ -168,7 +168,9 @@ class ScopeWidget(anywidget.AnyWidget, StreamParameterTraits):
         "'connecting', 'streaming', 'paused', 'stopped', 'error', 'unavailable', and 'closed' once the view "
         "goes away (its output cleared or its cell re-run).",
     ).tag(sync=True)
-    pipeline_status = traitlets.Unicode("", help="The server's pipeline status.").tag(sync=True)
+    pipeline_status = traitlets.Unicode(
+        "", help="The state of the view's own pipeline on the server: 'not_loaded', 'loading', 'loaded' or 'error'."
+    ).tag(sync=True)
     models = traitlets.Unicode("", help="'downloaded', 'synthetic', 'missing' or 'downloading'.").tag(sync=True)
     synthetic = traitlets.Bool(False, help="The stream comes from synthetic (random) weights.").tag(sync=True)
     session_id = traitlets.Unicode("").tag(sync=True)

@@ -11,12 +11,14 @@
 """
 
 from scope.client.errors import ModelDownloadError, PipelineLoadError, ScopeApiError, StreamClosed
+from scope.client.pipelines import PipelineTarget
 from scope.client.rest import ScopeClient
 
 __all__ = [
     "ArrayTrack",
     "ModelDownloadError",
     "PipelineLoadError",
+    "PipelineTarget",
     "RecordingInfo",
     "ScopeApiError",
     "ScopeClient",

@@ -13,8 +13,21 @@ def describe_detail(detail: Any) -> str:
     if isinstance(detail, str):
         return detail
     if isinstance(detail, list) and all(isinstance(item, dict) and "msg" in item for item in detail):
-        return describe_errors(detail)
+        return describe_errors(detail) + "".join(_holders(item) for item in detail)
     return json.dumps(detail)
+
+
+def _holders(error: dict[str, Any]) -> str:
+    """What holds the memory, for a refusal over the pool's budget (``type: "memory_budget"``)."""
+    holders = error.get("holders") if error.get("type") == "memory_budget" else None
+    if not holders:
+        return ""
+    def one(holder: dict[str, Any]) -> str:
+        count = len(holder.get("sessions") or [])
+        size = holder.get("held_bytes", 0) / 2**20
+        return f"{holder.get('pipeline_id')} ({count} session{'' if count == 1 else 's'}, {size:.1f} MiB)"
+
+    return f" Held by: {', '.join(map(one, holders))}."
 
 
 class ScopeApiError(Exception):

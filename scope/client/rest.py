@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from scope.client.auth import is_loopback, jupyter_token, normalise_base_url
 from scope.client.errors import ModelDownloadError, PipelineLoadError, ScopeApiError
 from scope.client.parameters import PromptsLike, merge_parameters
+from scope.client.pipelines import PipelineLike, PipelineTarget, find_in_pool, pipeline_target
 from scope.server_ext.api_models import (
     Asset,
     AssetsResponse,
@@ -53,6 +54,16 @@ JSON = {"Content-Type": "application/json"}
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
 
 
+class _Own:
+    """``stream(pipeline=...)`` left out: the client's own pipeline."""
+
+    def __repr__(self) -> str:
+        return "<the client's pipeline>"
+
+
+_OWN: Any = _Own()
+
+
 class ScopeClient:
     """REST client of one Scope server.
 
@@ -60,10 +71,14 @@ class ScopeClient:
     Jupyter server's URL with its base URL (``http://127.0.0.1:8888/lab-base/``). Without a
     ``token``, the token of a Jupyter server running on this machine at that URL is used;
     ``daydream-scope`` needs none. Errors (4xx, 5xx) raise :class:`ScopeApiError`.
+
+    ``pipeline`` is the pipeline this client loaded last (:meth:`load_pipeline`,
+    :meth:`ensure_pipeline`): its streams and waits stay with it, whatever another client loads.
     """
 
     def __init__(self, url: str, *, token: str | None = None, timeout: float = 30.0):
         self.url = normalise_base_url(url)
+        self.pipeline: PipelineTarget | None = None
         self.token = token if token is not None else jupyter_token(self.url)
         headers = {"Authorization": f"token {self.token}"} if self.token else {}
         # Proxies from the environment must not intercept calls to this machine.
@@ -129,14 +144,36 @@ class ScopeClient:
     # Pipelines --------------------------------------------------------------------------
 
     def load_pipeline(self, pipeline_id: str, load_params: Mapping[str, Any] | None = None) -> MessageResponse:
-        """Start loading; the status is ``loading`` (or already ``loaded``) when this returns."""
+        """Start loading and make it the server's current pipeline, and this client's
+        (:attr:`pipeline`); the status is ``loading`` (or already ``loaded``) when this returns."""
         body: dict[str, Any] = {"pipeline_id": pipeline_id}
         if load_params is not None:
             body["load_params"] = dict(load_params)
-        return self._post("api/v1/pipeline/load", MessageResponse, body)
+        reply = self._post("api/v1/pipeline/load", MessageResponse, body)
+        asked = PipelineTarget(pipeline_id, None if load_params is None else dict(load_params))
+        # The reply is the spec's message: the load parameters as the server normalised them
+        # (defaults filled in) are those of the pool's entry, the current one when several match.
+        entry = find_in_pool(self.pipeline_status(), asked)
+        self.pipeline = asked if entry is None else pipeline_target(entry)
+        return reply
 
-    def unload_pipeline(self) -> MessageResponse:
-        return self._post("api/v1/pipeline/unload", MessageResponse, {})
+    def unload_pipeline(self, pipeline: PipelineLike | None = None) -> MessageResponse:
+        """Unload the server's current pipeline, or ``pipeline``; one that sessions use unloads
+        when the last of them ends (the reply says so). Unloading the current one or its own, the
+        client forgets its :attr:`pipeline`: its streams then use the current one again."""
+        target = None if pipeline is None else pipeline_target(pipeline)
+        body = {} if target is None else target.offer_fields()
+        reply = self._post("api/v1/pipeline/unload", MessageResponse, body)
+        mine = self.pipeline
+        if target is None or (mine is not None and target.pipeline_id == mine.pipeline_id and self._gone(mine)):
+            self.pipeline = None
+        return reply
+
+    def _gone(self, target: PipelineTarget) -> bool:
+        """Whether ``target`` left the pool or unloads when its sessions end: the server
+        normalises an unload's parameters, so only its status says which entry it named."""
+        entry = find_in_pool(self.pipeline_status(), target)
+        return entry is None or entry.unload_when_idle
 
     def pipeline_status(self) -> PipelineStatusResponse:
         return self._get("api/v1/pipeline/status", PipelineStatusResponse)
@@ -146,19 +183,29 @@ class ScopeClient:
         return self._get("api/v1/pipelines/schemas", PipelineSchemasResponse).pipelines
 
     def wait_for_pipeline(self, status: str = "loaded", timeout: float = 300.0) -> PipelineStatusResponse:
-        """Poll the status until it is ``status``; a load ending in ``error`` raises :class:`PipelineLoadError`."""
+        """Poll until this client's pipeline (the current one if it loaded none) is ``status``;
+        answers the server's status. A load ending in ``error`` raises :class:`PipelineLoadError`,
+        and so does this client's pipeline leaving the pool while awaited."""
         deadline = time.monotonic() + timeout
+        mine = self.pipeline
         while True:
             current = self.pipeline_status()
-            if current.status == status:
+            state, name = current.status, current.pipeline_id
+            error = current.error
+            if mine is not None:
+                # Its own entry: a failed load stays listed with its error, whatever is current now.
+                entry = find_in_pool(current, mine)
+                name = mine.pipeline_id
+                state = entry.status if entry is not None else "not_loaded"
+                error = entry.error if entry is not None else None
+            if state == status:
                 return current
-            if current.status == "error":
-                raise PipelineLoadError(current.pipeline_id, current.error)
+            if state == "error":
+                raise PipelineLoadError(name, error)
+            if mine is not None and state == "not_loaded":
+                raise PipelineLoadError(name, f"Pipeline {name!r} is no longer loaded: it was unloaded, or its failed load dismissed.")
             if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"The pipeline status stayed {current.status!r} ({current.pipeline_id}) for {timeout} s; "
-                    f"waited for {status!r}."
-                )
+                raise TimeoutError(f"The pipeline status stayed {state!r} ({name}) for {timeout} s; waited for {status!r}.")
             time.sleep(POLL_SECONDS)
 
     def ensure_pipeline(
@@ -190,7 +237,8 @@ class ScopeClient:
                 self.load_pipeline(pipeline_id, load_params)
                 break
             except ScopeApiError as exc:
-                if exc.status != 409 or time.monotonic() > deadline:
+                # 409 with a text: another load of the current pipeline runs; a list: over the memory budget.
+                if exc.status != 409 or not isinstance(exc.detail, str) or time.monotonic() > deadline:
                     raise
             self._wait_while_loading(deadline)
         return self.wait_for_pipeline("loaded", timeout=max(0.0, deadline - time.monotonic()))
@@ -228,11 +276,19 @@ class ScopeClient:
     def ice_servers(self) -> list[IceServer]:
         return self._get("api/v1/webrtc/ice-servers", IceServersResponse).iceServers
 
-    def offer(self, sdp: str, initial_parameters: Mapping[str, Any] | None = None) -> OfferResponse:
-        """Send an SDP offer; the answer starts a session (see :meth:`stream` for the whole flow)."""
+    def offer(
+        self, sdp: str, initial_parameters: Mapping[str, Any] | None = None, *, pipeline: PipelineLike | None = None
+    ) -> OfferResponse:
+        """Send an SDP offer; the answer starts a session (see :meth:`stream` for the whole flow).
+
+        ``pipeline`` binds the session to that pipeline (loaded into the server's pool if needed);
+        ``None`` streams from the current one.
+        """
         body: dict[str, Any] = {"sdp": sdp, "type": "offer"}
         if initial_parameters is not None:
             body["initialParameters"] = dict(initial_parameters)
+        if pipeline is not None:
+            body.update(pipeline_target(pipeline).offer_fields())
         return self._post("api/v1/webrtc/offer", OfferResponse, body)
 
     def add_ice_candidates(self, session_id: str, candidates: list[Mapping[str, Any]]) -> None:
@@ -258,21 +314,29 @@ class ScopeClient:
         *,
         input: StreamInput = None,
         parameters: Mapping[str, Any] | None = None,
+        pipeline: PipelineLike | None = _OWN,
         **more_parameters: Any,
     ) -> ScopeStream:
-        """A WebRTC session of the loaded pipeline: ``async with client.stream("a red fox") as s``.
+        """A WebRTC session: ``async with client.stream("a red fox") as s``.
 
         ``prompts`` (a string, a list of strings or of ``{"text", "weight"}``), ``parameters``
         and keyword parameters form the offer's ``initialParameters``. ``input`` is what is
         sent: ``None`` (text to video), a video file path, RGB uint8 frames (looped), an aiortc
         track, or ``"pattern"``; with an input, ``input_mode`` defaults to ``"video"``.
+
+        The session streams from ``pipeline`` until it ends (an id, ``(id, load_params)``, or a
+        pipeline-status entry; loaded into the pool if needed), left out from this client's
+        :attr:`pipeline`, and with ``None`` (or when this client loaded none) from the server's
+        current pipeline.
         """
         from scope.client.stream import ScopeStream
 
         initial = merge_parameters(prompts, parameters, more_parameters)
         if input is not None:
             initial.setdefault("input_mode", "video")
-        return ScopeStream(self, initial, input)
+        if pipeline is _OWN:
+            pipeline = self.pipeline
+        return ScopeStream(self, initial, input, pipeline=None if pipeline is None else pipeline_target(pipeline))
 
     # Assets and LoRA --------------------------------------------------------------------
 

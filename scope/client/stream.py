@@ -1,4 +1,4 @@
-"""``ScopeStream``: one WebRTC session of the loaded pipeline, read, steered and recorded from Python.
+"""``ScopeStream``: one WebRTC session of a loaded pipeline, read, steered and recorded from Python.
 
 Everything here runs on the caller's event loop (a notebook cell's ``await`` works); REST calls
 run in a worker thread so they never stall the peer connection.
@@ -21,6 +21,7 @@ from scope.client.errors import ScopeApiError, StreamClosed
 from scope.client.frames import FrameQueue
 from scope.client.parameters import wire_parameters
 from scope.client.peer import ReceivedFrame, ScopePeer
+from scope.client.pipelines import PipelineTarget
 from scope.client.recording import Mp4Writer, RecordingInfo
 from scope.client.sources import StreamInput, input_track
 from scope.server_ext.api_models import SessionInfo, SessionStats
@@ -42,6 +43,8 @@ class ScopeStream:
     :meth:`read` or :meth:`record` gets the frames that arrive after it is called. Entering the
     ``async with`` (or ``await s.open()``) returns once the ``parameters`` channel is open;
     leaving it (or ``await s.close()``) deletes the session on the server and closes the peer.
+    ``pipeline`` is the pipeline the session streams from until it ends (``None``: the server's
+    current one when the offer arrives).
     """
 
     def __init__(
@@ -50,10 +53,12 @@ class ScopeStream:
         initial_parameters: Mapping[str, Any],
         input: StreamInput = None,
         *,
+        pipeline: PipelineTarget | None = None,
         connect_timeout: float = CONNECT_TIMEOUT,
     ):
         self.client = client
         self.initial_parameters = dict(initial_parameters)
+        self.pipeline = pipeline
         self.connect_timeout = connect_timeout
         self.session_id: str | None = None
         self.frames_received = 0
@@ -89,7 +94,9 @@ class ScopeStream:
         )
         try:
             offer = await self._peer.create_offer()
-            answer = await asyncio.to_thread(self.client.offer, offer["sdp"], self.initial_parameters)
+            answer = await asyncio.to_thread(
+                self.client.offer, offer["sdp"], self.initial_parameters, pipeline=self.pipeline
+            )
             self.session_id = answer.sessionId
             await self._peer.accept_answer(answer.sdp, answer.type)
             await self._wait_connected()

@@ -63,6 +63,16 @@ class LoadContext:
         return path_context(self.assets_dir, self.lora_dir)
 
 
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """What a pipeline is expected to hold on its device: its weights, the caches its streams
+    share at their full size (e.g. prompt embeddings), and each stream's own caches."""
+
+    weights_bytes: int = 0
+    stream_bytes: int = 0
+    cache_bytes: int = 0
+
+
 @dataclass
 class Chunk:
     """One pipeline call's output.
@@ -212,6 +222,21 @@ class Pipeline(ABC):
         """Errors (``{"loc", "msg", "type"}``) in a validated parameter update that only the loaded
         pipeline can see, e.g. a ``lora_scales`` entry naming an adapter it did not load."""
         return []
+
+    @classmethod
+    def memory_estimate(cls, load_params: BaseModel, context: LoadContext) -> MemoryEstimate:
+        """What a load of this pipeline is expected to hold on its device, read from its files
+        before loading them (the pool corrects it with what loads actually took). Nothing by
+        default: a pipeline without weights."""
+        return MemoryEstimate()
+
+    def memory_held(self) -> int:
+        """Bytes of the tensors this pipeline holds for good on the device the pool budgets (its
+        weights, not the caches that fill with use): what the pool measures after a load to
+        correct its estimates."""
+        from scope.streaming.memory_budget import budget_device, held_bytes
+
+        return held_bytes(self, device=budget_device().type)
 
     @abstractmethod
     def open_stream(self) -> Stream:

@@ -1,9 +1,12 @@
-"""The pipeline load state machine.
+"""The loaded pipelines, and the one that is current.
 
-One pipeline is loaded at a time. Loading runs on the device worker thread; the state becomes
-``loading`` before the request that started it is answered, so a client polling right after a
-200 never sees the old state. A load of a different target while loading is a conflict; the
-same target is idempotent. An ``error`` stays until the next load.
+The pool (:mod:`scope.streaming.pool`) holds several pipelines at once within a memory budget.
+Of them, one is *current*: what ``pipeline/load`` last asked for, what ``pipeline/status``
+describes, and what an offer that names no pipeline streams from, so a client of the spec sees
+one pipeline as it always did. Loading runs on the device worker thread; the current status
+becomes ``loading`` before the request that started it is answered, so a client polling right
+after a 200 never sees the old state. While the current pipeline loads, a load of another one is
+a conflict; the same target is idempotent. An ``error`` stays until the next load.
 """
 
 from __future__ import annotations
@@ -13,9 +16,7 @@ import gc
 import logging
 import sys
 import time
-from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
@@ -24,149 +25,181 @@ from scope.models.artifacts import format_bytes, is_downloaded
 from scope.models.synthetic.writer import write_synthetic
 from scope.pipelines.base import LoadContext, Pipeline
 from scope.pipelines.registry import get_pipeline_class
+from scope.streaming.memory_budget import budget_device, device_budget
+from scope.streaming.pool import ERROR, LOADED, LOADING, NOT_LOADED, LoadTarget, OverBudget, PipelinePool, PipelineSlot
 
 logger = logging.getLogger(__name__)
 
-NOT_LOADED, LOADING, LOADED, ERROR = "not_loaded", "loading", "loaded", "error"
+__all__ = [
+    "ERROR", "LOADED", "LOADING", "NOT_LOADED", "LoadConflict", "LoadTarget", "NotInPool", "OverBudget", "PipelineManager",
+]
 
 
 class LoadConflict(Exception):
-    """A different load is already in progress."""
+    """A different load of the current pipeline is in progress, or an unload meets a load."""
 
 
-@dataclass(frozen=True)
-class LoadTarget:
-    pipeline_id: str
-    load_params: dict[str, Any]
-
-
-PipelineListener = Callable[[str, str], None]
+class NotInPool(Exception):
+    """An unload named a pipeline (and load parameters) that is not loaded."""
 
 
 class PipelineManager:
-    """Owns the loaded pipeline and its status."""
+    """Owns the pool of loaded pipelines and says which one is current."""
 
-    def __init__(self, context: LoadContext, executor: Executor, *, synthetic_fallback: bool = False):
+    def __init__(
+        self,
+        context: LoadContext,
+        executor: Executor,
+        *,
+        synthetic_fallback: bool = False,
+        memory_budget_bytes: int = 0,
+    ):
         self.context = context
         self.executor = executor
         #: Write synthetic weights for a pipeline whose files are missing, before loading it.
         self.synthetic_fallback = synthetic_fallback
-        self.status = NOT_LOADED
-        self.target: LoadTarget | None = None
-        self.pipeline: Pipeline | None = None
-        self.error: str | None = None
-        #: Increases on every successful load; streams opened on an older one are stale.
-        self.generation = 0
-        self._listeners: list[PipelineListener] = []
-        self._task: asyncio.Task | None = None
-        self._changed = asyncio.Event()
+        #: The pool's budget per device; 0 takes it from the device's free memory.
+        self.memory_budget_bytes = memory_budget_bytes
+        self.pool = PipelinePool(context, executor, budget=self._budget, prepare=self._prepare, free=_free)
+        #: The slot ``pipeline/load`` last asked for (it may have failed, or been unloaded since).
+        self.current: PipelineSlot | None = None
 
-    # Observers --------------------------------------------------------------------------
+    # The current pipeline, as the spec's single pipeline ----------------------------------
 
-    def add_listener(self, listener: PipelineListener) -> None:
-        self._listeners.append(listener)
+    @property
+    def status(self) -> str:
+        return self.current.status if self.current is not None else NOT_LOADED
 
-    def remove_listener(self, listener: PipelineListener) -> None:
-        if listener in self._listeners:
-            self._listeners.remove(listener)
+    @property
+    def pipeline(self) -> Pipeline | None:
+        return self.current.pipeline if self.current is not None else None
 
-    def _notify(self, event: str, message: str) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
-        for listener in list(self._listeners):
-            try:
-                listener(event, message)
-            except Exception:  # a broken listener must not break loading
-                logger.exception("pipeline listener failed")
+    @property
+    def target(self) -> LoadTarget | None:
+        return self.current.target if self.status in (LOADING, LOADED) else None
 
-    async def wait_changed(self) -> None:
-        """Wait until the status changes (load started, finished or failed)."""
-        await self._changed.wait()
+    @property
+    def error(self) -> str | None:
+        return self.current.error if self.status == ERROR else None
 
     # Loading ----------------------------------------------------------------------------
 
-    def validate(self, pipeline_id: str, load_params: dict[str, Any] | None) -> tuple[type[Pipeline], BaseModel]:
+    def validate(self, pipeline_id: str, load_params: dict[str, Any] | None) -> tuple[type[Pipeline], BaseModel, LoadTarget]:
         """Resolve the pipeline class and validate its load params (raises on bad input).
 
         Paths in the parameters must name files inside the server's directories.
         """
         cls = get_pipeline_class(pipeline_id)
-        return cls, cls.load_params_model.model_validate(load_params or {}, context=self.context.validation_context())
+        params = cls.load_params_model.model_validate(load_params or {}, context=self.context.validation_context())
+        return cls, params, LoadTarget(pipeline_id, params.model_dump(mode="json"))
 
-    def request_load(self, pipeline_id: str, load_params: dict[str, Any] | None) -> bool:
-        """Start loading unless the same target is loading or loaded.
+    async def request_load(self, pipeline_id: str, load_params: dict[str, Any] | None) -> bool:
+        """Make ``pipeline_id`` with ``load_params`` current, loading it unless the pool has it.
 
-        Returns True if a load was started. Raises :class:`LoadConflict` if a different load
-        is in progress, and the validation errors of :meth:`validate`.
+        Returns True if a load was started. Raises :class:`LoadConflict` if the current
+        pipeline is loading another target, :class:`OverBudget` when it does not fit, and the
+        validation errors of :meth:`validate`.
         """
-        cls, params = self.validate(pipeline_id, load_params)
-        target = LoadTarget(pipeline_id, params.model_dump(mode="json"))
-        if self.status == LOADING:
-            if target == self.target:
-                return False
+        cls, params, target = self.validate(pipeline_id, load_params)
+        current = self.current
+        if current is not None and current.status == LOADING and current.target != target:
             raise LoadConflict(
-                f"Pipeline '{self.target.pipeline_id}' is loading; wait for it before loading another."
+                f"Pipeline '{current.target.pipeline_id}' is loading; wait for it before loading another."
             )
-        if self.status == LOADED and target == self.target:
-            return False
-        self.status, self.target, self.error = LOADING, target, None
-        self._notify("loading", f"Loading pipeline {pipeline_id}")
-        self._task = asyncio.get_running_loop().create_task(self._load(cls, params, target))
-        return True
+        slot, started = await self.pool.admit(cls, params, target, keep=current)
+        slot.unload_when_idle = False
+        self.current = slot
+        if started:
+            slot.notify("loading", f"Loading pipeline {pipeline_id}")
+        return started
 
-    async def _load(self, cls: type[Pipeline], params: BaseModel, target: LoadTarget) -> None:
-        loop = asyncio.get_running_loop()
-        started = time.monotonic()
-        logger.info("loading pipeline %s", target.pipeline_id)
-        logger.debug("pipeline %s load parameters: %s", target.pipeline_id, target.load_params)
-        await self._release_current()
-        try:
-            if self.synthetic_fallback and cls.artifacts:
-                # Off the device thread: writing files must not hold up other streams' chunks.
-                await loop.run_in_executor(None, ensure_synthetic, self.context.models_dir, cls.artifacts)
-            pipeline = await loop.run_in_executor(self.executor, cls.load, params, self.context)
-        except Exception as exc:
-            logger.exception("loading %s failed", target.pipeline_id)
-            self.status = ERROR
-            self.error = f"Failed to load pipeline {target.pipeline_id}: {exc}"
-            self._notify("load_failed", self.error)
-            return
-        self.pipeline = pipeline
-        self.generation += 1
-        self.status = LOADED
-        logger.info("pipeline %s loaded in %.1f s", target.pipeline_id, time.monotonic() - started)
-        self._notify("loaded", f"Pipeline {target.pipeline_id} loaded")
+    async def slot_for(self, pipeline_id: str, load_params: dict[str, Any] | None, session_id: str) -> PipelineSlot:
+        """The pool's slot for an offer that names its pipeline, loading it if needed, with the
+        offer's session bound to it (the current pipeline stays as it is)."""
+        cls, params, target = self.validate(pipeline_id, load_params)
+        slot, started = await self.pool.admit(cls, params, target, keep=self.current, session_id=session_id)
+        if started:
+            slot.notify("loading", f"Loading pipeline {pipeline_id}")
+        return slot
 
-    async def _release_current(self) -> None:
-        pipeline, self.pipeline = self.pipeline, None
-        if pipeline is not None:
-            await asyncio.get_running_loop().run_in_executor(self.executor, _free, pipeline)
+    async def bind(self, slot: PipelineSlot, session_id: str) -> None:
+        await self.pool.bind(slot, session_id)
 
-    async def unload(self) -> None:
-        """Drop the loaded pipeline and free its memory (no-op while a load runs)."""
-        if self.status == LOADING:
-            raise LoadConflict("A pipeline is loading; unload it once it has finished.")
-        await self._release_current()
-        self.status, self.target, self.error = NOT_LOADED, None, None
-        self._notify("unloaded", "Pipeline unloaded")
+    async def release(self, slot: PipelineSlot, session_id: str) -> None:
+        await self.pool.release(slot, session_id)
+
+    async def _prepare(self, cls: type[Pipeline]) -> None:
+        if self.synthetic_fallback and cls.artifacts:
+            # Off the device thread: writing files must not hold up other streams' chunks.
+            await asyncio.get_running_loop().run_in_executor(None, ensure_synthetic, self.context.models_dir, cls.artifacts)
+
+    def _budget(self, pool_bytes: int) -> int:
+        return device_budget(budget_device(), self.memory_budget_bytes, pool_bytes)
+
+    # Unloading --------------------------------------------------------------------------
+
+    async def unload(self, pipeline_id: str | None = None, load_params: dict[str, Any] | None = None) -> str:
+        """Unload the current pipeline, or the one ``pipeline_id`` and ``load_params`` name.
+
+        One that sessions use is marked to unload when the last of them ends. Returns what was
+        done, for the reply. Raises :class:`LoadConflict` while it loads, :class:`NotInPool` for
+        a named one that is not loaded.
+        """
+        if pipeline_id is None:
+            slot = self.current if self.current is not None and self.pool.get(self.current.target) is self.current else None
+            if slot is None:
+                self.current = None
+                return "Pipeline unloaded"
+        else:
+            _, _, target = self.validate(pipeline_id, load_params)
+            slot = self.pool.get(target)
+            failed = self.pool.failed.pop(target.key, None) if slot is None else None
+            if failed is not None:
+                if failed is self.current:
+                    self.current = None
+                return "Failed load dismissed"
+            if slot is None:
+                raise NotInPool(f"Pipeline '{pipeline_id}' with these load_params is not loaded.")
+        if slot.status == LOADING:
+            raise LoadConflict(f"Pipeline '{slot.target.pipeline_id}' is loading; unload it once it has finished.")
+        if slot is self.current:
+            self.current = None
+        if slot.sessions:
+            slot.unload_when_idle = True
+            count = len(slot.sessions)
+            ending = "its session ends" if count == 1 else f"its {count} sessions end"
+            return f"Pipeline {slot.target.pipeline_id} unloads when {ending}"
+        await self.pool.unload(slot)
+        return "Pipeline unloaded"
+
+    async def unload_all(self) -> None:
+        """Unload every pipeline (on shutdown, once the sessions have closed)."""
+        await self.pool.wait_idle()
+        for slot in list(self.pool.slots.values()):
+            await self.pool.unload(slot)
+        self.current = None
 
     async def wait_idle(self) -> None:
-        """Wait for a running load to finish (used on shutdown and by tests)."""
-        if self._task is not None:
-            await asyncio.shield(self._task)
+        """Wait for running loads to finish (used on shutdown and by tests)."""
+        await self.pool.wait_idle()
 
     # Reporting --------------------------------------------------------------------------
 
     def status_dict(self) -> dict[str, Any]:
-        target = self.target
+        target, pipeline = self.target, self.pipeline
         return {
             "status": self.status,
-            "pipeline_id": target.pipeline_id if target and self.status in (LOADING, LOADED) else None,
-            "load_params": target.load_params if target and self.status in (LOADING, LOADED) else None,
-            "loaded_lora_adapters": self.pipeline.loaded_lora_adapters if self.pipeline else None,
+            "pipeline_id": target.pipeline_id if target else None,
+            "load_params": target.load_params if target else None,
+            "loaded_lora_adapters": pipeline.loaded_lora_adapters if pipeline else None,
             "error": self.error,
-            "synthetic": bool(self.pipeline and self.pipeline.synthetic),
-            "warnings": list(self.pipeline.load_warnings) if self.pipeline else [],
+            "synthetic": bool(pipeline and pipeline.synthetic),
+            "warnings": list(pipeline.load_warnings) if pipeline else [],
+            "pipelines": [
+                {**slot.describe(), "current": slot is self.current}
+                for slot in (*self.pool.slots.values(), *self.pool.failed.values())
+            ],
+            "memory_budget_bytes": self.pool.budget_bytes(),
         }
 
 

@@ -11,8 +11,11 @@ from scope.pipelines.base import Pipeline
 CLIENT_MESSAGE_TYPES = ("parameters",)
 
 
-def parameter_warnings(pipeline: Pipeline | None, given: list[str], unknown: list[str]) -> list[dict[str, Any]]:
-    """``parameters_warning`` messages for keys no model knows and keys the pipeline does not use.
+def parameter_warnings(
+    pipeline: Pipeline | type[Pipeline] | None, given: list[str], unknown: list[str]
+) -> list[dict[str, Any]]:
+    """``parameters_warning`` messages for keys no model knows and keys the pipeline (a loaded one,
+    or its class) does not use.
 
     ``given`` are the validated keys a message carried (never the server's defaults).
     """

@@ -1,8 +1,9 @@
 """One WebRTC streaming session: its parameters, input, generation loop and output.
 
 The generation loop runs on the event loop and hands each chunk to the device worker thread,
-so the loop never blocks. Each session opens its own :class:`~scope.pipelines.base.Stream`
-on the shared pipeline, and re-opens it (fresh state) when the pipeline is reloaded.
+so the loop never blocks. Each session is bound to one pipeline of the pool (its slot) until it
+ends, and opens its own :class:`~scope.pipelines.base.Stream` on it once it has loaded; a load
+that fails ends the session with ``stream_stopped`` naming the error.
 
 Every task of a session ends through one guard: an error nothing else handled (opening the
 stream, reading input, pushing frames) closes the session with ``stream_stopped`` naming it,
@@ -23,14 +24,15 @@ from typing import Any
 from aiortc import RTCDataChannel, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from scope.params import ParameterErrors, StreamParameters, parse_parameters, unused_parameters
+from scope.params import ParameterErrors, parse_parameters, unused_parameters
 from scope.pipelines.base import Stream
 from scope.streaming.asset_parameters import ASSET_PARAMETERS, names_assets, resolved_assets, unreadable_assets
 from scope.streaming.failures import RepeatedFailures
 from scope.streaming.liveness import watch_peer
-from scope.streaming.manager import LOADED, PipelineManager
+from scope.streaming.memory_budget import budget_device, held_bytes
 from scope.streaming.messages import CLIENT_MESSAGE_TYPES, parameter_warnings, unknown_type_rejection
 from scope.streaming.parameter_state import ParameterState
+from scope.streaming.pool import LOADED, LOADING, PipelineSlot
 from scope.streaming.session_stats import SessionStats
 from scope.streaming.tracks import ChunkRateMeter, InputBuffer, OutputTrack
 
@@ -45,6 +47,9 @@ TOO_DEEP = "message nested too deeply to parse"
 #: How long a session ending with an error waits for its data channel to open, so the peer
 #: reads why (a refused peer, or a failure before the peer connected).
 CHANNEL_GRACE_S = 5.0
+#: After which chunks a session measures what its stream holds (its caches fill over the first
+#: chunks), so the pool learns the caches of this pipeline's streams.
+STREAM_MEASURES = (1, 8)
 #: What each session task does, as ``stream_stopped`` names it when the task fails.
 TASK_ROLES = {
     "generate": "generation",
@@ -67,13 +72,13 @@ def is_fatal(exc: BaseException) -> bool:
 
 
 class StreamSession:
-    """A peer connection bound to the loaded pipeline through its own stream state."""
+    """A peer connection bound to one pipeline of the pool through its own stream state."""
 
     def __init__(
         self,
         session_id: str,
         pc: RTCPeerConnection,
-        manager: PipelineManager,
+        slot: PipelineSlot,
         executor: Executor,
         initial_parameters: dict[str, Any],
         on_closed: Callable[["StreamSession"], None],
@@ -81,7 +86,8 @@ class StreamSession:
     ):
         self.id = session_id
         self.pc = pc
-        self.manager = manager
+        #: The pipeline this session streams from, whatever is loaded after it.
+        self.slot = slot
         self.executor = executor
         self.parameters = ParameterState(initial_parameters)
         self.pipeline_meter = ChunkRateMeter()
@@ -103,14 +109,18 @@ class StreamSession:
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
         self._stream: Stream | None = None
-        self._stream_generation = -1
+        #: The initial parameters were checked against the loaded pipeline (not yet when the
+        #: offer came while it loaded: then they are checked before the stream opens).
+        self._checked = slot.pipeline is not None
         self._init_cache = True
         self._flushes = 0
         self._last_chunk_frames = 0
         self._last_chunk_at = 0.0
         self._input_track: MediaStreamTrack | None = None
         self._disconnect_timer: asyncio.TimerHandle | None = None
-        manager.add_listener(self._on_pipeline_event)
+        slot.add_listener(self._on_pipeline_event)
+        if slot.status == LOADING:  # queued before the "loaded" the listener may send
+            self._on_pipeline_event("loading", f"Loading pipeline {slot.target.pipeline_id}")
 
     # Wiring -----------------------------------------------------------------------------
 
@@ -235,29 +245,30 @@ class StreamSession:
             return
         if isinstance(message, dict):
             message = {k: v for k, v in message.items() if k != "type"}
-        model = self.manager.pipeline.parameters_model if self.manager.pipeline else None
+        model = self.slot.pipeline_class.parameters_model
         try:
-            context = self.manager.context.validation_context()
-            update, unknown = parse_parameters(message, model or StreamParameters, context=context)
+            context = self.slot.context.validation_context()
+            update, unknown = parse_parameters(message, model, context=context)
         except ParameterErrors as exc:
             self.send({"type": "parameters_rejected", "errors": [{"loc": e["loc"], "msg": e["msg"]} for e in exc.errors]})
             return
         except RecursionError:
             self.send({"type": "parameters_rejected", "errors": [{"loc": [], "msg": TOO_DEEP}]})
             return
-        pipeline = self.manager.pipeline
+        pipeline = self.slot.pipeline
         # The pipeline sees the mode the update will run in (StreamDiffusionV2 takes VACE in text mode only).
         in_mode = {"input_mode": self.parameters.input_mode, **update} if self.parameters.input_mode else update
+        # Before the pipeline has loaded, what only it can check waits until the stream opens.
         errors = pipeline.check_parameters(in_mode) if pipeline is not None else []
         if errors:
             self.send({"type": "parameters_rejected", "errors": [{"loc": e["loc"], "msg": e["msg"]} for e in errors]})
             return
-        mode = update.get("input_mode")
-        if mode and pipeline is not None and mode not in pipeline.info.supported_modes:
-            msg = f"input_mode '{mode}' is not supported by pipeline '{pipeline.info.id}'"
+        mode, info = update.get("input_mode"), self.slot.pipeline_class.info
+        if mode and mode not in info.supported_modes:
+            msg = f"input_mode '{mode}' is not supported by pipeline '{info.id}'"
             self.send({"type": "parameters_rejected", "errors": [{"loc": ["input_mode"], "msg": msg}]})
             return
-        warnings = parameter_warnings(pipeline, list(update), unknown)
+        warnings = parameter_warnings(self.slot.pipeline_class, list(update), unknown)
         if names_assets(update):
             self._held = []
             self._spawn(self._apply_after_reading(update, warnings), "assets")
@@ -270,9 +281,8 @@ class StreamSession:
         """Read the files ``update`` names, then apply it (or refuse it naming each unreadable
         file), then handle the messages held meanwhile."""
         try:
-            pipeline = self.manager.pipeline
-            skip = frozenset(unused_parameters(pipeline.parameters_model, ASSET_PARAMETERS)) if pipeline else frozenset()
-            errors = await asyncio.to_thread(unreadable_assets, update, self.manager.context.assets_dir, skip)
+            skip = frozenset(unused_parameters(self.slot.pipeline_class.parameters_model, ASSET_PARAMETERS))
+            errors = await asyncio.to_thread(unreadable_assets, update, self.slot.context.assets_dir, skip)
             if errors:
                 self.send({"type": "parameters_rejected", "errors": [{"loc": e["loc"], "msg": e["msg"]} for e in errors]})
             else:
@@ -294,7 +304,7 @@ class StreamSession:
         update.pop("spout_receiver", None)
         if "paused" in update:
             self.paused = bool(update.pop("paused"))
-            self.track.hold = self.paused or self.manager.status != LOADED
+            self.track.hold = self.paused or self.slot.status != LOADED
             self.track.frozen = self.paused
             self.track.wake()
         switched = "input_mode" in update and update["input_mode"] != self._mode()
@@ -308,15 +318,13 @@ class StreamSession:
 
     def _flush_output(self) -> None:
         """Drop the output queued for playback, and the output of a chunk in flight: it was
-        made before a reset, a mode switch or a reload, and the viewer should not wait for it."""
+        made before a reset or a mode switch, and the viewer should not wait for it."""
         self.track.flush()
         self._flushes += 1
 
     def _on_pipeline_event(self, event: str, message: str) -> None:
         if event in ("loading", "loaded", "load_failed"):
             self.send({"type": "pipeline_event", "event": event, "message": message})
-        if event == "loaded":
-            self._flush_output()  # the old pipeline's frames (a paused session re-opens only on resume)
         self._wake.set()
 
     # Generation -------------------------------------------------------------------------
@@ -343,9 +351,7 @@ class StreamSession:
                 waiter.cancel()
 
     def _mode(self) -> str:
-        pipeline = self.manager.pipeline
-        default = pipeline.info.default_mode if pipeline else "video"
-        return self.parameters.input_mode or default
+        return self.parameters.input_mode or self.slot.pipeline_class.info.default_mode
 
     async def _generate_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -360,17 +366,23 @@ class StreamSession:
                 self._set_state("paused", hold=True)
                 await self._wait()
                 continue
-            manager = self.manager
-            if manager.status != LOADED or manager.pipeline is None:
-                self._set_state("waiting", hold=True)
-                await self._close_stream()
-                await self._wait(manager.wait_changed())
+            slot = self.slot
+            if slot.status == LOADING:
+                self._set_state("loading", hold=True)
+                await self._wait(slot.wait_changed())
                 continue
-            if self._stream is None or self._stream_generation != manager.generation:
-                await self._close_stream()
-                generation = manager.generation
-                self._stream = await loop.run_in_executor(self.executor, manager.pipeline.open_stream)
-                self._stream_generation = generation
+            if slot.status != LOADED or slot.pipeline is None:
+                await self.close(error_message=slot.error or f"Pipeline {slot.target.pipeline_id} was unloaded")
+                return
+            if self._stream is None:
+                if not self._checked:
+                    errors = slot.pipeline.check_parameters(self.parameters.snapshot())
+                    if errors:
+                        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors)
+                        await self.close(error_message=f"initialParameters: {problems}")
+                        return
+                    self._checked = True
+                self._stream = await loop.run_in_executor(self.executor, slot.pipeline.open_stream)
                 self._init_cache = True
                 self.input.clear()
                 self._flush_output()
@@ -398,7 +410,7 @@ class StreamSession:
             started = time.perf_counter()
             try:
                 # The stream opens asset files by the paths resolved inside the assets directory.
-                for_stream = resolved_assets(params, self.manager.context.assets_dir)
+                for_stream = resolved_assets(params, self.slot.context.assets_dir)
                 chunk = await loop.run_in_executor(
                     self.executor, functools.partial(stream.run_chunk, for_stream, video, init_cache=init_cache)
                 )
@@ -421,7 +433,7 @@ class StreamSession:
                 await asyncio.sleep(FAILURE_BACKOFF_S)
                 continue
             if self.closed or self._stream is not stream:
-                self.parameters.restore()  # reloaded meanwhile: the fresh stream gets them
+                self.parameters.restore()  # closed meanwhile
                 continue
             elapsed = time.perf_counter() - started
             self._failures.succeeded()
@@ -435,6 +447,9 @@ class StreamSession:
                 self.parameters.finish_transition()
             self._last_chunk_frames = len(frames)
             self.track.grow(len(frames))
+            if self.chunks in STREAM_MEASURES:
+                measure = functools.partial(held_bytes, stream, exclude=self.slot.pipeline, device=budget_device().type)
+                self.slot.stream_measured(await loop.run_in_executor(self.executor, measure))
             if self._flushes != flushes:
                 continue  # flushed while this chunk was made: its frames are stale
             self.track.push(frames, origins_of(len(frames), arrived))
@@ -460,12 +475,12 @@ class StreamSession:
 
     def stats(self) -> dict[str, Any]:
         """The session's :class:`SessionStats`, as JSON (the ``stats`` message and ``SessionInfo``)."""
-        pipeline = self.manager.pipeline
+        pipeline = self.slot.pipeline
         return SessionStats(
             fps=round(self.track.sent.fps or 0.0, 2),
             chunk=self.chunks,
             chunk_ms=round(self.chunk_ms, 2),
-            pipeline_id=self.manager.target.pipeline_id if self.manager.target else None,
+            pipeline_id=self.slot.target.pipeline_id,
             synthetic=bool(pipeline and pipeline.synthetic),
             state="paused" if self.paused else self.state,
             input_frames_received=self.input.received,
@@ -485,7 +500,8 @@ class StreamSession:
         return {
             "id": self.id,
             "input_mode": self._mode(),
-            "pipeline_id": self.manager.target.pipeline_id if self.manager.target else None,
+            "pipeline_id": self.slot.target.pipeline_id,
+            "load_params": self.slot.target.load_params,
             "connection_state": self.pc.connectionState,
             "parameters": self.parameters.snapshot(),
             "stats": self.stats(),
@@ -501,7 +517,7 @@ class StreamSession:
         if self.closed:
             return
         self.closed = True
-        self.manager.remove_listener(self._on_pipeline_event)
+        self.slot.remove_listener(self._on_pipeline_event)
         if self._disconnect_timer is not None:
             self._disconnect_timer.cancel()
         if notify and error_message:

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-SessionState = Literal["streaming", "paused", "waiting"]
+SessionState = Literal["streaming", "paused", "waiting", "loading"]
 
 
 class SessionStats(BaseModel):
@@ -20,7 +20,8 @@ class SessionStats(BaseModel):
     pipeline_id: str | None = Field(description="The pipeline the session runs (null before any load).")
     synthetic: bool = Field(description="True while the pipeline runs on synthetic weights.")
     state: SessionState = Field(
-        description="'streaming'; 'paused' by the client; 'waiting' for a pipeline or for input."
+        description="'streaming'; 'paused' by the client; 'waiting' for input; 'loading' while the "
+        "session's pipeline loads (an offer that named one not loaded yet)."
     )
     input_frames_received: int = Field(
         description="Video frames received from the peer in video mode since the session started "
@@ -29,7 +30,7 @@ class SessionStats(BaseModel):
     input_frames_used: int = Field(description="Of those, frames a chunk took as input.")
     input_frames_dropped: int = Field(
         description="Of those, frames that left the input buffer unused: pushed out of the 30-frame ring, "
-        "passed over by a chunk that took newer ones, or discarded on a mode switch or reload. "
+        "passed over by a chunk that took newer ones, or discarded on a mode switch or when the stream opens. "
         "received = used + dropped + the frames buffered now (at most 30)."
     )
     latency_ms: float | None = Field(

@@ -243,7 +243,7 @@ class OutputTrack(MediaStreamTrack):
         self._available.set()
 
     def flush(self) -> None:
-        """Drop every queued frame (they were made before a reset, a mode switch or a reload)."""
+        """Drop every queued frame (they were made before a reset or a mode switch)."""
         self._queue.clear()
         self._taken.set()
 

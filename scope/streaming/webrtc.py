@@ -12,16 +12,24 @@ from typing import Any
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.sdp import candidate_from_sdp
 
+from pydantic import ValidationError
+
 from scope.config import setting_default
-from scope.params import ParameterErrors, parse_parameters, unused_parameters
+from scope.params import ParameterErrors, parse_parameters, unused_parameters, validation_errors
+from scope.pipelines.base import Pipeline
+from scope.pipelines.registry import UnknownPipeline
 from scope.streaming.asset_parameters import ASSET_PARAMETERS, names_assets, unreadable_assets
 from scope.streaming.host_addresses import drop_unreachable_candidates, may_check
-from scope.streaming.manager import LOADED, LOADING, PipelineManager
+from scope.streaming.manager import LOADED, LOADING, LoadTarget, OverBudget, PipelineManager
 from scope.streaming.messages import parameter_warnings
 from scope.streaming.offer_check import OfferProblem, check_offer, sends_video
+from scope.streaming.pool import PipelineSlot
 from scope.streaming.session import StreamSession
 
 logger = logging.getLogger(__name__)
+
+#: The spec's answer to an offer when no pipeline is loaded.
+NO_PIPELINE = "Pipeline not loaded. Please load pipeline first."
 
 
 class SignallingError(Exception):
@@ -60,6 +68,9 @@ class SessionService:
     that never complete therefore cannot take the slots of peers that do connect. The streaming
     limit is checked at offer time and again when a peer connects, since several pending
     sessions may connect at about the same time.
+
+    A session streams from the current pipeline, or from the one its offer names (loaded into
+    the pool if needed), and keeps that pipeline until it ends.
     """
 
     def __init__(
@@ -83,6 +94,7 @@ class SessionService:
         self.max_repeated_failures = max_repeated_failures
         self.sessions: dict[str, StreamSession] = {}
         self._creating = 0
+        self._releasing: set[asyncio.Task] = set()
 
     def streaming_count(self) -> int:
         """Sessions whose peer has connected."""
@@ -95,7 +107,7 @@ class SessionService:
     def _streaming_full_message(self) -> str:
         return f"Too many streaming sessions: at most {self.max_sessions} may stream at once."
 
-    def _check_capacity_and_pipeline(self) -> None:
+    def _check_capacity(self) -> None:
         if self.streaming_count() >= self.max_sessions:
             raise SignallingError(503, self._streaming_full_message())
         if self.pending_count() >= self.max_pending:
@@ -104,15 +116,45 @@ class SessionService:
                 f"Too many pending offers: at most {self.max_pending} sessions may wait for their peer "
                 f"to connect at once (each waits at most {self.connect_timeout:g} s); try again shortly.",
             )
+
+    def _current_pipeline(self) -> type[Pipeline]:
+        """The current pipeline's class, for an offer that names none (it must be loaded)."""
         if self.manager.status == LOADING:
             raise SignallingError(409, "A pipeline is loading; send the offer once it has loaded.")
         if self.manager.status != LOADED or self.manager.pipeline is None:
-            raise SignallingError(400, "Pipeline not loaded. Please load pipeline first.")
+            raise SignallingError(400, NO_PIPELINE)
+        return type(self.manager.pipeline)
+
+    def _named_pipeline(self, pipeline_id: Any, load_params: Any) -> tuple[type[Pipeline], LoadTarget]:
+        """The class of the pipeline an offer names, its ``load_params`` validated (422 naming the field)."""
+        if not isinstance(pipeline_id, str) or not pipeline_id:
+            raise SignallingError(
+                422, [{"loc": ["body", "pipeline_id"], "msg": "a pipeline id is required with load_params", "type": "missing"}]
+            )
+        if load_params is not None and not isinstance(load_params, dict):
+            raise SignallingError(422, [{"loc": ["body", "load_params"], "msg": "must be an object", "type": "dict_type"}])
+        try:
+            cls, _, target = self.manager.validate(pipeline_id, load_params)
+        except UnknownPipeline as exc:
+            raise SignallingError(
+                422, [{"loc": ["body", "pipeline_id"], "msg": str(exc), "type": "unknown_pipeline"}]
+            ) from None
+        except ValidationError as exc:
+            raise SignallingError(422, validation_errors(exc, prefix=("body", "load_params"))) from None
+        return cls, target
 
     def initial_parameters(
-        self, raw: dict[str, Any] | None, sends_video: bool = True
+        self,
+        raw: dict[str, Any] | None,
+        sends_video: bool = True,
+        cls: type[Pipeline] | None = None,
+        pipeline: Pipeline | None = None,
     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """Validate ``initialParameters`` and add the pipeline's defaults for its mode.
+
+        ``cls`` is the session's pipeline class and ``pipeline`` the loaded pipeline (the
+        current one by default); without it (still loading) the checks only a loaded pipeline
+        can make wait until it has loaded.
 
         Without an ``input_mode`` the session takes the pipeline's default mode, except that a
         peer that sends no video (``sends_video`` false) gets text mode where the pipeline has
@@ -121,51 +163,74 @@ class SessionService:
         Returns the parameters and the ``parameters_warning`` messages for the data channel
         (unknown keys, and keys the pipeline does not use: both ignored).
         """
-        pipeline = self.manager.pipeline
+        if cls is None:
+            pipeline = self.manager.pipeline
+            cls = type(pipeline)
         try:
             context = self.manager.context.validation_context()
-            given, unknown = parse_parameters(raw or {}, pipeline.parameters_model, context=context)
+            given, unknown = parse_parameters(raw or {}, cls.parameters_model, context=context)
         except ParameterErrors as exc:
             raise SignallingError(422, [{**e, "loc": ["body", "initialParameters", *e["loc"]]} for e in exc.errors]) from None
-        mode = given.get("input_mode") or pipeline.info.default_mode
-        if "input_mode" not in given and not sends_video and "text" in pipeline.info.supported_modes:
+        info = cls.info
+        mode = given.get("input_mode") or info.default_mode
+        if "input_mode" not in given and not sends_video and "text" in info.supported_modes:
             mode = "text"
-        if mode not in pipeline.info.supported_modes:
+        if mode not in info.supported_modes:
             raise SignallingError(
                 400,
-                f"input_mode '{mode}' is not supported by pipeline '{pipeline.info.id}' "
-                f"(supported: {', '.join(pipeline.info.supported_modes)})",
+                f"input_mode '{mode}' is not supported by pipeline '{info.id}' "
+                f"(supported: {', '.join(info.supported_modes)})",
             )
-        errors = pipeline.check_parameters({**given, "input_mode": mode})
+        errors = pipeline.check_parameters({**given, "input_mode": mode}) if pipeline is not None else []
         if errors:
             raise SignallingError(422, [{**e, "loc": ["body", "initialParameters", *e["loc"]]} for e in errors])
-        params: dict[str, Any] = dict(pipeline.default_parameters)
+        params: dict[str, Any] = dict(cls.default_parameters)
         if mode == "video":
             # Mode defaults use the config schema's names; only those that are stream parameters apply.
-            fields = pipeline.parameters_model.model_fields
-            video_defaults = pipeline.mode_defaults.get("video", {})
+            fields = cls.parameters_model.model_fields
+            video_defaults = cls.mode_defaults.get("video", {})
             params.update({k: v for k, v in video_defaults.items() if v is not None and k in fields})
         params.update(given)
         params["input_mode"] = mode
-        return params, parameter_warnings(pipeline, list(given), unknown)
+        return params, parameter_warnings(cls, list(given), unknown)
 
-    async def create(self, sdp: str, sdp_type: str, raw_parameters: dict[str, Any] | None) -> dict[str, Any]:
-        """Answer an offer and start its session."""
-        self._check_capacity_and_pipeline()
+    async def create(
+        self,
+        sdp: str,
+        sdp_type: str,
+        raw_parameters: dict[str, Any] | None,
+        pipeline_id: str | None = None,
+        load_params: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Answer an offer and start its session, on the current pipeline or the one named."""
+        self._check_capacity()
+        named = pipeline_id is not None or load_params is not None
+        if named:
+            cls, target = self._named_pipeline(pipeline_id, load_params)
+            pooled = self.manager.pool.get(target)
+            loaded = pooled.pipeline if pooled is not None else None
+        else:
+            cls, loaded = self._current_pipeline(), self.manager.pipeline
         if sdp_type != "offer":
             raise SignallingError(400, f"type must be 'offer', got '{sdp_type}'")
         try:
             check_offer(sdp)
         except OfferProblem as exc:
             raise SignallingError(400, str(exc)) from None
-        params, warnings = self.initial_parameters(raw_parameters, sends_video=sends_video(sdp))
+        params, warnings = self.initial_parameters(raw_parameters, sends_video(sdp), cls, loaded)
+        session_id = str(uuid.uuid4())
         self._creating += 1
         try:
-            await self._check_assets(params)
-            servers = await self.ice_servers()
-            pc = RTCPeerConnection(RTCConfiguration(iceServers=servers))
+            slot = await self._bind(pipeline_id, load_params, session_id) if named else await self._bind_current(session_id)
+            try:
+                await self._check_assets(params, cls)
+                servers = await self.ice_servers()
+                pc = RTCPeerConnection(RTCConfiguration(iceServers=servers))
+            except BaseException:
+                await self.manager.release(slot, session_id)
+                raise
             session = StreamSession(
-                str(uuid.uuid4()), pc, self.manager, self.executor, params, on_closed=self._forget,
+                session_id, pc, slot, self.executor, params, on_closed=self._forget,
                 max_repeated_failures=self.max_repeated_failures,
             )
             try:
@@ -181,17 +246,34 @@ class SessionService:
         session.start(self.connect_timeout)
         logger.info(
             "session %s opened: pipeline %s, mode %s (%d active)",
-            session.id, self.manager.target.pipeline_id if self.manager.target else None,
-            params["input_mode"], len(self.sessions),
+            session.id, slot.target.pipeline_id, params["input_mode"], len(self.sessions),
         )
         return {"sdp": answer.sdp, "type": answer.type, "sessionId": session.id}
 
-    async def _check_assets(self, params: dict[str, Any]) -> None:
+    async def _bind(self, pipeline_id: str, load_params: dict[str, Any] | None, session_id: str) -> PipelineSlot:
+        """Bind ``session_id`` to the pipeline an offer names, loading it into the pool if needed
+        (409 naming what holds the memory when it does not fit)."""
+        try:
+            return await self.manager.slot_for(pipeline_id, load_params, session_id)
+        except OverBudget as exc:
+            raise SignallingError(409, exc.errors(["body", "pipeline_id"])) from None
+
+    async def _bind_current(self, session_id: str) -> PipelineSlot:
+        """Bind ``session_id`` to the current pipeline (it was unloaded meanwhile: 400, as for none)."""
+        slot = self.manager.current
+        try:
+            await self.manager.bind(slot, session_id)
+        except LookupError:
+            raise SignallingError(400, NO_PIPELINE) from None
+        except OverBudget as exc:
+            raise SignallingError(409, exc.errors(["body"])) from None
+        return slot
+
+    async def _check_assets(self, params: dict[str, Any], cls: type[Pipeline]) -> None:
         """422 naming each asset file of ``initialParameters`` the stream could not read (read off the loop)."""
         if not names_assets(params):
             return
-        pipeline = self.manager.pipeline
-        skip = frozenset(unused_parameters(pipeline.parameters_model, ASSET_PARAMETERS))
+        skip = frozenset(unused_parameters(cls.parameters_model, ASSET_PARAMETERS))
         errors = await asyncio.to_thread(unreadable_assets, params, self.manager.context.assets_dir, skip)
         if errors:
             raise SignallingError(422, [{**e, "loc": ["body", "initialParameters", *e["loc"]]} for e in errors])
@@ -249,6 +331,10 @@ class SessionService:
 
     def _forget(self, session: StreamSession) -> None:
         self.sessions.pop(session.id, None)
+        # The pipeline may unload now (asked to once idle): off this callback, kept until done.
+        task = asyncio.get_running_loop().create_task(self.manager.release(session.slot, session.id))
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
         logger.info("session %s closed after %d chunk(s) (%d active)", session.id, session.chunks, len(self.sessions))
 
     async def close(self, session_id: str) -> None:
@@ -259,3 +345,5 @@ class SessionService:
 
     async def close_all(self) -> None:
         await asyncio.gather(*(s.close() for s in list(self.sessions.values())), return_exceptions=True)
+        await asyncio.gather(*self._releasing, return_exceptions=True)
+

@@ -39,7 +39,6 @@ from scope.server_ext.handlers.files import (
 
 from scope.models.lora_files import EXAMPLE_TARGETS, LORA_SUFFIXES, LoraFileCache
 from scope.paths import InvalidPath, PathOutside, file_name_problem, resolve_inside
-from scope.streaming.manager import LOADED, LOADING
 
 CHUNK_BYTES = MIB
 CONNECT_TIMEOUT_S = 30.0
@@ -109,19 +108,16 @@ def check_lora_name(name: str, field: list[str]) -> None:
 
 
 def loras_in_use(scope) -> dict[Path, str]:
-    """Resolved paths of the LoRAs the loaded or loading pipeline was asked for -> its id."""
+    """Resolved paths of the LoRAs the pool's loaded or loading pipelines were asked for -> an id."""
     from scope.pipelines.wan.lora import resolve_lora_path
 
-    manager = scope.manager
-    target = manager.target
-    if target is None or manager.status not in (LOADED, LOADING):
-        return {}
     lora_dir = scope.settings.lora_path
     used = {}
-    for lora in (target.load_params or {}).get("loras") or ():
-        path = lora.get("path") if isinstance(lora, dict) else None
-        if path:
-            used[resolve_lora_path(path, lora_dir)] = target.pipeline_id
+    for slot in scope.manager.pool.slots.values():
+        for lora in (slot.target.load_params or {}).get("loras") or ():
+            path = lora.get("path") if isinstance(lora, dict) else None
+            if path:
+                used[resolve_lora_path(path, lora_dir)] = slot.target.pipeline_id
     return used
 
 

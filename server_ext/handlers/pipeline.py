@@ -12,9 +12,10 @@ from scope.server_ext.api_models import (
     MessageResponse,
     PipelineSchemasResponse,
     PipelineStatusResponse,
+    UnloadRequest,
 )
 from scope.server_ext.handlers.base import ApiError, Operation, ScopeHandler
-from scope.streaming.manager import LoadConflict
+from scope.streaming.manager import LoadConflict, NotInPool, OverBudget
 
 
 def unknown_pipeline_error(pipeline_id: str, loc: list[str]) -> ApiError:
@@ -29,10 +30,14 @@ class LoadHandler(ScopeHandler):
     pattern = openapi_path = "/api/v1/pipeline/load"
     operations = {
         "post": Operation(
-            "Load a pipeline (the status is 'loading' when this answers)",
+            "Load a pipeline into the pool and make it current (the status is 'loading' when this answers)",
             MessageResponse,
             request=LoadRequest,
-            errors={409: "A different load is in progress", 422: "Unknown pipeline or invalid load_params"},
+            errors={
+                409: "A different load of the current pipeline is in progress, or the pipeline does not fit the "
+                "memory budget beside the pipelines sessions use (the error lists them)",
+                422: "Unknown pipeline or invalid load_params",
+            },
             tags=("pipeline",),
             null_origin=True,
         )
@@ -56,13 +61,15 @@ class LoadHandler(ScopeHandler):
             raise ApiError(422, [{"loc": ["body", "pipeline_id"], "msg": "Field required", "type": "missing"}])
         pipeline_id = body.target_id
         try:
-            started = self.scope.manager.request_load(pipeline_id, body.load_params)
+            started = await self.scope.manager.request_load(pipeline_id, body.load_params)
         except UnknownPipeline:
             raise unknown_pipeline_error(pipeline_id, loc) from None
         except ValidationError as exc:
             raise ApiError(422, validation_errors(exc, prefix=("body", "load_params"))) from None
         except LoadConflict as exc:
             raise ApiError(409, str(exc)) from None
+        except OverBudget as exc:
+            raise ApiError(409, exc.errors(loc)) from None
         message = "Pipeline loading initiated successfully" if started else "Pipeline already loaded or loading"
         self.reply({"message": message})
 
@@ -70,21 +77,45 @@ class LoadHandler(ScopeHandler):
 class UnloadHandler(ScopeHandler):
     pattern = openapi_path = "/api/v1/pipeline/unload"
     operations = {
-        "post": Operation("Unload the pipeline and free its memory", MessageResponse, errors={409: "A load is in progress"}, tags=("pipeline",))
+        "post": Operation(
+            "Unload the current pipeline, or the one the body names, and free its memory; one that "
+            "sessions use unloads when the last of them ends",
+            MessageResponse,
+            request=UnloadRequest,
+            errors={
+                404: "The named pipeline with these load_params is not loaded",
+                409: "That pipeline is loading",
+                422: "Unknown pipeline or invalid load_params",
+            },
+            tags=("pipeline",),
+        )
     }
 
     @allow_unauthenticated
     async def post(self) -> None:
+        body = self.json_body(UnloadRequest) if self.request.body.strip() else UnloadRequest()
+        if body.load_params is not None and body.pipeline_id is None:
+            raise ApiError(422, [{"loc": ["body", "pipeline_id"], "msg": "a pipeline id is required with load_params", "type": "missing"}])
         try:
-            await self.scope.manager.unload()
+            message = await self.scope.manager.unload(body.pipeline_id, body.load_params)
+        except UnknownPipeline:
+            raise unknown_pipeline_error(body.pipeline_id, ["body", "pipeline_id"]) from None
+        except ValidationError as exc:
+            raise ApiError(422, validation_errors(exc, prefix=("body", "load_params"))) from None
+        except NotInPool as exc:
+            raise ApiError(404, str(exc)) from None
         except LoadConflict as exc:
             raise ApiError(409, str(exc)) from None
-        self.reply({"message": "Pipeline unloaded"})
+        self.reply({"message": message})
 
 
 class StatusHandler(ScopeHandler):
     pattern = openapi_path = "/api/v1/pipeline/status"
-    operations = {"get": Operation("Current pipeline status", PipelineStatusResponse, tags=("pipeline",), null_origin=True)}
+    operations = {
+        "get": Operation(
+            "The current pipeline's status, and every pipeline of the pool", PipelineStatusResponse, tags=("pipeline",), null_origin=True
+        )
+    }
 
     @allow_unauthenticated
     def get(self) -> None:

@@ -46,8 +46,9 @@ class OfferHandler(ScopeHandler):
             errors={
                 400: "No pipeline loaded, unsupported input_mode, malformed or deeply nested JSON, or an "
                 "unusable SDP offer (unparsable, no usable video section, no DTLS fingerprint or ICE credentials)",
-                409: "A pipeline is loading",
-                422: "Invalid initialParameters, naming the field: a bad value, a path outside the assets "
+                409: "The current pipeline is loading (an offer naming no pipeline), or the named pipeline "
+                "does not fit the memory budget beside the pipelines sessions use (the error lists them)",
+                422: "Invalid initialParameters, pipeline_id or load_params, naming the field: a bad value, a path outside the assets "
                 "directory or a file the stream cannot read, VACE inputs the loaded pipeline does not take",
                 503: "Too many streaming sessions (max_sessions) or pending offers (max_pending_sessions)",
             },
@@ -62,7 +63,9 @@ class OfferHandler(ScopeHandler):
         # Validated again against the loaded pipeline's own parameters model.
         initial = self.raw_json.get("initialParameters")
         try:
-            answer = await self.scope.sessions.create(body.sdp, body.type, initial)
+            answer = await self.scope.sessions.create(
+                body.sdp, body.type, initial, pipeline_id=body.pipeline_id, load_params=body.load_params
+            )
         except SignallingError as exc:
             raise signalling_error(exc) from None
         self.reply(answer)

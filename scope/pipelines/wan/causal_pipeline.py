@@ -7,6 +7,7 @@ of :class:`CausalWanPipeline`.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -15,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from scope.models.artifacts import WAN_1_3B, Artifact
 from scope.models.synthetic.writer import uses_synthetic
 from scope.params import MAX_SEED, LoraPath, StreamParameters
-from scope.pipelines.base import LoadContext, Pipeline, PipelineInfo, Stream
+from scope.pipelines.base import LoadContext, MemoryEstimate, Pipeline, PipelineInfo, Stream
 from scope.pipelines.config_schema import PipelineConfig
 from scope.pipelines.sizes import multiple_of
 from scope.pipelines.wan.causal_stream import STREAM_PARAMETERS, CausalStream, CausalStreamSettings
@@ -175,14 +176,19 @@ class CausalWanPipeline(Pipeline):
         self.lora_dir = Path(lora_dir) if lora_dir is not None else Path.cwd()
 
     @classmethod
-    def load(cls, load_params: BaseModel, context: LoadContext) -> "CausalWanPipeline":
-        paths = WanPaths.resolve(
+    def paths(cls, load_params: BaseModel, context: LoadContext) -> WanPaths:
+        """The files a load with ``load_params`` reads."""
+        return WanPaths.resolve(
             context.models_dir,
             generator=cls.generator_file,
             lora=cls.lora_file,
             vace=getattr(load_params, "vace_enabled", False),
             config=cls.config_file,
         )
+
+    @classmethod
+    def load(cls, load_params: BaseModel, context: LoadContext) -> "CausalWanPipeline":
+        paths = cls.paths(load_params, context)
         paths.check(cls.info.id)
         components = WanComponents.load(
             paths,
@@ -195,6 +201,47 @@ class CausalWanPipeline(Pipeline):
         pipeline = cls(load_params, components, uses_synthetic(context.models_dir, cls.artifacts), context.lora_dir)
         pipeline.warm_up()
         return pipeline
+
+    @classmethod
+    def memory_estimate(cls, load_params: BaseModel, context: LoadContext) -> MemoryEstimate:
+        """What this load will hold, from the headers of the files it reads: each tensor in the
+        compute dtype (the blocks' linear weights in one byte with fp8), the LoRAs kept apart
+        (the built-in LoRA and merged ones end up inside the weights), the prompt-embedding cache
+        at its full size, and one stream's self- and cross-attention caches at the load's size.
+        A stream's VAE caches are not estimated: the pool learns them from the first stream."""
+        import torch
+
+        from scope.pipelines.wan.autoencoders import vae_path
+        from scope.pipelines.wan.config import WanConfig
+        from scope.pipelines.wan.device import compute_device
+        from scope.pipelines.wan.text_encoder import CACHE_SIZE
+        from scope.streaming.memory_budget import loaded_bytes
+
+        _, dtype = compute_device()
+        item = torch.finfo(dtype).bits // 8
+        paths = cls.paths(load_params, context)
+        fp8 = _quantized_in_fp8 if load_params.quantization == "fp8_e4m3fn" else None
+        weights = loaded_bytes([paths.generator], dtype, entry="generator", one_byte=fp8)
+        weights += loaded_bytes([paths.vace], dtype, one_byte=fp8)
+        weights += loaded_bytes([paths.text_encoder, vae_path(context.models_dir, cls.fixed_vae_type or load_params.vae_type)], dtype)
+        kept = [lora.path for lora in user_loras(load_params, context.lora_dir) if lora.merge_mode == "runtime_peft"]
+        weights += loaded_bytes(kept, dtype)
+        if not paths.config.exists():
+            return MemoryEstimate(weights)
+        config = WanConfig.from_json(paths.config)
+        tokens = (load_params.height // 16) * (load_params.width // 16)
+        self_attention = 2 * config.num_layers * cls.settings.local_attn_size * tokens * config.dim * item
+        cross_attention = 2 * config.num_layers * config.text_len * config.dim * item
+        prompts = CACHE_SIZE * config.text_len * config.text_dim * item
+        return MemoryEstimate(weights, self_attention + cross_attention, prompts)
+
+    def memory_held(self) -> int:
+        """The tensors this pipeline holds, less the prompt embeddings it has cached so far
+        (counted at their full size apart, as ``cache_bytes``)."""
+        from scope.streaming.memory_budget import budget_device, held_bytes
+
+        cached = self.components.text_encoder.cached_embeddings()
+        return held_bytes(self, exclude=cached, device=budget_device().type)
 
     def warm_up(self) -> None:
         """Run what the first real chunk would otherwise pay for (none here; Krea warms up)."""
@@ -271,3 +318,9 @@ class CausalWanPipeline(Pipeline):
         else:
             return []
         return [{"loc": [name], "msg": msg, "type": "vace"} for name in given]
+
+
+def _quantized_in_fp8(tensor) -> bool:
+    """Whether fp8 quantization stores this checkpoint tensor in one byte: the linear weights
+    inside the transformer blocks (VACE's too), as ``quantize_fp8`` converts them."""
+    return tensor.dims == 2 and tensor.name.endswith(".weight") and re.search(r"(^|\.)(vace_)?blocks\.\d+\.", tensor.name) is not None

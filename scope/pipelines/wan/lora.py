@@ -237,14 +237,14 @@ class RuntimeLoras:
     """
 
     def __init__(self, model: nn.Module, loras: Iterable[LoraFile], device: torch.device, dtype: torch.dtype):
-        self.loras = list(loras)
+        # The files' deltas are not kept: only their stacks on the device are used.
         #: Scale per adapter, by its file's resolved path; unnamed adapters are off (scale 0).
         self.scales: dict[Path, float] = {}
         modules = dict(model.named_modules())
         fused = fused_parts(model)
         self._stacks: dict[str, tuple[torch.Tensor, torch.Tensor, list[tuple[Path, int]]]] = {}
         by_module: dict[str, list[tuple[Path, LoraDelta, int | None]]] = {}
-        for lora in self.loras:
+        for lora in loras:
             for name, delta in lora.deltas.items():
                 target, first, rows = fused.get(name, (name, 0, None))
                 by_module.setdefault(target, []).append((lora.path, delta, first if rows is not None else None))

@@ -300,6 +300,10 @@ class TextEncoder:
             return torch.zeros((0, TEXT_LEN, self.dim), device=self.device, dtype=self.dtype)
         return torch.stack([found[text] for text in cleaned])
 
+    def cached_embeddings(self) -> list[torch.Tensor]:
+        """The embeddings kept for prompts seen lately (they fill with use, up to ``cache_size``)."""
+        return list(self._cache.values())
+
     def _remember(self, text: str, row: torch.Tensor) -> None:
         if self.cache_size <= 0:
             return

@@ -33,7 +33,68 @@ export class ApiError extends Error {
 
 /** Validation errors (`[{loc, msg}]`, as the API and the data channel send them) as one line. */
 export function describeErrors(errors) {
-  return errors.map((e) => `${(e.loc ?? []).join(".") || "message"}: ${e.msg ?? JSON.stringify(e)}`).join("; ");
+  return errors.map((e) => (e.type === "memory_budget" ? describeOverBudget(e) : describeError(e))).join("; ");
+}
+
+function describeError(e) {
+  return `${(e.loc ?? []).join(".") || "message"}: ${e.msg ?? JSON.stringify(e)}`;
+}
+
+/** Bytes in a unit a person reads at a glance. */
+export function formatBytes(bytes) {
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let value = bytes;
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024;
+    unit += 1;
+  }
+  return `${unit ? value.toFixed(1) : value} ${units[unit]}`;
+}
+
+/** A pool refusal (409, `type: "memory_budget"`): why, then who holds the memory and how much. */
+function describeOverBudget(e) {
+  const holders = (e.holders ?? []).map((h) => {
+    const count = h.sessions?.length ?? 0;
+    const size = h.load_params?.height && h.load_params?.width ? ` ${h.load_params.width}x${h.load_params.height}` : "";
+    return `${h.pipeline_id}${size} (${count} session${count === 1 ? "" : "s"}, ${formatBytes(h.held_bytes ?? 0)})`;
+  });
+  const held = holders.length ? ` Held by: ${holders.join(", ")}. Stop one of their streams or unload a pipeline to make room.` : "";
+  return `${e.msg}${held}`;
+}
+
+/** Equal as JSON values, whatever the order of object keys. */
+export function sameValue(a, b) {
+  if (a === b) return true;
+  if (typeof a !== "object" || typeof b !== "object" || a === null || b === null) return false;
+  if (Array.isArray(a) !== Array.isArray(b)) return false;
+  const keys = Object.keys(a);
+  return keys.length === Object.keys(b).length && keys.every((k) => k in b && sameValue(a[k], b[k]));
+}
+
+/**
+ * Whether `have` holds every value `wanted` sets, objects inside included: normalised load
+ * parameters (defaults filled in) hold what a load asked for.
+ */
+export function holds(have, wanted) {
+  if (wanted === null || typeof wanted !== "object" || have === null || typeof have !== "object") return sameValue(have, wanted);
+  if (Array.isArray(wanted)) {
+    return Array.isArray(have) && have.length === wanted.length && wanted.every((value, i) => holds(have[i], value));
+  }
+  return Object.entries(wanted).every(([key, value]) => holds(have[key], value));
+}
+
+/** The entry of `pipeline/status`'s `pipelines` that is `target` ({pipeline_id, load_params}), or null. */
+export function poolEntry(status, target) {
+  if (!target) return null;
+  return (status.pipelines ?? []).find(
+    (p) => p.pipeline_id === target.pipeline_id && sameValue(p.load_params, target.load_params),
+  ) ?? null;
+}
+
+/** A load refused because the current pipeline is loading another target: worth asking again once it is done. */
+export function isLoadConflict(error) {
+  return error?.status === 409 && typeof error.detail === "string";
 }
 
 /** The server's refusal of this page's origin (open API): its words name the flag to admit it. */

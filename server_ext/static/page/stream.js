@@ -28,8 +28,12 @@ export class ScopeStream {
     this.queuedCandidates = [];
   }
 
-  /** Connect; `source` is a MediaStream to send (video-to-video) or null (text-to-video). */
-  async start(source, initialParameters) {
+  /**
+   * Connect; `source` is a MediaStream to send (video-to-video) or null (text-to-video).
+   * `pipeline` ({pipeline_id, load_params}) binds the session to that pipeline, whatever is
+   * loaded later; null streams from the server's current pipeline.
+   */
+  async start(source, initialParameters, pipeline = null) {
     const { iceServers } = await this.api("GET", "api/v1/webrtc/ice-servers");
     const pc = new RTCPeerConnection({ iceServers: iceServers.map(withoutNulls) });
     this.pc = pc;
@@ -55,11 +59,9 @@ export class ScopeStream {
     };
 
     await pc.setLocalDescription(await pc.createOffer());
-    const answer = await this.api("POST", "api/v1/webrtc/offer", {
-      sdp: pc.localDescription.sdp,
-      type: pc.localDescription.type,
-      initialParameters,
-    });
+    const offer = { sdp: pc.localDescription.sdp, type: pc.localDescription.type, initialParameters };
+    if (pipeline) Object.assign(offer, { pipeline_id: pipeline.pipeline_id, load_params: pipeline.load_params });
+    const answer = await this.api("POST", "api/v1/webrtc/offer", offer);
     if (this.pc !== pc) {
       // Stopped while the offer was in flight: end the session the server just opened.
       this.api("DELETE", `api/v1/webrtc/sessions/${answer.sessionId}`).catch(() => {});

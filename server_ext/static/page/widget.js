@@ -6,7 +6,7 @@
 // change of a stream parameter goes out on the data channel, taking effect on the next chunk.
 // Each view opens its own streaming session.
 
-import { createApi, describeErrors, pipelineStatusText, refusedOrigin } from "./api.js";
+import { createApi, describeErrors, holds, isLoadConflict, pipelineStatusText, poolEntry, refusedOrigin, sameValue } from "./api.js";
 import { ScopeStream } from "./stream.js";
 import { startTestPattern } from "./test-pattern.js";
 import { schemaControl } from "./schema-form.js";
@@ -122,6 +122,14 @@ class WidgetView {
     this.timers = [];
     this.disposed = false;
     this.lastFrames = null;
+    /**
+     * The pipeline this view streams from, {pipeline_id, load_params} as the server normalised
+     * them: the one it loaded (or found loaded). Its streams name it in their offers, so another
+     * view's load, which changes the server's current pipeline, never moves them.
+     */
+    this.mine = null;
+    /** `mine`'s entry in the status's `pipelines` while it is loaded. */
+    this.loaded = null;
     this.build();
   }
 
@@ -260,8 +268,8 @@ class WidgetView {
     await this.fillInputs();
     await this.showPipeline();
     this.sendTransition(); // asked for before this view existed: queued for its stream
-    const status = await this.followPipeline();
-    if (model.get("autostart") && !this.disposed) await this.autostart(status);
+    const state = await this.followPipeline();
+    if (model.get("autostart") && !this.disposed) await this.autostart(state);
   }
 
   /** The view goes away (its output cleared, its cell re-run): its stream ends and Python reads "closed". */
@@ -501,21 +509,37 @@ class WidgetView {
     this.setStatus("loading");
     // The mode's hints for what the user left unset (`loadedAsWanted` compares only what was set,
     // so a pipeline already loaded is never reloaded for a hint).
-    const loadParams = { ...this.hints().load, ...this.model.get("load_params") };
-    try {
-      await this.api("POST", "api/v1/pipeline/load", { pipeline_id: schema.id, load_params: loadParams });
-    } catch (error) {
-      this.fail("error", `Load refused: ${error.message}`);
-      return null;
+    const asked = { pipeline_id: schema.id, load_params: { ...this.hints().load, ...this.model.get("load_params") } };
+    const poll = ++this.polls.pipeline;
+    for (let waited = false; ; waited = true) {
+      try {
+        await this.api("POST", "api/v1/pipeline/load", asked);
+        break;
+      } catch (error) {
+        if (!isLoadConflict(error)) {
+          this.fail("error", `Load refused: ${error.message}`);
+          return null;
+        }
+        // The current pipeline loads another target (another view's load, say): ask again once it is done.
+        if (!waited) this.log(`Waiting to load ${schema.id}: ${error.message}`);
+        this.ui.pipelineStatus.textContent = `Waiting for another load to finish before loading ${schema.id}...`;
+        await sleep(POLL_MS);
+        if (poll !== this.polls.pipeline) return null;
+      }
     }
-    const status = await this.followPipeline();
+    this.mine = null; // the pipeline just asked for replaces it, once the status shows which it is
+    const state = await this.followPipeline(asked);
     // A server run with --synthetic writes missing weights on load: show the files as they are now.
-    if (status?.status === "loaded" && schema.requires_models && this.selected() === schema) await this.showModels(schema);
-    return status;
+    if (state === "loaded" && schema.requires_models && this.selected() === schema) await this.showModels(schema);
+    return state;
   }
 
-  /** Poll the pipeline status until it settles; answers the last status. */
-  async followPipeline() {
+  /**
+   * Poll the pipeline status until this view's pipeline settles; answers its state ("loaded",
+   * "loading", "not_loaded", "error"; null when cancelled). `asked` ({pipeline_id, load_params}
+   * as sent) is a load this view just made: the status's `pipelines` say which entry it became.
+   */
+  async followPipeline(asked = null) {
     const poll = ++this.polls.pipeline;
     while (poll === this.polls.pipeline) {
       let status;
@@ -526,42 +550,77 @@ class WidgetView {
         return null;
       }
       if (poll !== this.polls.pipeline) return null;
-      this.showPipelineStatus(status);
-      if (status.status !== "loading") return status;
+      const entry = this.findMine(status, asked);
+      const state = this.showPipelineStatus(entry, asked);
+      if (state !== "loading") return state;
+      asked = null; // found: `mine` now names it
       await sleep(POLL_MS);
     }
     return null;
   }
 
-  showPipelineStatus(status) {
-    this.loaded = status.status === "loaded" ? status : null;
-    const text = pipelineStatusText(status);
+  /**
+   * This view's entry in the status's `pipelines` (binding `mine` to it when it had none): the
+   * load it asked for, else `mine`, else (nothing bound yet) one loaded or loading as the view
+   * wants (another's failed load is not adopted), else the current pipeline, which the spec's
+   * page and clients stream from.
+   */
+  findMine(status, asked) {
+    const pool = status.pipelines ?? [];
+    const like = (wanted, candidates = pool) => candidates
+      .filter((p) => p.pipeline_id === wanted.pipeline_id && holds(p.load_params, wanted.load_params))
+      .sort((a, b) => b.current - a.current)[0];
+    let entry;
+    if (asked) entry = like(asked);
+    else if (this.mine) return poolEntry(status, this.mine);
+    else {
+      const wanted = { pipeline_id: this.model.get("pipeline_id"), load_params: this.model.get("load_params") };
+      entry = like(wanted, pool.filter((p) => p.status !== "error")) ?? pool.find((p) => p.current);
+    }
+    if (entry) this.mine = { pipeline_id: entry.pipeline_id, load_params: entry.load_params };
+    return entry ?? null;
+  }
+
+  /**
+   * Show the state of this view's pipeline from its own entry (null when it is not in the pool):
+   * its error (a failed load stays listed, whatever is current since), adapters and warnings,
+   * never the current pipeline's. Answers the state.
+   */
+  showPipelineStatus(entry, asked = null) {
+    const state = entry?.status ?? "not_loaded";
+    const gone = this.mine ?? asked;
+    const text = entry ? pipelineStatusText(entry) : gone ? `${gone.pipeline_id} is no longer loaded: Start loads it again.` : "No pipeline loaded.";
+    const before = this.loaded;
+    this.loaded = state === "loaded" ? entry : null;
+    const fresh = this.loaded && !(before?.pipeline_id === entry.pipeline_id && sameValue(before.load_params, entry.load_params));
+    if (fresh) for (const warning of entry.warnings ?? []) this.log(`${entry.pipeline_id}: ${warning}`, "warning");
     this.ui.pipelineStatus.textContent = text;
-    this.ui.pipelineStatus.classList.toggle("scope-error", status.status === "error");
-    this.ui.synthetic.hidden = !(this.loaded && status.synthetic);
-    const values = { pipeline_status: status.status, synthetic: Boolean(this.loaded && status.synthetic) };
+    this.ui.pipelineStatus.classList.toggle("scope-error", state === "error");
+    const synthetic = Boolean(this.loaded?.synthetic);
+    this.ui.synthetic.hidden = !synthetic;
+    const values = { pipeline_status: state, synthetic };
     if (this.loraSliders.show(this.loaded?.loaded_lora_adapters)) values.lora_adapters = this.loraSliders.report();
-    if (status.status === "error") values.error = text;
+    if (state === "error") values.error = text;
     this.setTraits(values);
     this.showVace();
     if (!this.stream) {
-      if (status.status === "error") this.fail("error", text);
-      else this.setStatus(status.status === "loading" ? "loading" : this.loaded ? "ready" : "idle");
+      if (state === "error") this.fail("error", text);
+      else this.setStatus(state === "loading" ? "loading" : this.loaded ? "ready" : "idle");
     }
     this.updateButtons();
+    return state;
   }
 
-  /** Whether the loaded pipeline is the wanted one, with every load parameter asked for. */
+  /** Whether this view's pipeline is loaded and the wanted one, with every load parameter asked for. */
   loadedAsWanted() {
     if (!this.loaded || this.loaded.pipeline_id !== this.model.get("pipeline_id")) return false;
-    const have = this.loaded.load_params ?? {};
-    return Object.entries(this.model.get("load_params")).every(([k, v]) => same(have[k], v));
+    return holds(this.loaded.load_params ?? {}, this.model.get("load_params"));
   }
 
-  async autostart(status) {
-    if (status?.status === "loading") status = await this.followPipeline();
-    if (!this.loadedAsWanted()) status = await this.load();
-    if (status?.status === "loaded" && !this.stream && !this.disposed) await this.start();
+  async autostart(state) {
+    if (state === "loading") state = await this.followPipeline();
+    if (!this.loadedAsWanted()) state = await this.load();
+    if (state === "loaded" && !this.stream && !this.disposed) await this.start();
   }
 
   // Streaming ------------------------------------------------------------------------------------
@@ -638,7 +697,8 @@ class WidgetView {
 
   async start() {
     if (this.stream) return;
-    const schema = this.schemas[this.loaded?.pipeline_id];
+    const pipeline = this.mine;
+    const schema = this.schemas[pipeline?.pipeline_id];
     if (!schema) return this.fail("error", "Load a pipeline before starting the stream.");
     if (schema.supports_prompts) this.commitEditor();
     if (schema.supports_prompts && !this.model.get("prompts").some((p) => p.text.trim())) {
@@ -663,7 +723,7 @@ class WidgetView {
     this.updateButtons();
     try {
       this.source = await this.openSource(schema);
-      await stream.start(this.source?.stream ?? null, this.initialParameters(schema, Boolean(this.source)));
+      await stream.start(this.source?.stream ?? null, this.initialParameters(schema, Boolean(this.source)), pipeline);
       this.startOnce = {}; // taken by the stream's first chunk
       if (this.stream !== stream) return;
       this.el.dataset.session = stream.sessionId ?? "";
@@ -737,6 +797,8 @@ class WidgetView {
       case "parameters_warning":
         return this.log(message.message ?? `Unknown parameters ignored: ${message.unknown_keys.join(", ")}`, "warning");
       case "pipeline_event":
+        // The stream's pipeline was loaded for it (it had been unloaded), or that load failed: the status line catches up.
+        if (message.event === "loaded" || message.event === "load_failed") this.followPipeline();
         return this.log(`Pipeline ${message.event}: ${message.message}`, message.event.endsWith("failed") ? "error" : "info");
       case "stream_stopped": {
         const text = `Stream stopped${message.error_message ? `: ${message.error_message}` : "."}`;
@@ -948,7 +1010,7 @@ class WidgetView {
   updateButtons() {
     const ui = this.ui;
     const streaming = this.stream !== null;
-    ui.start.disabled = streaming || !this.loaded;
+    ui.start.disabled = streaming || !this.mine;
     ui.pause.disabled = ui.reset.disabled = ui.stop.disabled = !streaming;
     ui.load.disabled = ui.pipeline.disabled = ui.input.disabled = streaming;
     this.loraSliders.enable(streaming);
