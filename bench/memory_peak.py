@@ -35,6 +35,7 @@ import torch
 
 from scope.models.synthetic.generator import generator_shapes, write_wan_config
 from scope.pipelines.wan.config import WAN_1_3B_CONFIG, WanConfig
+from scope.streaming.memory_budget import proc_bytes
 
 #: Wan2.1-1.3B's width with 10 layers: a 0.98 GB bf16 file, 1.96 GB in float32.
 MEMORY_CONFIG = dataclasses.replace(WAN_1_3B_CONFIG, num_layers=10)
@@ -99,12 +100,8 @@ def bound(config: WanConfig, file_dtype: torch.dtype, dtype: torch.dtype = torch
 
 
 def rss_anon() -> int:
-    """This process's anonymous resident memory, in bytes (``/proc/self/status``)."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("RssAnon is not in /proc/self/status (Linux only)")
+    """This process's anonymous resident memory, in bytes."""
+    return proc_bytes("/proc/self/status", "RssAnon")
 
 
 class PeakSampler:

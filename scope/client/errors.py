@@ -22,6 +22,7 @@ def _holders(error: dict[str, Any]) -> str:
     holders = error.get("holders") if error.get("type") == "memory_budget" else None
     if not holders:
         return ""
+
     def one(holder: dict[str, Any]) -> str:
         count = len(holder.get("sessions") or [])
         size = holder.get("held_bytes", 0) / 2**20

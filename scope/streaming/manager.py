@@ -19,12 +19,13 @@ import time
 from concurrent.futures import Executor
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from scope.models.artifacts import format_bytes, is_downloaded
 from scope.models.synthetic.writer import write_synthetic
 from scope.pipelines.base import LoadContext, Pipeline
-from scope.pipelines.registry import get_pipeline_class
+from scope.params import validation_errors
+from scope.pipelines.registry import UnknownPipeline, get_pipeline_class
 from scope.streaming.memory_budget import budget_device, device_budget
 from scope.streaming.pool import ERROR, LOADED, LOADING, NOT_LOADED, LoadTarget, OverBudget, PipelinePool, PipelineSlot
 
@@ -32,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "ERROR", "LOADED", "LOADING", "NOT_LOADED", "LoadConflict", "LoadTarget", "NotInPool", "OverBudget", "PipelineManager",
+    "TargetErrors",
 ]
 
 
@@ -41,6 +43,14 @@ class LoadConflict(Exception):
 
 class NotInPool(Exception):
     """An unload named a pipeline (and load parameters) that is not loaded."""
+
+
+class TargetErrors(ValueError):
+    """A request named its pipeline badly; ``errors`` name the fields under ``body``."""
+
+    def __init__(self, errors: list[dict[str, Any]]):
+        super().__init__("; ".join(e["msg"] for e in errors))
+        self.errors = errors
 
 
 class PipelineManager:
@@ -93,6 +103,21 @@ class PipelineManager:
         params = cls.load_params_model.model_validate(load_params or {}, context=self.context.validation_context())
         return cls, params, LoadTarget(pipeline_id, params.model_dump(mode="json"))
 
+    def validate_named(self, pipeline_id: Any, load_params: Any) -> tuple[type[Pipeline], BaseModel, LoadTarget]:
+        """:meth:`validate` for a request body's ``pipeline_id`` and ``load_params`` (an offer's,
+        an unload's): :class:`TargetErrors` naming the field for a missing or unknown id and
+        invalid params."""
+        if not isinstance(pipeline_id, str) or not pipeline_id:
+            raise TargetErrors([{"loc": ["body", "pipeline_id"], "msg": "a pipeline id is required with load_params", "type": "missing"}])
+        if load_params is not None and not isinstance(load_params, dict):
+            raise TargetErrors([{"loc": ["body", "load_params"], "msg": "must be an object", "type": "dict_type"}])
+        try:
+            return self.validate(pipeline_id, load_params)
+        except UnknownPipeline as exc:
+            raise TargetErrors([{"loc": ["body", "pipeline_id"], "msg": str(exc), "type": "unknown_pipeline"}]) from None
+        except ValidationError as exc:
+            raise TargetErrors(validation_errors(exc, prefix=("body", "load_params"))) from None
+
     async def request_load(self, pipeline_id: str, load_params: dict[str, Any] | None) -> bool:
         """Make ``pipeline_id`` with ``load_params`` current, loading it unless the pool has it.
 
@@ -138,20 +163,19 @@ class PipelineManager:
 
     # Unloading --------------------------------------------------------------------------
 
-    async def unload(self, pipeline_id: str | None = None, load_params: dict[str, Any] | None = None) -> str:
-        """Unload the current pipeline, or the one ``pipeline_id`` and ``load_params`` name.
+    async def unload(self, target: LoadTarget | None = None) -> str:
+        """Unload the current pipeline, or ``target`` (from :meth:`validate_named`).
 
         One that sessions use is marked to unload when the last of them ends. Returns what was
         done, for the reply. Raises :class:`LoadConflict` while it loads, :class:`NotInPool` for
         a named one that is not loaded.
         """
-        if pipeline_id is None:
+        if target is None:
             slot = self.current if self.current is not None and self.pool.get(self.current.target) is self.current else None
             if slot is None:
                 self.current = None
                 return "Pipeline unloaded"
         else:
-            _, _, target = self.validate(pipeline_id, load_params)
             slot = self.pool.get(target)
             failed = self.pool.failed.pop(target.key, None) if slot is None else None
             if failed is not None:
@@ -159,7 +183,7 @@ class PipelineManager:
                     self.current = None
                 return "Failed load dismissed"
             if slot is None:
-                raise NotInPool(f"Pipeline '{pipeline_id}' with these load_params is not loaded.")
+                raise NotInPool(f"Pipeline '{target.pipeline_id}' with these load_params is not loaded.")
         if slot.status == LOADING:
             raise LoadConflict(f"Pipeline '{slot.target.pipeline_id}' is loading; unload it once it has finished.")
         if slot is self.current:

@@ -129,12 +129,17 @@ def budget_device() -> torch.device:
 
 
 def available_host_bytes() -> int:
-    """``MemAvailable`` from /proc/meminfo (what the kernel can hand out without swapping)."""
-    with open("/proc/meminfo") as meminfo:
-        for line in meminfo:
-            if line.startswith("MemAvailable:"):
+    """``MemAvailable`` (what the kernel can hand out without swapping)."""
+    return proc_bytes("/proc/meminfo", "MemAvailable")
+
+
+def proc_bytes(path: str, field: str) -> int:
+    """A ``field:  N kB`` line of a Linux /proc file, in bytes."""
+    with open(path) as lines:
+        for line in lines:
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
-    raise RuntimeError("MemAvailable is not in /proc/meminfo")
+    raise RuntimeError(f"{field} is not in {path} (Linux only)")
 
 
 def held_bytes(obj: Any, *, exclude: Any = None, device: str | None = None, depth: int = 8) -> int:

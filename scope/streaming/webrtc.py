@@ -12,15 +12,12 @@ from typing import Any
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.sdp import candidate_from_sdp
 
-from pydantic import ValidationError
-
 from scope.config import setting_default
-from scope.params import ParameterErrors, parse_parameters, unused_parameters, validation_errors
+from scope.params import ParameterErrors, parse_parameters, unused_parameters
 from scope.pipelines.base import Pipeline
-from scope.pipelines.registry import UnknownPipeline
 from scope.streaming.asset_parameters import ASSET_PARAMETERS, names_assets, unreadable_assets
 from scope.streaming.host_addresses import drop_unreachable_candidates, may_check
-from scope.streaming.manager import LOADED, LOADING, LoadTarget, OverBudget, PipelineManager
+from scope.streaming.manager import LOADED, LOADING, LoadTarget, OverBudget, PipelineManager, TargetErrors
 from scope.streaming.messages import parameter_warnings
 from scope.streaming.offer_check import OfferProblem, check_offer, sends_video
 from scope.streaming.pool import PipelineSlot
@@ -127,20 +124,10 @@ class SessionService:
 
     def _named_pipeline(self, pipeline_id: Any, load_params: Any) -> tuple[type[Pipeline], LoadTarget]:
         """The class of the pipeline an offer names, its ``load_params`` validated (422 naming the field)."""
-        if not isinstance(pipeline_id, str) or not pipeline_id:
-            raise SignallingError(
-                422, [{"loc": ["body", "pipeline_id"], "msg": "a pipeline id is required with load_params", "type": "missing"}]
-            )
-        if load_params is not None and not isinstance(load_params, dict):
-            raise SignallingError(422, [{"loc": ["body", "load_params"], "msg": "must be an object", "type": "dict_type"}])
         try:
-            cls, _, target = self.manager.validate(pipeline_id, load_params)
-        except UnknownPipeline as exc:
-            raise SignallingError(
-                422, [{"loc": ["body", "pipeline_id"], "msg": str(exc), "type": "unknown_pipeline"}]
-            ) from None
-        except ValidationError as exc:
-            raise SignallingError(422, validation_errors(exc, prefix=("body", "load_params"))) from None
+            cls, _, target = self.manager.validate_named(pipeline_id, load_params)
+        except TargetErrors as exc:
+            raise SignallingError(422, exc.errors) from None
         return cls, target
 
     def initial_parameters(
@@ -346,4 +333,3 @@ class SessionService:
     async def close_all(self) -> None:
         await asyncio.gather(*(s.close() for s in list(self.sessions.values())), return_exceptions=True)
         await asyncio.gather(*self._releasing, return_exceptions=True)
-

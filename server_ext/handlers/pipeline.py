@@ -15,7 +15,7 @@ from scope.server_ext.api_models import (
     UnloadRequest,
 )
 from scope.server_ext.handlers.base import ApiError, Operation, ScopeHandler
-from scope.streaming.manager import LoadConflict, NotInPool, OverBudget
+from scope.streaming.manager import LoadConflict, NotInPool, OverBudget, TargetErrors
 
 
 def unknown_pipeline_error(pipeline_id: str, loc: list[str]) -> ApiError:
@@ -94,14 +94,13 @@ class UnloadHandler(ScopeHandler):
     @allow_unauthenticated
     async def post(self) -> None:
         body = self.json_body(UnloadRequest) if self.request.body.strip() else UnloadRequest()
-        if body.load_params is not None and body.pipeline_id is None:
-            raise ApiError(422, [{"loc": ["body", "pipeline_id"], "msg": "a pipeline id is required with load_params", "type": "missing"}])
+        manager = self.scope.manager
         try:
-            message = await self.scope.manager.unload(body.pipeline_id, body.load_params)
-        except UnknownPipeline:
-            raise unknown_pipeline_error(body.pipeline_id, ["body", "pipeline_id"]) from None
-        except ValidationError as exc:
-            raise ApiError(422, validation_errors(exc, prefix=("body", "load_params"))) from None
+            named = body.pipeline_id is not None or body.load_params is not None
+            target = manager.validate_named(body.pipeline_id, body.load_params)[2] if named else None
+            message = await manager.unload(target)
+        except TargetErrors as exc:
+            raise ApiError(422, exc.errors) from None
         except NotInPool as exc:
             raise ApiError(404, str(exc)) from None
         except LoadConflict as exc:
