@@ -596,9 +596,11 @@ def test_scope_page_shows_the_chosen_pipelines_models_however_slow_the_lora_list
     ``test-pattern``'s: ``longlive``'s check must not land over them when the list arrives."""
     held = []
     page.route("**/api/v1/lora/list", lambda route: held.append(route))
-    open_page(page, server.url + "/scope/", "test-pattern")
+    page.goto(server.url + "/scope/")
+    # The page has shown ``longlive`` once it asks for its LoRA list; only then does the user choose.
+    wait_until(page, lambda: held, "the page to open on longlive, which takes LoRAs, and ask for their list")
+    page.select_option(PIPELINE, "test-pattern")
     wait_for(page, text_is(MODELS, "No model files needed."))
-    assert held, "the page opened on a pipeline that takes LoRAs and asked for their list"
     with page.expect_response("**/api/v1/lora/list"):
         for route in held:
             route.continue_()
