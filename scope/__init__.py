@@ -7,7 +7,7 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
-__all__ = ["__version__", "load_pipeline", "serve"]
+__all__ = ["__version__", "load_pipeline", "render", "serve"]
 
 
 def __getattr__(name: str):
@@ -16,6 +16,10 @@ def __getattr__(name: str):
         from scope.api import load_pipeline
 
         return load_pipeline
+    if name == "render":
+        from scope.api import render
+
+        return render
     if name == "serve":
         from scope.serving import serve
 

@@ -10,6 +10,9 @@ USAGE_EXTRA = """
 Commands:
   pipelines         List the pipeline ids this server can load.
   enable-jupyter    Enable the extension for jupyter lab (needed after pip install -e .).
+  render TIMELINE.json -o OUT.mp4 [--models-dir DIR] [--synthetic] [--check] [-q]
+                    Render a timeline headlessly (exit 1: --check found a differing chunk,
+                    2: invalid timeline or missing files); render --schema prints its JSON Schema.
 
 Scope options (also settable as ScopeApp.<name>, see docs/configuration.md):
   --host HOST       Host to bind to (default: 0.0.0.0)
@@ -53,6 +56,10 @@ def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["pipelines"]:
         raise SystemExit(list_pipelines())
+    if args[:1] == ["render"]:
+        from scope.recording.cli import render_main
+
+        raise SystemExit(render_main(args[1:]))
     if args[:1] == ["enable-jupyter"]:
         raise SystemExit(enable_jupyter(args[1] if len(args) > 1 else None))
     if "--version" in args or "-V" in args:

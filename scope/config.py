@@ -22,6 +22,8 @@ DEFAULT_LOGS_DIR = DEFAULT_HOME / "logs"
 DEFAULT_ASSETS_QUOTA_GIB = 2
 DEFAULT_LORA_MAX_FILE_GIB = 2
 DEFAULT_LORA_QUOTA_GIB = 64
+DEFAULT_RECORDINGS_QUOTA_GIB = 20
+DEFAULT_MAX_RECORDING_S = 3600.0
 
 
 class ScopeSettings(Configurable):
@@ -45,6 +47,28 @@ class ScopeSettings(Configurable):
         help="Most bytes the assets directory may hold, counting uploads in progress. An upload "
         f"that would exceed it gets 507 and leaves nothing behind. Default: {DEFAULT_ASSETS_QUOTA_GIB} GiB.",
     ).tag(config=True, env="DAYDREAM_SCOPE_ASSETS_QUOTA_BYTES")
+
+    recordings_dir = Unicode(
+        "",
+        help="Server-side recordings (one folder per session: the MP4, the lossless input in video "
+        "mode, the timeline and the provenance) and server renders. Default: the 'recordings' "
+        "folder beside the models directory.",
+    ).tag(config=True, env="DAYDREAM_SCOPE_RECORDINGS_DIR")
+
+    recordings_quota_bytes = Integer(
+        DEFAULT_RECORDINGS_QUOTA_GIB * 1024**3,
+        min=0,
+        help="Most bytes the recordings directory may hold. A recording that reaches it stops "
+        "(the session is told why); a start that cannot fit gets 507. "
+        f"Default: {DEFAULT_RECORDINGS_QUOTA_GIB} GiB.",
+    ).tag(config=True, env="DAYDREAM_SCOPE_RECORDINGS_QUOTA_BYTES")
+
+    max_recording_seconds = Float(
+        DEFAULT_MAX_RECORDING_S,
+        min=1.0,
+        help="Longest recording, in seconds of video; one that reaches it stops (the session is "
+        f"told why). Default: {DEFAULT_MAX_RECORDING_S:g} s.",
+    ).tag(config=True, env="DAYDREAM_SCOPE_MAX_RECORDING_SECONDS")
 
     lora_dir = Unicode(
         "", help="LoRA weight files. Default: the 'lora' folder inside the models directory."
@@ -198,6 +222,12 @@ class ScopeSettings(Configurable):
         return (self.models_path.parent / "assets").resolve()
 
     @property
+    def recordings_path(self) -> Path:
+        if self.recordings_dir:
+            return Path(self.recordings_dir).expanduser().resolve()
+        return (self.models_path.parent / "recordings").resolve()
+
+    @property
     def lora_path(self) -> Path:
         if self.lora_dir:
             return Path(self.lora_dir).expanduser().resolve()
@@ -208,7 +238,7 @@ class ScopeSettings(Configurable):
         return Path(self.logs_dir or DEFAULT_LOGS_DIR).expanduser().resolve()
 
     def ensure_dirs(self) -> None:
-        for path in (self.models_path, self.assets_path, self.lora_path, self.logs_path):
+        for path in (self.models_path, self.assets_path, self.lora_path, self.logs_path, self.recordings_path):
             path.mkdir(parents=True, exist_ok=True)
 
 

@@ -119,7 +119,9 @@ _ONE_SHOT = {ONE_SHOT: True}
 
 #: Parameters the session itself acts on, so every pipeline takes them. The ``spout_*`` ones
 #: are documented as accepted and ignored off Windows.
-SESSION_KEYS = frozenset({"input_mode", "paused", "reset_cache", "spout_sender", "spout_receiver"})
+SESSION_KEYS = frozenset({"input_mode", "paused", "reset_cache", "spout_sender", "spout_receiver", "recording"})
+#: The session keys the session acts on itself, never handed to the stream.
+SESSION_ONLY_KEYS = frozenset({"paused", "spout_sender", "spout_receiver", "recording"})
 
 
 def _mark_unused(schema: dict[str, Any], model: type["StreamParameters"]) -> None:
@@ -186,6 +188,9 @@ class StreamParameters(BaseModel):
         None, description="One-shot: VACE extension, the image the chunk ends on.", json_schema_extra=_ONE_SHOT
     )
     paused: bool | None = Field(None, description="Freeze the output (repeat the last frame) and stop pipeline calls.")
+    recording: bool | None = Field(
+        None, description="Start (true) or stop (false) the server-side recording of this session (see /api/v1/recordings)."
+    )
     spout_sender: SpoutConfig | None = Field(None, description="Windows only; ignored elsewhere.")
     spout_receiver: SpoutConfig | None = Field(None, description="Windows only; ignored elsewhere.")
 

@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from scope.params import StreamParameters
+from scope.recording.timeline import Timeline
 from scope.streaming.session_stats import SessionStats
 
 
@@ -348,3 +349,95 @@ class LoraInstallResponse(BaseModel):
 class LoraDeleteResponse(BaseModel):
     success: bool
     message: str
+
+
+class RecordingInfo(BaseModel):
+    """A server-side recording of a session (running or finished)."""
+
+    session_id: str
+    pipeline_id: str
+    state: Literal["recording", "stopped"]
+    started_at: str = Field(description="UTC, ISO 8601.")
+    stopped_at: str | None = None
+    stop_reason: Literal["requested", "session_ended", "max_duration", "quota", "server_stopped", "failed"] | None = None
+    first_chunk: int = Field(description="The stream's chunk the recording starts with (its timeline holds every update since chunk 0).")
+    chunks: int = Field(description="Chunks written.")
+    frames: int = Field(description="Frames recorded.")
+    fps: float = Field(description="The frame rate the MP4 plays at (the pipeline's).")
+    duration_s: float
+    video_mode: bool = Field(description="The input is stored too (input.mkv, lossless).")
+    error: str | None = Field(None, description="Why writing failed, if it did.")
+    bytes: int = Field(description="What the recording's files hold.")
+
+
+class RecordingsResponse(BaseModel):
+    recordings: list[RecordingInfo]
+
+
+#: A tiny hand-written timeline: synthetic weights render it in seconds on a CPU.
+EXAMPLE_TIMELINE = {
+    "pipeline_id": "longlive",
+    "load_params": {"height": 64, "width": 96, "seed": 7},
+    "initial_parameters": {"prompts": "a red fox in the snow"},
+    "events": [{"chunk": 2, "parameters": {"prompts": "a lighthouse at dusk"}}],
+    "length_chunks": 4,
+}
+
+
+class RenderRequest(BaseModel):
+    """What to render: a timeline, or the timeline of a server-side recording."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=examples({"timeline": EXAMPLE_TIMELINE}))
+
+    timeline: Timeline | None = Field(
+        None, description="A timeline document (see daydream-scope render --schema); a video-mode one's input.path is in the assets directory."
+    )
+    recording: str | None = Field(None, description="The session id of a recording whose timeline (and stored input) to render.")
+
+
+class RenderJobAccepted(BaseModel):
+    job_id: str
+    status: Literal["queued"]
+    url: str = Field(description="Where to poll the job.")
+
+
+class RenderProgress(BaseModel):
+    chunks_done: int
+    chunks_total: int
+
+
+class RenderSummary(BaseModel):
+    chunks: int
+    frames: int
+    compared: int = Field(description="Chunks with a recorded hash to compare against.")
+    mismatched_chunks: list[int] = Field(description="Chunks whose hash differs from the recording's.")
+    reproduced: bool = Field(description="Every recorded chunk was generated again bit for bit.")
+    seconds: float
+    notes: list[str] = Field(description="Why the render may not reproduce the recording (another device, dtype, thread count).")
+    hashes: dict[str, str] = Field(description="Per chunk index: the sha256 of its generated frames.")
+
+
+class RenderJobResult(BaseModel):
+    url_video: str
+    url_provenance: str
+    render: RenderSummary
+
+
+class RenderJobStatus(BaseModel):
+    job_id: str
+    status: Literal["queued", "loading", "rendering", "done", "failed", "cancelled"]
+    progress: RenderProgress
+    error: str | None = Field(description="Why the job failed.")
+    result: RenderJobResult | None = Field(description="Once done: the files and the chunks' hashes.")
+
+
+class ProvenanceDocument(BaseModel):
+    """What produced a render's frames (scope-provenance/1)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    format: str
+    pipeline_id: str
+    load_params: dict[str, Any]
+    weights: list[dict[str, Any]] = Field(description="Every weight file read: path, bytes, sha256, synthetic.")
+    timings: dict[str, float]

@@ -18,6 +18,7 @@ REF = "#/components/schemas/{model}"
 PATH_PARAMETERS = {
     "session_id": "The sessionId from the answer to POST /api/v1/webrtc/offer.",
     "asset_path": "A path from GET /api/v1/assets, or one relative to the assets directory.",
+    "job_id": "The job_id from the answer to POST /api/v1/render.",
     "name": "A LoRA file's name from GET /api/v1/loras: with its extension (and folder), or its stem alone.",
 }
 

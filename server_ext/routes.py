@@ -17,6 +17,21 @@ from scope.server_ext.handlers.health import CurrentLogHandler, HardwareInfoHand
 from scope.server_ext.handlers.models import ModelsDownloadHandler, ModelsStatusHandler
 from scope.server_ext.handlers.page import WidgetStateHandler
 from scope.server_ext.handlers.pipeline import LoadHandler, SchemasHandler, StatusHandler, UnloadHandler
+from scope.server_ext.handlers.recordings import (
+    RecordingInputHandler,
+    RecordingProvenanceHandler,
+    RecordingsHandler,
+    RecordingStartHandler,
+    RecordingStopHandler,
+    RecordingTimelineHandler,
+    RecordingVideoHandler,
+)
+from scope.server_ext.handlers.render import (
+    RenderHandler,
+    RenderJobHandler,
+    RenderProvenanceHandler,
+    RenderVideoHandler,
+)
 from scope.server_ext.handlers.webrtc import (
     CandidatesHandler,
     IceServersHandler,
@@ -46,6 +61,17 @@ HANDLERS: list[type[ScopeHandler]] = [
     CandidatesHandler,
     SessionsHandler,
     SessionHandler,
+    RecordingsHandler,
+    RecordingStartHandler,
+    RecordingStopHandler,
+    RecordingVideoHandler,
+    RecordingTimelineHandler,
+    RecordingProvenanceHandler,
+    RecordingInputHandler,
+    RenderHandler,
+    RenderJobHandler,
+    RenderVideoHandler,
+    RenderProvenanceHandler,
     AssetsHandler,
     AssetFileHandler,
     LoraListHandler,

@@ -15,6 +15,8 @@ from scope.logs import ServerLog
 from scope.models.download import DownloadManager
 from scope.models.lora_files import LoraFileCache
 from scope.pipelines.base import LoadContext
+from scope.recording.jobs import RenderJobs
+from scope.recording.service import RecordingService
 from scope.server_ext.assets_quota import AssetsQuota, remove_abandoned_uploads
 from scope.server_ext.handlers.files import UPLOAD_PREFIX
 from scope.server_ext.origins import OriginPolicy
@@ -44,6 +46,8 @@ class ScopeServices:
     #: The LoRA directory's quota (uploads and URL installs), and what its files hold.
     lora_quota: AssetsQuota
     lora_files: LoraFileCache
+    #: Render jobs (timelines rendered into MP4s beside the live sessions).
+    renders: RenderJobs
 
     @classmethod
     def create(cls, settings: ScopeSettings) -> "ScopeServices":
@@ -76,6 +80,7 @@ class ScopeServices:
             disconnect_timeout=settings.disconnect_timeout,
             connect_timeout=settings.connect_timeout,
             max_repeated_failures=settings.max_repeated_chunk_failures,
+            recordings=RecordingService(settings.recordings_path, settings.recordings_quota_bytes, settings.max_recording_seconds),
         )
         downloads = DownloadManager(settings.models_path, token=os.environ.get("HF_TOKEN") or None)
         for root in (settings.assets_path, settings.lora_path):
@@ -87,6 +92,7 @@ class ScopeServices:
         return cls(
             settings, manager, sessions, downloads, ice, ServerLog(settings.logs_path), executor, assets_quota, origins,
             lora_quota=lora_quota, lora_files=LoraFileCache(),
+            renders=RenderJobs(manager, settings.recordings_path / "renders", assets_dir=settings.assets_path),
         )
 
     def open_log(self, console: bool = False) -> None:
@@ -106,6 +112,7 @@ class ScopeServices:
                 logger.error("cannot pre-warm pipeline %r: %s", self.settings.pipeline, exc)
 
     async def stop(self) -> None:
+        await self.renders.close()
         await self.sessions.close_all()
         try:
             await asyncio.wait_for(self.manager.unload_all(), timeout=30)

@@ -402,6 +402,62 @@ def test_scope_page_falls_back_to_a_test_pattern_without_a_webcam(page, server):
     wait_until(page, lambda: not sessions(server), "the server to close the session")
 
 
+RECORD, RECORDING_STATE = f"{PAGE} .scope-record", f"{PAGE} .scope-recording-state"
+RECORDING_LINK, TIMELINE_LINK = f"{PAGE} .scope-recording-link", f"{PAGE} .scope-recording-timeline"
+
+
+def mp4_frames(path) -> int:
+    import av
+
+    with av.open(str(path)) as container:
+        return sum(1 for _ in container.decode(container.streams.video[0]))
+
+
+def record_on_page(page, url: str) -> None:
+    """Stream the fake webcam through passthrough on the page at ``url`` and click Record."""
+    load_passthrough_on_page(page, url)
+    assert page.is_hidden(RECORD), "Record is offered only while a stream runs"
+    page.click(START)
+    wait_for_chunks(page)
+    page.click(RECORD)
+
+
+#: The seconds the recording state shows while it records ("Recording… 12.5 s"; -1 otherwise).
+RECORDED_SECONDS = f"Number((/^Recording… (\\d+\\.\\d) s$/.exec(document.querySelector({json.dumps(RECORDING_STATE)})?.textContent) ?? [0, -1])[1])"
+
+
+def test_scope_page_records_on_the_server_and_links_the_mp4(page, server, tmp_path):
+    record_on_page(page, server.url + "/scope/")
+    wait_for(page, f"{RECORDED_SECONDS} >= 0")
+    assert page.inner_text(RECORD) == "■ Stop"
+    wait_for(page, f"{RECORDED_SECONDS} >= 0.5")  # it follows the server's figures while it records
+    page.click(RECORD)
+    wait_for(page, f"!document.querySelector({json.dumps(RECORDING_LINK)}).hidden")
+    [session] = sessions(server)
+    assert page.get_attribute(RECORDING_LINK, "href") == f"{server.url}/api/v1/recordings/{session['id']}"
+    assert page.get_attribute(TIMELINE_LINK, "href") == f"{server.url}/api/v1/recordings/{session['id']}/timeline"
+    assert page.is_disabled(RECORD), "a session records once"
+    wait_for_message(page, "Recording stopped: stopped on request")
+    frames = int(re.search(r"\((\d+) frames\)", page.inner_text(RECORDING_STATE)).group(1))
+    with page.expect_download() as download:
+        page.click(RECORDING_LINK)
+    download.value.save_as(tmp_path / "recording.mp4")
+    assert mp4_frames(tmp_path / "recording.mp4") == frames > 0
+
+
+def test_scope_page_says_why_the_server_stopped_a_recording(page, tmp_path):
+    """A recording that reaches ``max_recording_seconds`` stops by itself; the page says so."""
+    env = {"DAYDREAM_SCOPE_MAX_RECORDING_SECONDS": "1"}
+    with running_scope_server(tmp_path / "server", env=env, test_pipelines=True) as short:
+        record_on_page(page, short.url + "/scope/")
+        wait_for_message(page, "Recording stopped: the maximum recording duration was reached")
+        wait_for(page, f"!document.querySelector({json.dumps(RECORDING_LINK)}).hidden")
+        assert "the maximum recording duration was reached" in page.inner_text(RECORDING_STATE)
+        assert page.is_disabled(RECORD)
+        [recording] = httpx.get(short.url + "/api/v1/recordings", trust_env=False).json()["recordings"]
+        assert recording["stop_reason"] == "max_duration" and 0 < recording["duration_s"] <= 1
+
+
 def test_scope_page_loads_with_the_input_modes_size_hints(page, server):
     """``test-pattern``'s ``mode_defaults.video`` offers 64x64 (its own default is 64x96): with
     an input chosen, Load sends the hint for what is unset, and a width typed in wins."""

@@ -1,7 +1,8 @@
 """The request bodies ``/docs`` fills in for "Try it out" succeed as they are.
 
 Each example is read from the served OpenAPI document (where Swagger UI reads it) and sent
-unchanged, in the order a person trying the API would go: load, download, offer, trickle, unload. Path
+unchanged, in the order a person trying the API would go: load, download, offer, trickle, install a LoRA,
+render (the download's synthetic weights), unload. Path
 parameters are taken from earlier answers, as a person copies the session id from the offer.
 """
 
@@ -20,6 +21,7 @@ TRY_ORDER = [
     ("post", "/api/v1/webrtc/offer"),
     ("patch", "/api/v1/webrtc/offer/{session_id}"),
     ("post", "/api/v1/loras"),
+    ("post", "/api/v1/render"),
     ("post", "/api/v1/pipeline/unload"),
 ]
 
@@ -68,6 +70,16 @@ async def test_every_request_body_example_succeeds_as_is(api):
             elif path == "/api/v1/webrtc/offer":
                 assert reply.json["type"] == "answer"
                 filled["session_id"] = reply.json["sessionId"]
+            elif path == "/api/v1/render":
+                job = f"api/v1/render/{reply.json['job_id']}"
+                assert reply.json["url"].endswith("/" + job)  # under the server's base URL
+
+                async def render() -> dict:
+                    return (await api("GET", job)).json
+
+                status = await wait_until(lambda s: s["status"] not in ("queued", "loading", "rendering"), 120, "the example's render", value=render)
+                assert status["status"] == "done", status
+                assert status["progress"]["chunks_done"] == example["timeline"]["length_chunks"]
     finally:
         if "session_id" in filled:
             await api("DELETE", f"api/v1/webrtc/sessions/{filled['session_id']}")

@@ -208,7 +208,7 @@ def started_its_own_server(run: Executed) -> None:
 
 
 def test_notebooks_are_stored_clean():
-    """Nine notebooks, valid nbformat v4, no outputs or execution counts, the python3 kernel."""
+    """Ten notebooks, valid nbformat v4, no outputs or execution counts, the python3 kernel."""
     assert ALL == [
         "01_quick_start.ipynb",
         "02_parameters_and_transitions.ipynb",
@@ -219,6 +219,7 @@ def test_notebooks_are_stored_clean():
         "07_streamdiffusionv2.ipynb",
         "08_user_loras.ipynb",
         "09_vace.ipynb",
+        "10_recording_and_rendering.ipynb",
     ]
     for name in ALL:
         notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
@@ -689,3 +690,58 @@ def test_recording_and_measuring(tmp_path, synthetic_models):
     assert v["red_after"] - v["red_before"] > 5, "the transition moves the colour balance"
     assert v["moving"] > 5 and v["frozen"] < 1, "the pause freezes the picture"
     assert run.images(run.cell_with("plt.subplots(2, 1")) == 1
+
+
+# 10: recording on the server, rendering again in the kernel ---------------------------------
+
+RECORDING = "10_recording_and_rendering.ipynb"
+#: The suite's run: a tiny frame, short stretches between the updates.
+RECORDING_SHORT = {"HEIGHT": 64, "WIDTH": 64, "CHUNKS_A": 2, "CHUNKS_B": 1, "TRANSITION_STEPS": 2, "CHUNKS_AFTER": 1}
+
+
+def test_recording_notebook_defaults():
+    _, settings = settings_cell(nbformat.read(NOTEBOOKS / RECORDING, as_version=4))
+    assert (settings["HEIGHT"], settings["WIDTH"]) == (96, 160) and settings["SYNTHETIC"] is True
+    assert len({settings["PROMPT_A"], settings["PROMPT_B"], settings["PROMPT_C"]}) == 3
+
+
+def test_recording_and_rendering(tmp_path, synthetic_models):
+    run = execute(RECORDING, tmp_path, synthetic_models, {
+        "reproduced": "result.reproduced", "compared": "result.compared", "mismatches": "result.mismatches",
+        "notes": "result.notes", "rows": "rows", "stopped": "stopped", "timeline": "timeline",
+        "weights": "provenance['weights']", "rendered_weights": "rendered_provenance['weights']",
+        "shapes": "[live_frames.shape, rendered_frames.shape]", "difference": "int(difference.max())",
+    }, parameters=RECORDING_SHORT)
+    v = run.values
+    started_its_own_server(run)
+
+    # The server recorded from mid-stream, with the prompt switch and the transition inside it.
+    stopped, timeline = v["stopped"], v["timeline"]
+    recorded = [record["chunk"] for record in timeline["chunks"]]
+    wanted = sum(RECORDING_SHORT[key] for key in ("CHUNKS_A", "CHUNKS_B", "TRANSITION_STEPS", "CHUNKS_AFTER"))
+    assert stopped["state"] == "stopped" and stopped["stop_reason"] == "requested"
+    assert len(recorded) == stopped["chunks"] >= wanted and recorded[0] == timeline["first_chunk"] >= 1
+    updates = {key: event["chunk"] for event in timeline["events"] for key in event["parameters"]}
+    assert recorded[0] < updates["prompts"] < updates["transition"] <= recorded[-1], timeline["events"]
+
+    # Every recorded chunk was generated again, bit for bit, and the table says so row by row.
+    assert v["reproduced"] is True and v["mismatches"] == [] and v["notes"] == []
+    assert v["compared"] == len(recorded)
+    assert [row[0] for row in v["rows"]] == recorded and all(live == rendered for _, live, rendered in v["rows"])
+    table = run.stdout(run.cell_with("scope.render("))
+    for chunk, live, _ in v["rows"]:
+        assert f"{chunk:>5}  {live[:12]}  {live[:12]:<12}  True" in table
+    assert "False" not in table.split("equal", 1)[1]
+
+    # Both MP4s hold the recorded frames; the frame shown decodes the same from either.
+    frames = stopped["frames"]
+    assert v["shapes"] == [[frames, 64, 64, 3]] * 2 and v["difference"] == 0
+    assert run.images(run.cell_with("imshow")) == 1
+
+    # Provenance names every weight file by content, synthetic here, the same for the render.
+    weights = v["weights"]
+    assert weights and all(len(w["sha256"]) == 64 and w["synthetic"] is True for w in weights), weights
+    assert v["rendered_weights"] == weights
+    printed = run.stdout(run.cell_with("rendered_provenance"))
+    assert "same weights in the recording and the render: True" in printed
+    assert all(w["sha256"][:16] in printed for w in weights)

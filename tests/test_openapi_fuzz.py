@@ -43,8 +43,13 @@ CHECKS = [
 #: Examples per operation: enough to reach every branch of these small bodies, bounded so the
 #: whole module stays within about two minutes.
 EXAMPLES = 400
-#: Operations whose side effects are heavy get fewer examples (each starts a load or a download).
-HEAVY = {"POST /api/v1/pipeline/load": 100, "POST /api/v1/models/download": 100, "POST /api/v1/webrtc/offer": 150}
+#: Operations whose side effects are heavy get fewer examples (each starts a load, a download or a render).
+HEAVY = {
+    "POST /api/v1/pipeline/load": 100,
+    "POST /api/v1/models/download": 100,
+    "POST /api/v1/webrtc/offer": 150,
+    "POST /api/v1/render": 100,
+}
 
 
 @pytest.fixture(scope="module")

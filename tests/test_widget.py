@@ -118,6 +118,7 @@ OWN_API = {
     "vace_ref_images": "send_reference_images()",
     "first_frame_image": "send_frame_images()",
     "last_frame_image": "send_frame_images()",
+    "recording": "record(), stop_recording()",
 }
 
 
@@ -195,7 +196,7 @@ def test_the_page_starts_from_the_widgets_own_state():
 @pytest.mark.usefixtures("jp_serverapp")
 async def test_the_view_modules_are_served_to_any_origin(api):
     """The widget imports its view from the server it streams from, possibly another origin."""
-    for module in ("widget.js", "api.js", "stream.js", "schema-form.js", "test-pattern.js", "lora-controls.js", "vace-controls.js", "dom.js"):
+    for module in ("widget.js", "api.js", "stream.js", "schema-form.js", "test-pattern.js", "lora-controls.js", "vace-controls.js", "recording-controls.js", "dom.js"):
         reply = await api("GET", f"scope/{module}", headers={"Origin": "http://127.0.0.1:8888"})
         assert reply.status == 200, module
         assert reply.headers["Access-Control-Allow-Origin"] == "*"

@@ -488,3 +488,44 @@ def quick_start_cell(text: str) -> int:
     """The index (among all cells) of the quick start's first code cell containing ``text``."""
     cells = nbformat.read(QUICK_START, as_version=4).cells
     return next(i for i, cell in enumerate(cells) if cell.cell_type == "code" and text in cell.source)
+
+
+def test_widget_records_on_the_server_and_python_reads_it(page, lab, tmp_path):
+    """Record and Stop in the widget: the link's MP4 (fetched with the page's login) holds the
+    frames, and ``w.recording`` in the kernel says it stopped."""
+    open_notebook(page, lab, "record.ipynb", notebook(
+        "from scope.widgets import ScopeWidget\n"
+        "w = ScopeWidget(pipeline_id='passthrough', input_source='pattern', autostart=True)\n"
+        "w",
+        "import json; print(json.dumps(w.recording))",
+    ))
+    run_cell(page, 0)
+    wait_for(page, "document.querySelector('.scope-widget')?.dataset.status === 'streaming'")
+    page.click(".scope-widget .scope-record")
+    wait_for(page, "document.querySelector('.scope-widget .scope-recording-state')?.textContent.startsWith('Recording… ')")
+    wait_for(page, "parseFloat(document.querySelector('.scope-widget .scope-recording-state').textContent.slice(11)) >= 0.5")
+    page.click(".scope-widget .scope-record")
+    wait_for(page, "!document.querySelector('.scope-widget .scope-recording-link').hidden")
+
+    session_id = page.evaluate("document.querySelector('.scope-widget').dataset.session")
+    href = page.get_attribute(".scope-widget .scope-recording-link", "href")
+    assert href == f"{lab.url}api/v1/recordings/{session_id}"
+    reply = page.request.get(href)  # the page's cookies: Jupyter's login
+    assert reply.status == 200 and reply.headers["content-type"] == "video/mp4"
+    (tmp_path / "recording.mp4").write_bytes(reply.body())
+    import av
+
+    with av.open(str(tmp_path / "recording.mp4")) as container:
+        frames = sum(1 for _ in container.decode(container.streams.video[0]))
+    assert frames > 0
+
+    def readback():
+        run_cell(page, 1)
+        page.wait_for_timeout(500)
+        lines = cell_output(page, 1).strip().splitlines()
+        values = json.loads(lines[-1]) if lines else {}
+        return values if values.get("state") == "stopped" else None
+
+    recording = wait_until(page, readback, "the kernel to read the stopped recording", interval_ms=500)
+    assert recording["session_id"] == session_id and recording["url"] == href
+    assert recording["stop_reason"] == "requested" and recording["frames"] == frames

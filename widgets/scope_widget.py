@@ -40,9 +40,16 @@ from scope.widgets import waiting
 HERE = Path(__file__).parent
 
 #: Stream parameters the widget drives through its own API rather than a traitlet: the input
-#: source decides the mode, ``transition_to`` sends transitions, and one-shot requests are
-#: methods (``reset_cache``), since a traitlet's value persists.
-OWN_API = frozenset({"input_mode", "transition"}) | ONE_SHOT_KEYS
+#: source decides the mode, ``transition_to`` sends transitions, ``record()`` and
+#: ``stop_recording()`` the server-side recording (whose state ``recording`` reads back), and
+#: one-shot requests are methods (``reset_cache``), since a traitlet's value persists.
+OWN_API = frozenset({"input_mode", "transition", "recording"}) | ONE_SHOT_KEYS
+
+#: ``recording`` before the view reports one (the view's ``NO_RECORDING``).
+NO_RECORDING: dict[str, Any] = {
+    "state": "idle", "session_id": "", "url": "", "timeline_url": "", "frames": 0, "duration_s": 0,
+    "stop_reason": None, "message": "",
+}
 
 #: The prompt a new widget (and the server's ``/scope/`` page) starts with, so the first Start
 #: generates something: the API spec's own example prompt.
@@ -184,6 +191,11 @@ class ScopeWidget(anywidget.AnyWidget, StreamParameterTraits):
         help="The loaded pipeline's LoRA adapters kept apart from the weights (runtime_peft): "
         "[{path, name, merge_mode, scale}], scale as this view's stream has it.",
     ).tag(sync=True)
+    recording = traitlets.Dict(
+        help="The server-side recording of the view's stream, as the view follows it: {state ('idle', "
+        "'recording', 'stopped'), session_id, url (the MP4), timeline_url, frames, duration_s, stop_reason, "
+        "message}. Read only: w.record() and w.stop_recording() change it.",
+    ).tag(sync=True)
 
     #: Views drawn in the front end (ipywidgets counts them when this is a number).
     _view_count = traitlets.Int(0, allow_none=True).tag(sync=True)
@@ -224,6 +236,17 @@ class ScopeWidget(anywidget.AnyWidget, StreamParameterTraits):
         if name == "prompts":
             return _prompts_value(proposal["value"])
         return _parameter_value(name, proposal["value"])
+
+    @traitlets.default("recording")
+    def _no_recording(self) -> dict[str, Any]:
+        return dict(NO_RECORDING)
+
+    @traitlets.validate("recording")
+    def _validate_recording(self, proposal: dict) -> dict[str, Any]:
+        """Only the view says what the server records: Python asks through ``record()``."""
+        if not self._view_reporting:
+            raise traitlets.TraitError("recording is read only: use w.record() and w.stop_recording()")
+        return proposal["value"]
 
     @traitlets.validate("server")
     def _validate_server(self, proposal: dict) -> str:
@@ -309,6 +332,19 @@ class ScopeWidget(anywidget.AnyWidget, StreamParameterTraits):
     def stop(self) -> None:
         """End the stream; the server frees its state at once."""
         self._send_command("stop")
+
+    def record(self) -> None:
+        """Record the stream on the server (``w.recording`` follows it; its ``url`` is the MP4).
+
+        A live stream records from its next chunk; with none yet, the next stream records from
+        its first chunk, the only way a video-mode recording can be rendered again exactly.
+        The server's refusal (it records already, the quota is reached) goes to ``w.messages``.
+        """
+        self._send_command("record")
+
+    def stop_recording(self) -> None:
+        """Stop the server-side recording; ``w.recording`` then says ``stopped`` with its length."""
+        self._send_command("stop_recording")
 
     def _send_command(self, name: str, **arguments: Any) -> None:
         self._command = {"id": next(self._ids), "name": name, **arguments}

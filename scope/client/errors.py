@@ -54,6 +54,15 @@ class ScopeApiError(Exception):
         return [".".join(map(str, item["loc"])) for item in self.detail if isinstance(item, dict) and "loc" in item]
 
 
+def error_from_response(response: Any) -> ScopeApiError:
+    """The :class:`ScopeApiError` of an httpx response that is a 4xx or 5xx (its body read)."""
+    try:
+        detail = response.json().get("detail", response.text)
+    except (ValueError, AttributeError):
+        detail = response.text.strip()[:500] or response.reason_phrase
+    return ScopeApiError(response.status_code, detail, method=response.request.method, url=str(response.url))
+
+
 class PipelineLoadError(RuntimeError):
     """A pipeline load ended in ``error``; ``error`` is the server's text."""
 

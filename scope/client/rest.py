@@ -7,6 +7,7 @@ kernel's event loop is already running.
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -16,9 +17,10 @@ import httpx
 from pydantic import BaseModel
 
 from scope.client.auth import is_loopback, jupyter_token, normalise_base_url
-from scope.client.errors import ModelDownloadError, PipelineLoadError, ScopeApiError
+from scope.client.errors import ModelDownloadError, PipelineLoadError, ScopeApiError, error_from_response
 from scope.client.parameters import PromptsLike, merge_parameters
 from scope.client.pipelines import PipelineLike, PipelineTarget, find_in_pool, pipeline_target
+from scope.client.server_recordings import ServerRecordings
 from scope.server_ext.api_models import (
     Asset,
     AssetsResponse,
@@ -64,7 +66,7 @@ class _Own:
 _OWN: Any = _Own()
 
 
-class ScopeClient:
+class ScopeClient(ServerRecordings):
     """REST client of one Scope server.
 
     ``url`` is the server's base URL: ``http://127.0.0.1:8000/`` for ``daydream-scope``, or a
@@ -79,6 +81,7 @@ class ScopeClient:
     def __init__(self, url: str, *, token: str | None = None, timeout: float = 30.0):
         self.url = normalise_base_url(url)
         self.pipeline: PipelineTarget | None = None
+        self._open_streams = weakref.WeakSet()
         self.token = token if token is not None else jupyter_token(self.url)
         headers = {"Authorization": f"token {self.token}"} if self.token else {}
         # Proxies from the environment must not intercept calls to this machine.
@@ -113,11 +116,7 @@ class ScopeClient:
                 raise
             response = self._http.request(method, path.lstrip("/"), **kwargs)
         if response.status_code >= 400:
-            try:
-                detail = response.json().get("detail", response.text)
-            except (ValueError, AttributeError):
-                detail = response.text.strip()[:500] or response.reason_phrase
-            raise ScopeApiError(response.status_code, detail, method=method, url=str(response.url))
+            raise error_from_response(response)
         return response
 
     def _get(self, path: str, model: type[Model], **params: Any) -> Model:

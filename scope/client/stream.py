@@ -98,6 +98,7 @@ class ScopeStream:
                 self.client.offer, offer["sdp"], self.initial_parameters, pipeline=self.pipeline
             )
             self.session_id = answer.sessionId
+            self.client._open_streams.add(self)  # its session is the client's to record
             await self._peer.accept_answer(answer.sdp, answer.type)
             await self._wait_connected()
         except BaseException:
@@ -128,6 +129,12 @@ class ScopeStream:
             if self._owns_source and self._source is not None:
                 self._source.stop()
             self._end("The stream was closed.")
+            self.client._open_streams.discard(self)
+
+    @property
+    def live(self) -> bool:
+        """Open, and not ended by this side or the server."""
+        return self._peer is not None and self._ended is None
 
     def _delete_session(self) -> None:
         try:

@@ -187,6 +187,9 @@ class Pipeline(ABC):
     default_parameters: ClassVar[dict[str, Any]] = {}
     #: Hugging Face files the pipeline needs.
     artifacts: ClassVar[tuple[Artifact, ...]] = ()
+    #: The frame rate the output is meant to play at (recordings and renders); None: the
+    #: input's (a pipeline that passes its input through).
+    frame_rate: ClassVar[float | None] = None
 
     def __init__(self, load_params: BaseModel):
         self.load_params = load_params

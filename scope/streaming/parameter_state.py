@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from scope.params import ONE_SHOT_KEYS
+from scope.params import ONE_SHOT_KEYS, SESSION_ONLY_KEYS
 
 
 class ParameterState:
@@ -62,3 +62,8 @@ class ParameterState:
     @property
     def input_mode(self) -> str | None:
         return self.pending.get("input_mode", self.current.get("input_mode"))
+
+
+def for_stream_only(update: dict[str, Any]) -> dict[str, Any]:
+    """``update`` without the keys the session acts on itself (pause, recording, Windows sinks)."""
+    return {key: value for key, value in update.items() if key not in SESSION_ONLY_KEYS}

@@ -26,6 +26,8 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from scope.params import ParameterErrors, parse_parameters, unused_parameters
 from scope.pipelines.base import Stream
+from scope.recording.service import RecordingService
+from scope.recording.session_log import SessionLog
 from scope.streaming.asset_parameters import ASSET_PARAMETERS, names_assets, resolved_assets, unreadable_assets
 from scope.streaming.failures import RepeatedFailures
 from scope.streaming.liveness import watch_peer
@@ -33,6 +35,7 @@ from scope.streaming.memory_budget import budget_device, held_bytes
 from scope.streaming.messages import CLIENT_MESSAGE_TYPES, parameter_warnings, unknown_type_rejection
 from scope.streaming.parameter_state import ParameterState
 from scope.streaming.pool import LOADED, LOADING, PipelineSlot
+from scope.streaming.session_recording import SessionRecording
 from scope.streaming.session_stats import SessionStats
 from scope.streaming.tracks import ChunkRateMeter, InputBuffer, OutputTrack
 
@@ -58,6 +61,7 @@ TASK_ROLES = {
     "liveness": "watching the peer",
     "refuse": "refusing the peer",
     "assets": "reading the files a message names",
+    "recording": "recording",
 }
 
 
@@ -71,7 +75,7 @@ def is_fatal(exc: BaseException) -> bool:
     return "out of memory" in str(exc).lower()
 
 
-class StreamSession:
+class StreamSession(SessionRecording):
     """A peer connection bound to one pipeline of the pool through its own stream state."""
 
     def __init__(
@@ -83,13 +87,24 @@ class StreamSession:
         initial_parameters: dict[str, Any],
         on_closed: Callable[["StreamSession"], None],
         max_repeated_failures: int = 3,
+        recordings: RecordingService | None = None,
     ):
         self.id = session_id
         self.pc = pc
         #: The pipeline this session streams from, whatever is loaded after it.
         self.slot = slot
         self.executor = executor
+        initial_parameters = dict(initial_parameters)
+        #: ``recording: true`` in the initial parameters records from the stream's first chunk.
+        self._record_from_start = bool(initial_parameters.pop("recording", False))
         self.parameters = ParameterState(initial_parameters)
+        #: What the stream took, chunk by chunk: the timeline a recording writes.
+        self.log = SessionLog()
+        self.recordings = recordings
+        self.recorder = None
+        self._recording_opens: asyncio.Task | None = None
+        #: A chunk has consumed input (a recording started later cannot replay from the start).
+        self._consumed_input = False
         self.pipeline_meter = ChunkRateMeter()
         self.input = InputBuffer()
         self.track = OutputTrack(rate=self.output_fps)
@@ -125,6 +140,8 @@ class StreamSession:
     # Wiring -----------------------------------------------------------------------------
 
     def start(self, connect_timeout: float) -> None:
+        if self._record_from_start:  # the first chunk waits for it (see _generate_loop)
+            self._recording_opens = self._spawn(self._recording_request(True), "recording")
         self._spawn(self._generate_loop(), "generate")
         self._spawn(self._stats_loop(), "stats")
         self._disconnect_timer = asyncio.get_running_loop().call_later(connect_timeout, self._close_if_not_connected)
@@ -135,10 +152,11 @@ class StreamSession:
             logger.info("session %s: peer never connected; closing", self.id)
             self._spawn_close()
 
-    def _spawn(self, coro, name: str) -> None:
+    def _spawn(self, coro, name: str) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(self._guard(coro, name), name=f"scope-session-{self.id[:8]}-{name}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _guard(self, coro, name: str) -> None:
         """Run a session task; an error it did not handle is logged and ends the session."""
@@ -302,8 +320,12 @@ class StreamSession:
         update = dict(update)
         update.pop("spout_sender", None)
         update.pop("spout_receiver", None)
+        if update.get("recording") is not None:
+            self._spawn(self._recording_request(update.pop("recording")), "recording")
+        update.pop("recording", None)
         if "paused" in update:
             self.paused = bool(update.pop("paused"))
+            self.log.note("paused", self.paused)
             self.track.hold = self.paused or self.slot.status != LOADED
             self.track.frozen = self.paused
             self.track.wake()
@@ -403,6 +425,11 @@ class StreamSession:
                         continue
                     taken = self.input.take(needed)
                     video, arrived = taken.frames, taken.arrived
+            if self._recording_opens is not None:
+                # initialParameters.recording: the recording starts with the stream's first chunk.
+                await asyncio.wait({self._recording_opens})
+                self._recording_opens = None
+            self.log.taking(self.parameters.pending)
             params = self.parameters.take_chunk()
             flushes = self._flushes
             # A fresh stream starts with its caches reset whatever the client says.
@@ -439,6 +466,9 @@ class StreamSession:
             self._failures.succeeded()
             self._init_cache = False
             frames = chunk.frames
+            self.log.took(self.chunks)
+            self._record(self.chunks, frames, video)
+            self._consumed_input = self._consumed_input or video is not None
             self.chunks += 1
             self.chunk_ms = elapsed * 1000.0
             self._last_chunk_at = time.monotonic()
@@ -530,6 +560,12 @@ class StreamSession:
                 message["error_message"] = error_message
             self._channel.send(json.dumps(message))
             await _drain(self._channel)
+        try:
+            # A stop already decided (a limit) finishes the same files: this waits for them.
+            self.recorder = None
+            await self._finish_recording("session_ended")
+        except Exception:
+            logger.warning("session %s: finishing its recording failed", self.id, exc_info=True)
         current = asyncio.current_task()
         tasks = [t for t in self._tasks if t is not current]
         for task in tasks:

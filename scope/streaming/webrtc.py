@@ -15,6 +15,7 @@ from aiortc.sdp import candidate_from_sdp
 from scope.config import setting_default
 from scope.params import ParameterErrors, parse_parameters, unused_parameters
 from scope.pipelines.base import Pipeline
+from scope.recording.service import RecordingService
 from scope.streaming.asset_parameters import ASSET_PARAMETERS, names_assets, unreadable_assets
 from scope.streaming.host_addresses import drop_unreachable_candidates, may_check
 from scope.streaming.manager import LOADED, LOADING, LoadTarget, OverBudget, PipelineManager, TargetErrors
@@ -80,8 +81,11 @@ class SessionService:
         connect_timeout: float = setting_default("connect_timeout"),
         max_pending: int = setting_default("max_pending_sessions"),
         max_repeated_failures: int = setting_default("max_repeated_chunk_failures"),
+        recordings: RecordingService | None = None,
     ):
         self.manager = manager
+        #: Where sessions record (None: a server that keeps no recordings).
+        self.recordings = recordings
         self.executor = executor
         self.ice_servers = ice_servers
         self.max_sessions = max_sessions
@@ -218,7 +222,7 @@ class SessionService:
                 raise
             session = StreamSession(
                 session_id, pc, slot, self.executor, params, on_closed=self._forget,
-                max_repeated_failures=self.max_repeated_failures,
+                max_repeated_failures=self.max_repeated_failures, recordings=self.recordings,
             )
             try:
                 answer = await self._negotiate(pc, session, sdp)
@@ -331,5 +335,10 @@ class SessionService:
         await session.close()
 
     async def close_all(self) -> None:
-        await asyncio.gather(*(s.close() for s in list(self.sessions.values())), return_exceptions=True)
+        # Recordings first: a session that ends would record its stop as "session_ended".
+        sessions = list(self.sessions.values())
+        await asyncio.gather(*(s.stop_recording("server_stopped") for s in sessions), return_exceptions=True)
+        await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
+        if self.recordings is not None:  # none should be left: each session finished its own
+            await self.recordings.close_all()
         await asyncio.gather(*self._releasing, return_exceptions=True)

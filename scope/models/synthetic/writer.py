@@ -201,7 +201,9 @@ def clear_marker(path: Path) -> None:
         pass
 
 
-def _entry_files(path: Path) -> list[Path]:
+def entry_files(path: Path) -> list[Path]:
+    """The files an artifact entry stands for: the file itself, or a directory's files (sorted),
+    without markers and unfinished downloads, which no loader reads."""
     if path.is_file():
         return [path]
     if path.is_dir():
@@ -218,7 +220,7 @@ def synthetic_entries(models_dir: Path, artifacts: Sequence[Artifact]) -> list[P
     for artifact in artifacts:
         for entry in artifact.files:
             path = local_path(models_dir, artifact, entry)
-            files = _entry_files(path)
+            files = entry_files(path)
             if files and any(is_synthetic_file(f) for f in files):
                 found.append(path)
     return found
@@ -238,7 +240,7 @@ def _entry_seed(seed: int, repo_id: str, entry: str) -> int:
 
 
 def _is_real(path: Path) -> bool:
-    files = _entry_files(path)
+    files = entry_files(path)
     return bool(files) and not any(is_synthetic_file(f) for f in files)
 
 
@@ -261,7 +263,7 @@ def _write_entry(dest: Path, writer: Writer, seed: int) -> None:
             if dest.exists():
                 shutil.rmtree(dest)
             os.replace(partial, dest)
-            for file in _entry_files(dest):
+            for file in entry_files(dest):
                 _write_marker(file, seed)
         else:
             os.replace(partial, dest)
@@ -307,7 +309,7 @@ def _write_all(models_dir, artifacts, seed, on_file) -> list[Path]:
             entry_seed = _entry_seed(seed, artifact.repo_id, entry)
             _write_entry(dest, WRITERS[(artifact.repo_id, entry)], entry_seed)
             written.append(dest)
-            size = sum(f.stat().st_size for f in _entry_files(dest))
+            size = sum(f.stat().st_size for f in entry_files(dest))
             logger.debug("wrote synthetic %s (%d bytes)", dest, size)
             if on_file is not None:
                 on_file(dest, size)

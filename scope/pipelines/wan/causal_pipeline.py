@@ -158,6 +158,8 @@ class CausalWanPipeline(Pipeline):
     lora_file: ClassVar[tuple[Artifact, str] | None] = None
     #: ``(artifact, path)`` of the architecture's original Wan ``config.json``.
     config_file: ClassVar[tuple[Artifact, str]] = (WAN_1_3B, "config.json")
+    #: Wan2.1 generates 16 frames per second of video.
+    frame_rate: ClassVar[float | None] = 16.0
     #: Whether each self-attention's q/k/v are fused into one linear after load (Krea).
     fuse_qkv: ClassVar[bool] = False
     default_steps: ClassVar[list[int]] = DEFAULT_STEPS

@@ -12,6 +12,7 @@ import { startTestPattern } from "./test-pattern.js";
 import { schemaControl } from "./schema-form.js";
 import { LoraPicker, LoraSliders } from "./lora-controls.js";
 import { VACE_PARAMETERS, VacePanel } from "./vace-controls.js";
+import { RecordingControl } from "./recording-controls.js";
 import { element } from "./dom.js";
 
 const POLL_MS = 500;
@@ -21,7 +22,7 @@ const MAX_MESSAGES = 30;
 /** Stream parameters with their own controls, or none: the rest are generated from the schema. */
 const HAND_MADE = new Set([
   "input_mode", "prompts", "prompt_interpolation_method", "transition", "reset_cache", "paused",
-  "lora_scales", "spout_sender", "spout_receiver", "prompt_embeds", ...VACE_PARAMETERS,
+  "lora_scales", "spout_sender", "spout_receiver", "prompt_embeds", "recording", ...VACE_PARAMETERS,
 ]);
 
 /** Which schema flag a generated stream control depends on. */
@@ -92,13 +93,14 @@ function quoted(text, limit = 160) {
 const promptsText = (prompts) => prompts.map((p) => quoted(p.text)).join(" + ");
 
 export function render({ model, el, base, sameOrigin, token = null }) {
-  const view = new WidgetView(model, el, base, createApi({ base, sameOrigin, token }));
+  const view = new WidgetView(model, el, base, createApi({ base, sameOrigin, token }), token);
   view.init();
   return () => view.dispose();
 }
 
 class WidgetView {
-  constructor(model, el, base, api) {
+  /** `token`: a `?token=` the page was opened with, which the view's download links carry. */
+  constructor(model, el, base, api, token = null) {
     this.model = model;
     /** Traitlets that are stream parameters: Python names them (`ScopeWidget._stream_traits`). */
     this.streamTraits = model.get("_stream_traits");
@@ -130,6 +132,7 @@ class WidgetView {
     this.mine = null;
     /** `mine`'s entry in the status's `pipelines` while it is loaded. */
     this.loaded = null;
+    this.token = token;
     this.build();
   }
 
@@ -183,6 +186,14 @@ class WidgetView {
       log: (text, kind) => this.log(text, kind),
     });
     ui.vace = this.vace.element;
+    this.recorder = new RecordingControl({
+      api: this.api,
+      base: this.base,
+      token: this.token,
+      report: (recording) => this.setTraits({ recording }),
+      log: (text, kind) => this.log(text, kind),
+    });
+    ui.recording = this.recorder.element;
     ui.video.muted = true;
     for (const method of ["linear", "slerp"]) {
       ui.blend.append(new Option(method, method));
@@ -204,6 +215,7 @@ class WidgetView {
       element("div", { className: "scope-view" },
         element("div", { className: "scope-screen" }, ui.video, ui.placeholder),
         ui.stats,
+        ui.recording,
         ui.messages),
       element("div", { className: "scope-controls" },
         element("div", { className: "scope-setup" },
@@ -283,6 +295,7 @@ class WidgetView {
     this.polls.models += 1;
     this.polls.pipeline += 1;
     this.timers.forEach(clearInterval);
+    this.recorder.dispose();
     this.stream?.stop();
     this.teardown("closed", false);
   }
@@ -728,6 +741,7 @@ class WidgetView {
       if (this.stream !== stream) return;
       this.el.dataset.session = stream.sessionId ?? "";
       this.setTraits({ session_id: stream.sessionId ?? "", error: "" });
+      this.recorder.streaming(stream.sessionId);
       this.timers.push(setInterval(() => this.measure(), STATS_MS));
     } catch (error) {
       if (this.stream !== stream) return;
@@ -757,6 +771,7 @@ class WidgetView {
     this.ui.video.srcObject = null;
     this.ui.placeholder.hidden = false;
     delete this.el.dataset.session;
+    if (report) this.recorder.streaming(null);
     if (report) {
       this.setStatus(status);
       this.setTraits({ session_id: "", fps: 0 });
@@ -794,6 +809,10 @@ class WidgetView {
         this.setTraits({ error: text });
         return this.log(text, "error");
       }
+      case "recording_started":
+        return this.recorder.started(message);
+      case "recording_stopped":
+        return this.recorder.stopped(message);
       case "parameters_warning":
         return this.log(message.message ?? `Unknown parameters ignored: ${message.unknown_keys.join(", ")}`, "warning");
       case "pipeline_event":
@@ -938,6 +957,16 @@ class WidgetView {
     }
   }
 
+  /**
+   * Record on the server (`w.record()`): the live stream from its next chunk; with no stream yet,
+   * the next stream from its first chunk (`recording: true` in its initial parameters), the only
+   * way a video-mode recording can be rendered again exactly.
+   */
+  record() {
+    if (this.stream) return this.recorder.start();
+    this.sendOnce({ recording: true }, "recording (from the stream's first chunk)");
+  }
+
   command(request) {
     const actions = {
       load: () => this.load(),
@@ -946,6 +975,8 @@ class WidgetView {
       reset_cache: () => this.send({ reset_cache: true }),
       lora_scales: () => this.setLoraScales(request.lora_scales),
       send_once: () => this.sendOnce(request.parameters, request.what),
+      record: () => this.record(),
+      stop_recording: () => this.recorder.stop(),
     };
     actions[request?.name]?.();
   }
