@@ -385,6 +385,28 @@ def test_scope_page_streams_the_fake_webcam(page, server):
     assert page.is_enabled(START)
 
 
+def test_scope_page_started_again_before_its_stop_is_answered_keeps_the_new_stream(page, server):
+    """Stop, then Start before the server has answered the stop's DELETE (``w.stop(); w.start()``
+    on a busy machine): the new stream is the view's own, and the old stop finishing does not end it."""
+    load_passthrough_on_page(page, server.url + "/scope/")
+    page.click(START)
+    wait_for_chunks(page)
+    held = []
+    page.route("**/api/v1/webrtc/sessions/*", lambda route: held.append(route) if route.request.method == "DELETE" else route.continue_())
+    page.click(STOP)
+    wait_until(page, lambda: held, "the stop's DELETE")
+    page.click(START)
+    wait_for_status(page, "streaming")
+    new_session = page.evaluate(f"document.querySelector({json.dumps(PAGE)}).dataset.session")
+    for route in held:
+        route.continue_()
+    wait_until(page, lambda: [s["id"] for s in sessions(server)] == [new_session], "the old session to be freed")
+    wait_for_chunks(page, after=page_chunks(page))
+    wait_for_status(page, "streaming")
+    page.click(STOP)
+    wait_until(page, lambda: not sessions(server), "the server to close the session")
+
+
 def test_scope_page_falls_back_to_a_test_pattern_without_a_webcam(page, server):
     page.add_init_script(
         "navigator.mediaDevices.getUserMedia = () => "

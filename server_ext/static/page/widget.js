@@ -724,11 +724,16 @@ class WidgetView {
     this.lastFrames = null;
     this.chunkSeen = false;
     this.heldSends = [];
+    // Only the view's current stream speaks to it: a stopped one's late events must not end
+    // the stream started after it.
+    const current = (handle) => (value) => {
+      if (this.stream === stream) handle(value);
+    };
     const stream = new ScopeStream(
       {
-        onVideo: (media) => this.showVideo(media),
-        onMessage: (message) => this.onMessage(message),
-        onState: (state) => this.onConnectionState(state),
+        onVideo: current((media) => this.showVideo(media)),
+        onMessage: current((message) => this.onMessage(message)),
+        onState: current((state) => this.onConnectionState(state)),
       },
       this.api,
     );
@@ -752,11 +757,12 @@ class WidgetView {
   }
 
   async stop() {
-    const stream = this.stream;
-    if (!stream) return;
-    this.stream = null;
-    await stream.stop();
+    if (!this.stream) return;
+    // The view lets go of the stream at once, while the server frees its session: a start()
+    // meanwhile (w.stop(); w.start()) gets a stream of its own that nothing here tears down.
+    const freeing = this.stream.stop();
     this.teardown("stopped");
+    await freeing;
   }
 
   /** Release what the stream used; the server side is ended by `stop()` or notices the close. */
@@ -771,8 +777,8 @@ class WidgetView {
     this.ui.video.srcObject = null;
     this.ui.placeholder.hidden = false;
     delete this.el.dataset.session;
-    if (report) this.recorder.streaming(null);
     if (report) {
+      this.recorder.streaming(null);
       this.setStatus(status);
       this.setTraits({ session_id: "", fps: 0 });
     }
