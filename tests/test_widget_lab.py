@@ -501,6 +501,9 @@ def test_widget_records_on_the_server_and_python_reads_it(page, lab, tmp_path):
     ))
     run_cell(page, 0)
     wait_for(page, "document.querySelector('.scope-widget')?.dataset.status === 'streaming'")
+    # Once the figures line shows chunks the view's layout has settled: a click aimed at the
+    # button before that line appears can land where the button no longer is.
+    wait_for(page, "/chunk \\d+/.test(document.querySelector('.scope-widget .scope-stats')?.textContent ?? '')")
     page.click(".scope-widget .scope-record")
     wait_for(page, "document.querySelector('.scope-widget .scope-recording-state')?.textContent.startsWith('Recording… ')")
     wait_for(page, "parseFloat(document.querySelector('.scope-widget .scope-recording-state').textContent.slice(11)) >= 0.5")
