@@ -118,7 +118,7 @@ class SessionRecorder:
 
     def add_chunk(self, index: int, frames: np.ndarray, video: np.ndarray | None) -> None:
         """Queue chunk ``index`` (and the input it consumed) for writing."""
-        if self.state != RECORDING:
+        if self._closing is not None:  # a stop was decided: nothing more is written
             return
         self.frames += len(frames)
         self.input_frames += 0 if video is None else len(video)
@@ -139,9 +139,11 @@ class SessionRecorder:
         return self.frames / self.fps
 
     async def finish(self, reason: str) -> dict[str, Any]:
-        """Stop: write everything queued, close the files, write the sidecars; returns the info."""
+        """Stop: write everything queued, close the files, write the sidecars; returns the info.
+
+        The state reads ``stopped`` only once the files are complete, so a client that sees it
+        downloads whole files."""
         if self._closing is None:
-            self.state = STOPPED
             self.stop_reason = reason
             self.stopped_at = utc_now()
             self._closing = self._worker.submit(self._close)
@@ -246,4 +248,7 @@ class SessionRecorder:
                 "generated_fps": round(self.frames / elapsed, 3) if elapsed > 0 else None,
             }
             write_json_atomically(self.directory / PROVENANCE_FILE, self._provenance_doc)
-        self._write_sidecars()
+        write_json_atomically(self.directory / TIMELINE_FILE, self.timeline())
+        # Everything is on disk: only now does the recording read as stopped, here and in memory.
+        write_json_atomically(self.directory / INFO_FILE, {**self.info(), "state": STOPPED})
+        self.state = STOPPED
