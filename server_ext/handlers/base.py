@@ -10,8 +10,11 @@ lives on Scope's handlers only.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from jupyter_server.auth.decorator import allow_unauthenticated
@@ -24,6 +27,8 @@ from scope.params import validation_errors
 from scope.server_ext.origins import is_well_formed, null_refusal_detail, refusal_detail
 
 #: Content types a cross-site form may send without a CORS preflight.
+#: How much of a downloaded file is read at a time.
+DOWNLOAD_BLOCK_BYTES = 1 << 20
 SIMPLE_REQUEST_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data", "text/plain")
 #: Request headers a cross-origin caller of the open API may send (the page, widget and client
 #: send no other header cross-origin).
@@ -196,6 +201,25 @@ class ScopeHandler(ExtensionHandlerMixin, APIHandler):
         if required and not value:
             raise ApiError(422, [{"loc": ["query", name], "msg": "Field required", "type": "missing"}])
         return value
+
+    async def send_download(self, path: Path, content_type: str, filename: str, missing: str) -> None:
+        """Stream a file the server wrote as an attachment, read off the event loop; 404
+        ``missing`` when it is not there."""
+        try:
+            handle = path.open("rb")
+        except OSError:
+            raise ApiError(404, missing) from None
+        with handle:
+            size = os.fstat(handle.fileno()).st_size
+            self.set_header("Content-Type", content_type)
+            self.set_header("Content-Length", str(size))
+            self.set_header("Content-Disposition", f'attachment; filename="{filename}"')
+            sent = 0
+            while sent < size and (block := await asyncio.to_thread(handle.read, min(DOWNLOAD_BLOCK_BYTES, size - sent))):
+                sent += len(block)
+                self.write(block)
+                await self.flush()
+        self.finish(set_content_type=content_type)
 
     def reply(self, payload: BaseModel | dict[str, Any] | list[Any], status: int = 200) -> None:
         self.set_status(status)

@@ -7,7 +7,6 @@ file: an id that is no UUID is simply not found.
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 
 from jupyter_server.auth.decorator import allow_unauthenticated
@@ -18,7 +17,6 @@ from scope.server_ext.api_models import RecordingInfo, RecordingsResponse
 from scope.server_ext.handlers.base import ApiError, Operation, ScopeHandler
 from scope.server_ext.handlers.webrtc import SESSION_ID
 
-CHUNK_BYTES = 1 << 20
 NOT_FOUND = "No recording of session {} (recordings are kept per session id)"
 
 
@@ -44,21 +42,8 @@ class RecordingHandler(ScopeHandler):
         directory = self.recordings.directory(session_id)
         if directory is None:
             raise ApiError(404, NOT_FOUND.format(session_id))
-        try:
-            handle = (directory / name).open("rb")
-        except OSError:
-            raise ApiError(404, f"{NOT_FOUND.format(session_id)}: no {name}") from None
-        with handle:
-            self.set_header("Content-Type", content_type)
-            self.set_header("Content-Length", str(os.fstat(handle.fileno()).st_size))
-            self.set_header("Content-Disposition", f'attachment; filename="{session_id}-{name}"')
-            size = int(self._headers["Content-Length"])
-            sent = 0
-            while sent < size and (chunk := await asyncio.to_thread(handle.read, min(CHUNK_BYTES, size - sent))):
-                sent += len(chunk)
-                self.write(chunk)
-                await self.flush()
-        self.finish(set_content_type=content_type)
+        missing = f"{NOT_FOUND.format(session_id)}: no {name}"
+        await self.send_download(directory / name, content_type, f"{session_id}-{name}", missing)
 
 
 class RecordingsHandler(RecordingHandler):

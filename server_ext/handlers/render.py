@@ -23,7 +23,6 @@ from scope.server_ext.handlers.base import ApiError, Operation, ScopeHandler
 
 BASE = "/api/v1/render"
 JOB_ID = r"(?P<job_id>[^/]+)"
-CHUNK_BYTES = 1 << 20
 
 
 class RenderHandlerBase(ScopeHandler):
@@ -148,21 +147,7 @@ class RenderFileHandler(RenderHandlerBase):
     """A finished job's file, streamed in blocks."""
 
     async def send(self, path: Path, content_type: str, name: str) -> None:
-        try:
-            handle = path.open("rb")
-        except OSError:
-            raise ApiError(404, f"{name} is gone") from None
-        with handle:
-            size = os.fstat(handle.fileno()).st_size
-            self.set_header("Content-Type", content_type)
-            self.set_header("Content-Length", str(size))
-            self.set_header("Content-Disposition", f'attachment; filename="{name}"')
-            sent = 0
-            while sent < size and (block := await asyncio.to_thread(handle.read, min(CHUNK_BYTES, size - sent))):
-                sent += len(block)
-                self.write(block)
-                await self.flush()
-        self.finish()
+        await self.send_download(path, content_type, name, f"{name} is gone")
 
 
 class RenderVideoHandler(RenderFileHandler):
