@@ -163,6 +163,13 @@ class ScopeSettings(Configurable):
         help="Seconds a new session's peer has to connect; a peer that never does is closed.",
     ).tag(config=True, env="DAYDREAM_SCOPE_CONNECT_TIMEOUT")
 
+    webrtc_fallback_timeout = Float(
+        5.0,
+        help="Seconds the widget, the /scope/ page and scope.client (transport 'auto') wait for a "
+        "WebRTC connection before streaming over the WebSocket instead (through SSH tunnels and "
+        "HTTP proxies, which carry no UDP). Clients read it from /api/v1/transports.",
+    ).tag(config=True, env="DAYDREAM_SCOPE_WEBRTC_FALLBACK_TIMEOUT")
+
     server_ice_servers = List(
         Unicode(),
         default_value=[],

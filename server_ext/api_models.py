@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from scope.params import StreamParameters
 from scope.recording.timeline import Timeline
-from scope.streaming.session_stats import SessionStats
+from scope.streaming.session_stats import SessionStats, Transport
 
 
 def examples(*bodies: dict[str, Any]) -> dict[str, Any]:
@@ -247,6 +247,7 @@ class SessionInfo(BaseModel):
     input_mode: str
     pipeline_id: str | None
     load_params: dict[str, Any] | None = Field(None, description="The load parameters of the pipeline the session streams from.")
+    transport: Transport = Field("webrtc", description="What carries the session: webrtc, websocket or headless.")
     connection_state: str
     parameters: dict[str, Any]
     stats: SessionStats
@@ -441,3 +442,121 @@ class ProvenanceDocument(BaseModel):
     load_params: dict[str, Any]
     weights: list[dict[str, Any]] = Field(description="Every weight file read: path, bytes, sha256, synthetic.")
     timings: dict[str, float]
+
+
+# Streaming without WebRTC ---------------------------------------------------------------------
+
+OutputEncoding = Literal["h264", "jpeg"]
+
+
+class TransportsResponse(BaseModel):
+    transports: list[Literal["webrtc", "websocket", "headless"]] = Field(description="The ways this server streams.")
+    encodings: list[OutputEncoding] = Field(
+        description="Output encodings the WebSocket transport sends, best first (h264 where PyAV's FFmpeg has libx264)."
+    )
+    webrtc_fallback_timeout: float = Field(
+        description="Seconds a client with transport 'auto' waits for WebRTC to connect before it streams over the WebSocket."
+    )
+
+
+class WebSocketOfferRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra=examples(
+            {"initialParameters": {"input_mode": "video"}, "sends_video": True, "encodings": ["h264", "jpeg"]}
+        ),
+    )
+
+    initialParameters: InitialParameters | None = Field(
+        None, description="Stream parameters applied from the first chunk (validated against the session's pipeline)."
+    )
+    pipeline_id: str | None = Field(
+        None, description="The pipeline this session streams from, loaded into the pool if needed; omitted: the current pipeline."
+    )
+    load_params: dict[str, Any] | None = Field(None, description="That pipeline's load parameters (with pipeline_id).")
+    sends_video: bool = Field(
+        False,
+        description="Whether the client will send input frames. A session that sends none and names no input_mode "
+        "takes text mode where the pipeline has one.",
+    )
+    encodings: list[str] = Field(
+        default_factory=lambda: ["jpeg"],
+        min_length=1,
+        description="Output encodings the client decodes, preferred first: 'h264' (Annex B access units) or 'jpeg'.",
+    )
+
+
+class WebSocketOfferResponse(BaseModel):
+    sessionId: str
+    encoding: OutputEncoding = Field(description="The output encoding the session sends.")
+    url: str = Field(description="The session's socket, relative to the server's base URL: api/v1/websocket/{sessionId}.")
+
+
+class HeadlessStartRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra=examples(
+            {
+                "pipeline_id": "longlive",
+                "load_params": {"height": 64, "width": 96, "seed": 7},
+                "prompts": "a red fox in the snow",
+                "parameters": {"denoising_step_list": [1000, 750, 500, 250]},
+            }
+        ),
+    )
+
+    pipeline_id: str | None = Field(
+        None, description="The pipeline the session runs, loaded into the pool if needed; omitted: the current pipeline."
+    )
+    load_params: dict[str, Any] | None = Field(None, description="That pipeline's load parameters (with pipeline_id).")
+    input_mode: str | None = Field(None, description="'text' (the only mode without an input video), or omitted.")
+    prompts: Any = Field(None, description="The prompts: a shortcut for parameters.prompts.")
+    parameters: dict[str, Any] | None = Field(
+        None, description="Initial stream parameters, validated like an offer's initialParameters."
+    )
+
+
+class HeadlessStartResponse(BaseModel):
+    status: Literal["ok"]
+    session_id: str
+    pipeline_id: str
+    load_params: dict[str, Any]
+    input_mode: str
+
+
+class HeadlessStopResponse(BaseModel):
+    status: Literal["ok"]
+    message: str
+
+
+class HeadlessParametersResponse(BaseModel):
+    parameters: dict[str, Any] = Field(description="The session's parameters as its next chunk takes them.")
+
+
+class HeadlessParametersUpdate(StreamParameters):
+    """A parameters update for the headless session: a data-channel message."""
+
+    model_config = ConfigDict(extra="ignore", json_schema_extra=examples({"prompts": [{"text": "a lighthouse at dusk", "weight": 1.0}]}))
+
+
+class HeadlessUpdateResponse(BaseModel):
+    status: Literal["ok"]
+    applied_parameters: dict[str, Any]
+    warnings: list[dict[str, Any]] = Field(
+        default_factory=list, description="parameters_warning messages: unknown or unused keys, ignored."
+    )
+
+
+class SessionMetrics(SessionStats):
+    headless: bool = Field(False, description="True for the headless session.")
+    events: list[dict[str, Any]] | None = Field(
+        None, description="The headless session's recent messages other than stats (pipeline events, warnings, stream_stopped)."
+    )
+
+
+class MetricsResponse(BaseModel):
+    sessions: dict[str, SessionMetrics] = Field(description="Every session's stats, by session id.")
+    gpu: dict[str, float] = Field(description="vram_allocated_mb, vram_reserved_mb, vram_total_mb on CUDA; empty otherwise.")
+    ended_headless: dict[str, Any] | None = Field(
+        None, description="How the last headless session ended (session_id, events), until the next one starts."
+    )

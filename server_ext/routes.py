@@ -13,6 +13,14 @@ from scope.server_ext.handlers.docs import OpenApiHandler, SwaggerHandler
 from scope.server_ext.handlers.guides import GuidesHandler
 from scope.server_ext.handlers.files import AssetFileHandler, AssetsHandler, LoraListHandler
 from scope.server_ext.handlers.loras import LoraFileHandler, LorasHandler, LoraUploadHandler
+from scope.server_ext.handlers.headless import (
+    HeadlessFrameHandler,
+    HeadlessMetricsHandler,
+    HeadlessOutputHandler,
+    HeadlessParametersHandler,
+    HeadlessStartHandler,
+    HeadlessStopHandler,
+)
 from scope.server_ext.handlers.health import CurrentLogHandler, HardwareInfoHandler, HealthHandler
 from scope.server_ext.handlers.models import ModelsDownloadHandler, ModelsStatusHandler
 from scope.server_ext.handlers.page import WidgetStateHandler
@@ -39,6 +47,7 @@ from scope.server_ext.handlers.webrtc import (
     SessionHandler,
     SessionsHandler,
 )
+from scope.server_ext.handlers.websocket import SessionSocketHandler, TransportsHandler, WebSocketOfferHandler
 
 PAGE_DIR = Path(__file__).parent / "static" / "page"
 #: The notebook widget's package: its stylesheet is the page's too (found without importing it).
@@ -61,6 +70,14 @@ HANDLERS: list[type[ScopeHandler]] = [
     CandidatesHandler,
     SessionsHandler,
     SessionHandler,
+    TransportsHandler,
+    WebSocketOfferHandler,
+    HeadlessStartHandler,
+    HeadlessStopHandler,
+    HeadlessParametersHandler,
+    HeadlessFrameHandler,
+    HeadlessMetricsHandler,
+    HeadlessOutputHandler,
     RecordingsHandler,
     RecordingStartHandler,
     RecordingStopHandler,
@@ -97,7 +114,9 @@ class PageHandler(web.StaticFileHandler):
 
 def route_table() -> list[tuple]:
     """(pattern, handler[, kwargs]) rules, relative to the server's base URL."""
-    rules: list[tuple] = [(h.pattern, h) for h in (*HANDLERS, OpenApiHandler, SwaggerHandler, WidgetStateHandler, GuidesHandler)]
+    # The WebSocket is no OpenAPI operation: docs/server.md describes it.
+    extra = (SessionSocketHandler, OpenApiHandler, SwaggerHandler, WidgetStateHandler, GuidesHandler)
+    rules: list[tuple] = [(h.pattern, h) for h in (*HANDLERS, *extra)]
     rules.append((r"/docs/static/(.*)", web.StaticFileHandler, {"path": SWAGGER_DIR}))
     rules.append((r"/scope", web.RedirectHandler, {"url": "scope/"}))
     rules.append((r"/scope/(scope_widget\.css)", PageHandler, {"path": WIDGET_DIR}))

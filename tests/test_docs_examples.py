@@ -21,7 +21,10 @@ TRY_ORDER = [
     ("post", "/api/v1/webrtc/offer"),
     ("patch", "/api/v1/webrtc/offer/{session_id}"),
     ("post", "/api/v1/loras"),
+    ("post", "/api/v1/websocket/offer"),
     ("post", "/api/v1/render"),
+    ("post", "/api/v1/session/start"),
+    ("post", "/api/v1/session/parameters"),
     ("post", "/api/v1/pipeline/unload"),
 ]
 
@@ -70,6 +73,11 @@ async def test_every_request_body_example_succeeds_as_is(api):
             elif path == "/api/v1/webrtc/offer":
                 assert reply.json["type"] == "answer"
                 filled["session_id"] = reply.json["sessionId"]
+            elif path == "/api/v1/websocket/offer":
+                assert reply.json["url"] == f"api/v1/websocket/{reply.json['sessionId']}"
+                filled["socket_session_id"] = reply.json["sessionId"]
+            elif path == "/api/v1/session/start":
+                filled["headless"] = reply.json["session_id"]
             elif path == "/api/v1/render":
                 job = f"api/v1/render/{reply.json['job_id']}"
                 assert reply.json["url"].endswith("/" + job)  # under the server's base URL
@@ -81,8 +89,9 @@ async def test_every_request_body_example_succeeds_as_is(api):
                 assert status["status"] == "done", status
                 assert status["progress"]["chunks_done"] == example["timeline"]["length_chunks"]
     finally:
-        if "session_id" in filled:
-            await api("DELETE", f"api/v1/webrtc/sessions/{filled['session_id']}")
+        for key in ("session_id", "socket_session_id", "headless"):
+            if key in filled:
+                await api("DELETE", f"api/v1/webrtc/sessions/{filled[key]}")
 
     async def sessions() -> list:
         return (await api("GET", "api/v1/webrtc/sessions")).json["sessions"]

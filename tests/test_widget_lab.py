@@ -394,7 +394,9 @@ def test_widget_sends_the_webcam_through_passthrough(page, lab):
 
 
 def test_widget_without_webrtc_says_so(browser, lab):
-    """A browser with no RTCPeerConnection (some locked-down or embedded ones): a message, not a blank box."""
+    """A browser with no RTCPeerConnection (some locked-down or embedded ones), told to use WebRTC
+    only: a message, not a blank box. (With the default ``transport="auto"`` it streams over the
+    WebSocket instead: tests/test_browser_websocket.py.)"""
     context = browser.new_context()
     context.set_default_timeout(30_000)
     context.add_init_script("delete window.RTCPeerConnection;")
@@ -402,7 +404,7 @@ def test_widget_without_webrtc_says_so(browser, lab):
     page.console_lines = []
     try:
         open_notebook(page, lab, "no-webrtc.ipynb", notebook(
-            "from scope.widgets import ScopeWidget\nw = ScopeWidget(autostart=True)\nw",
+            "from scope.widgets import ScopeWidget\nw = ScopeWidget(transport='webrtc', autostart=True)\nw",
         ))
         run_cell(page, 0)
         wait_for(page, "document.querySelector('.scope-widget')?.dataset.status === 'unavailable'")

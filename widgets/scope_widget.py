@@ -1,7 +1,7 @@
 """``ScopeWidget``: load a pipeline and watch, steer and measure its live stream inline.
 
-The widget's front end does all the talking: it calls the Scope REST API and opens the WebRTC
-connection from the browser, to the Jupyter server hosting the page (``server=""``) or to a
+The widget's front end does all the talking: it calls the Scope REST API and opens the stream
+(WebRTC, or a WebSocket where UDP cannot pass) from the browser, to the Jupyter server hosting the page (``server=""``) or to a
 standalone ``daydream-scope`` (``server="http://localhost:8000"``). The kernel only holds
 traitlets, so Python and the controls drive the same stream::
 
@@ -91,6 +91,9 @@ StreamParameterTraits = types.new_class(
 #: generated pattern, or an asset.
 INPUT_SOURCES = ("", "none", "webcam", "pattern")
 
+#: How a stream's video travels: WebRTC, falling back to the WebSocket ("auto"), or one of them.
+TRANSPORTS = ("auto", "webrtc", "websocket")
+
 
 def _parameter_value(name: str, value: Any) -> Any:
     """``value`` as the data channel would accept it for ``name``, or a TraitError naming it."""
@@ -154,6 +157,12 @@ class ScopeWidget(anywidget.AnyWidget, StreamParameterTraits):
     pipeline_id = traitlets.Unicode("longlive", help="Pipeline to load and stream.").tag(sync=True)
     load_params = traitlets.Dict(help="Load parameters (the pipeline's load schema).").tag(sync=True)
     autostart = traitlets.Bool(False, help="Load the pipeline (if needed) and stream as soon as shown.").tag(sync=True)
+    transport = traitlets.Unicode(
+        "auto",
+        help="How the video travels: 'auto' (WebRTC, or the WebSocket when WebRTC does not connect within "
+        "the server's webrtc_fallback_timeout, as through an SSH tunnel or a proxy), 'webrtc' or 'websocket'. "
+        "Taken by the next stream.",
+    ).tag(sync=True)
     input_source = traitlets.Unicode(
         "",
         help="'' (the pipeline's default: 'none' for one whose default mode is text, else 'webcam'), "
@@ -181,6 +190,9 @@ class ScopeWidget(anywidget.AnyWidget, StreamParameterTraits):
     models = traitlets.Unicode("", help="'downloaded', 'synthetic', 'missing' or 'downloading'.").tag(sync=True)
     synthetic = traitlets.Bool(False, help="The stream comes from synthetic (random) weights.").tag(sync=True)
     session_id = traitlets.Unicode("").tag(sync=True)
+    active_transport = traitlets.Unicode(
+        "", help="The transport the stream runs on: 'webrtc', 'websocket', or '' with no stream."
+    ).tag(sync=True)
     fps = traitlets.Float(0.0, help="Frames per second decoded by the browser.").tag(sync=True)
     latency_ms = traitlets.Float(None, allow_none=True, help="Network plus jitter-buffer delay.").tag(sync=True)
     chunk = traitlets.Int(0, help="Chunks generated in this stream.").tag(sync=True)
@@ -258,6 +270,13 @@ class ScopeWidget(anywidget.AnyWidget, StreamParameterTraits):
     def _choose_page_server(self, change: dict) -> None:
         if not self._view_reporting:
             self._page_server = not change["new"]
+
+    @traitlets.validate("transport")
+    def _validate_transport(self, proposal: dict) -> str:
+        value = proposal["value"]
+        if value not in TRANSPORTS:
+            raise traitlets.TraitError(f"transport: expected one of {TRANSPORTS}, got {value!r}")
+        return value
 
     @traitlets.validate("input_source")
     def _validate_input_source(self, proposal: dict) -> str:

@@ -54,6 +54,7 @@ class ScopePeer:
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=servers) if servers else None)
         self.channel = self.pc.createDataChannel("parameters", ordered=True)
         self.channel_open = asyncio.Event()
+        self.connected = asyncio.Event()
         self.messages: list[dict] = []
         self._message_arrived = asyncio.Event()
         self._on_frame = on_frame
@@ -62,10 +63,19 @@ class ScopePeer:
         self.channel.on("open", self.channel_open.set)
         self.channel.on("message", self._keep_message)
         self.pc.on("track", self._start_receiving)
+        self.pc.on("connectionstatechange", self._note_state)
         if send_track is not None:
             self.pc.addTrack(send_track)
         else:
             self.pc.addTransceiver("video", direction="recvonly" if recvonly else "sendrecv")
+
+    @property
+    def connection_state(self) -> str:
+        return self.pc.connectionState
+
+    def _note_state(self) -> None:
+        if self.pc.connectionState == "connected":
+            self.connected.set()
 
     async def create_offer(self) -> dict[str, str]:
         """The local offer with every candidate in it: ``{"sdp", "type"}``."""

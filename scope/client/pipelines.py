@@ -15,7 +15,7 @@ from pydantic_core import to_jsonable_python
 
 from scope.server_ext.api_models import PipelineStatusResponse, PooledPipeline
 
-__all__ = ["PipelineLike", "PipelineTarget", "find_in_pool", "holds", "pipeline_target"]
+__all__ = ["OWN_PIPELINE", "PipelineLike", "PipelineTarget", "find_in_pool", "holds", "pipeline_target"]
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,16 @@ class PipelineTarget:
 #: :class:`PipelineTarget`, or anything with ``pipeline_id`` and ``load_params`` (an entry of
 #: ``pipeline_status().pipelines``, or a status itself: its current pipeline).
 PipelineLike = str | tuple[str, Mapping[str, Any] | None] | PipelineTarget | PooledPipeline | PipelineStatusResponse
+
+
+class _Own:
+    """A ``pipeline=`` argument left out: the client's own pipeline (the current one while it has none)."""
+
+    def __repr__(self) -> str:
+        return "<the client's pipeline>"
+
+
+OWN_PIPELINE: Any = _Own()
 
 
 def pipeline_target(pipeline: PipelineLike) -> PipelineTarget:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
@@ -18,7 +18,9 @@ from pydantic import BaseModel
 
 from scope.client.auth import is_loopback, jupyter_token, normalise_base_url
 from scope.client.errors import ModelDownloadError, PipelineLoadError, ScopeApiError, error_from_response
+from scope.client.headless import HeadlessSession
 from scope.client.parameters import PromptsLike, merge_parameters
+from scope.client.pipelines import OWN_PIPELINE as _OWN
 from scope.client.pipelines import PipelineLike, PipelineTarget, find_in_pool, pipeline_target
 from scope.client.server_recordings import ServerRecordings
 from scope.server_ext.api_models import (
@@ -41,10 +43,12 @@ from scope.server_ext.api_models import (
     PipelineStatusResponse,
     SessionInfo,
     SessionsResponse,
+    TransportsResponse,
+    WebSocketOfferResponse,
 )
 
 if TYPE_CHECKING:
-    from scope.client.stream import ScopeStream, StreamInput
+    from scope.client.stream import ScopeStream, StreamInput, Transport
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -56,17 +60,7 @@ JSON = {"Content-Type": "application/json"}
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
 
 
-class _Own:
-    """``stream(pipeline=...)`` left out: the client's own pipeline."""
-
-    def __repr__(self) -> str:
-        return "<the client's pipeline>"
-
-
-_OWN: Any = _Own()
-
-
-class ScopeClient(ServerRecordings):
+class ScopeClient(ServerRecordings, HeadlessSession):
     """REST client of one Scope server.
 
     ``url`` is the server's base URL: ``http://127.0.0.1:8000/`` for ``daydream-scope``, or a
@@ -83,7 +77,7 @@ class ScopeClient(ServerRecordings):
         self.pipeline: PipelineTarget | None = None
         self._open_streams = weakref.WeakSet()
         self.token = token if token is not None else jupyter_token(self.url)
-        headers = {"Authorization": f"token {self.token}"} if self.token else {}
+        headers = self.auth_headers
         # Proxies from the environment must not intercept calls to this machine.
         self._http = httpx.Client(
             base_url=self.url, headers=headers, timeout=timeout, trust_env=not is_loopback(self.url)
@@ -290,6 +284,39 @@ class ScopeClient(ServerRecordings):
             body.update(pipeline_target(pipeline).offer_fields())
         return self._post("api/v1/webrtc/offer", OfferResponse, body)
 
+    def transports(self) -> TransportsResponse:
+        """What the server offers: ``transports``, the WebSocket's output ``encodings`` and
+        ``webrtc_fallback_timeout`` (seconds)."""
+        return self._get("api/v1/transports", TransportsResponse)
+
+    def websocket_offer(
+        self,
+        initial_parameters: Mapping[str, Any] | None = None,
+        *,
+        pipeline: PipelineLike | None = None,
+        sends_video: bool = False,
+        encodings: Sequence[str] | None = None,
+    ) -> WebSocketOfferResponse:
+        """Start a WebSocket session: answers ``sessionId``, ``encoding`` and ``url``, the socket's
+        path below the base URL, to open within the server's ``connect_timeout``.
+
+        ``encodings`` are the output encodings this side decodes, preferred first (``None``: the
+        server's default, ``["jpeg"]``); ``sends_video`` says input frames will follow.
+        """
+        body: dict[str, Any] = {"sends_video": sends_video}
+        if initial_parameters is not None:
+            body["initialParameters"] = dict(initial_parameters)
+        if encodings is not None:
+            body["encodings"] = list(encodings)
+        if pipeline is not None:
+            body.update(pipeline_target(pipeline).offer_fields())
+        return self._post("api/v1/websocket/offer", WebSocketOfferResponse, body)
+
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        """The headers that carry this client's token (none without one), for sockets too."""
+        return {"Authorization": f"token {self.token}"} if self.token else {}
+
     def add_ice_candidates(self, session_id: str, candidates: list[Mapping[str, Any]]) -> None:
         """Trickle candidates (``{"candidate", "sdpMid", "sdpMLineIndex"}``); an empty one ends them."""
         self.request("PATCH", f"api/v1/webrtc/offer/{session_id}", json={"candidates": [dict(c) for c in candidates]})
@@ -314,9 +341,10 @@ class ScopeClient(ServerRecordings):
         input: StreamInput = None,
         parameters: Mapping[str, Any] | None = None,
         pipeline: PipelineLike | None = _OWN,
+        transport: Transport = "webrtc",
         **more_parameters: Any,
     ) -> ScopeStream:
-        """A WebRTC session: ``async with client.stream("a red fox") as s``.
+        """A session: ``async with client.stream("a red fox") as s``.
 
         ``prompts`` (a string, a list of strings or of ``{"text", "weight"}``), ``parameters``
         and keyword parameters form the offer's ``initialParameters``. ``input`` is what is
@@ -327,6 +355,10 @@ class ScopeClient(ServerRecordings):
         pipeline-status entry; loaded into the pool if needed), left out from this client's
         :attr:`pipeline`, and with ``None`` (or when this client loaded none) from the server's
         current pipeline.
+
+        ``transport`` is ``"webrtc"``, ``"websocket"`` (everything over one WebSocket, for
+        networks that carry no UDP), or ``"auto"``: WebRTC, and the WebSocket when its peer does
+        not connect within the server's ``webrtc_fallback_timeout``.
         """
         from scope.client.stream import ScopeStream
 
@@ -335,7 +367,8 @@ class ScopeClient(ServerRecordings):
             initial.setdefault("input_mode", "video")
         if pipeline is _OWN:
             pipeline = self.pipeline
-        return ScopeStream(self, initial, input, pipeline=None if pipeline is None else pipeline_target(pipeline))
+        target = None if pipeline is None else pipeline_target(pipeline)
+        return ScopeStream(self, initial, input, pipeline=target, transport=transport)
 
     # Assets and LoRA --------------------------------------------------------------------
 

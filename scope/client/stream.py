@@ -1,7 +1,9 @@
-"""``ScopeStream``: one WebRTC session of a loaded pipeline, read, steered and recorded from Python.
+"""``ScopeStream``: one session of a loaded pipeline, read, steered and recorded from Python.
 
-Everything here runs on the caller's event loop (a notebook cell's ``await`` works); REST calls
-run in a worker thread so they never stall the peer connection.
+The session travels over WebRTC or over one WebSocket (:mod:`scope.client.ws_peer`, for networks
+that carry no UDP); everything else is the same on both. Everything here runs on the caller's
+event loop (a notebook cell's ``await`` works); REST calls run in a worker thread so they never
+stall the connection.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import httpx
 import numpy as np
@@ -24,14 +26,19 @@ from scope.client.peer import ReceivedFrame, ScopePeer
 from scope.client.pipelines import PipelineTarget
 from scope.client.recording import Mp4Writer, RecordingInfo
 from scope.client.sources import StreamInput, input_track
+from scope.client.ws_peer import WebSocketPeer, socket_url
 from scope.server_ext.api_models import SessionInfo, SessionStats
 
 if TYPE_CHECKING:
     from scope.client.rest import ScopeClient
 
-__all__ = ["ScopeStream", "StreamInput"]
+__all__ = ["ScopeStream", "StreamInput", "Transport"]
 
+Transport = Literal["webrtc", "websocket", "auto"]
+TRANSPORTS: tuple[str, ...] = get_args(Transport)
 CONNECT_TIMEOUT = 30.0
+#: Output encodings a WebSocket stream asks for, preferred first: both decode here.
+WEBSOCKET_ENCODINGS = ("h264", "jpeg")
 #: Frames a recording may fall behind by before the oldest are dropped.
 RECORD_BUFFER_FRAMES = 256
 
@@ -44,7 +51,9 @@ class ScopeStream:
     ``async with`` (or ``await s.open()``) returns once the ``parameters`` channel is open;
     leaving it (or ``await s.close()``) deletes the session on the server and closes the peer.
     ``pipeline`` is the pipeline the session streams from until it ends (``None``: the server's
-    current one when the offer arrives).
+    current one when the offer arrives). ``transport`` is ``"webrtc"``, ``"websocket"`` or
+    ``"auto"`` (WebRTC, then the WebSocket when the peer does not connect within the server's
+    ``webrtc_fallback_timeout``); :attr:`transport` is the one in use once open.
     """
 
     def __init__(
@@ -55,8 +64,18 @@ class ScopeStream:
         *,
         pipeline: PipelineTarget | None = None,
         connect_timeout: float = CONNECT_TIMEOUT,
+        transport: Transport = "webrtc",
+        encodings: tuple[str, ...] = WEBSOCKET_ENCODINGS,
     ):
+        if transport not in TRANSPORTS:
+            raise ValueError(f"transport must be one of {', '.join(map(repr, TRANSPORTS))}, got {transport!r}")
         self.client = client
+        self.requested_transport = transport
+        #: The transport in use: ``"webrtc"`` or ``"websocket"`` once open, ``None`` before.
+        self.transport: str | None = None
+        #: The WebSocket's output encoding (``"h264"`` or ``"jpeg"``); ``None`` over WebRTC.
+        self.encoding: str | None = None
+        self.encodings = tuple(encodings)
         self.initial_parameters = dict(initial_parameters)
         self.pipeline = pipeline
         self.connect_timeout = connect_timeout
@@ -66,9 +85,10 @@ class ScopeStream:
         self._input = input
         self._source = None
         self._owns_source = False
-        self._peer: ScopePeer | None = None
+        self._peer: ScopePeer | WebSocketPeer | None = None
         self._readers: set[FrameQueue] = set()
         self._ended: str | None = None
+        self._closing = False
 
     # Opening and closing ----------------------------------------------------------------
 
@@ -79,38 +99,98 @@ class ScopeStream:
         await self.close()
 
     async def open(self) -> ScopeStream:
-        """Offer, start the session, and wait until the data channel is open."""
+        """Start the session and wait until parameters can be sent (its channel or socket is open)."""
         if self._peer is not None:
             raise RuntimeError("This stream was opened already; ask the client for a new one.")
+        self._source, self._owns_source = input_track(self._input)
+        try:
+            if self.requested_transport == "websocket":
+                await self._open_websocket()
+            elif self.requested_transport == "auto":
+                await self._open_either()
+            else:
+                await self._open_webrtc()
+        except BaseException:
+            await self.close()
+            raise
+        return self
+
+    async def _open_either(self) -> None:
+        """WebRTC, or the WebSocket when its peer is not connected within the server's fallback time."""
+        offered = await asyncio.to_thread(self.client.transports)
+        if "websocket" not in offered.transports:
+            await self._open_webrtc()
+            return
+        fallback = offered.webrtc_fallback_timeout
+        try:
+            await self._open_webrtc(fallback=fallback)
+        except _NotConnected:
+            # Its slot is freed before the WebSocket asks for one: a client never holds two.
+            await self._drop_session()
+            await self._open_websocket()
+
+    async def _open_webrtc(self, fallback: float | None = None) -> None:
         # A server on this machine is reached through host candidates; STUN would only add delay.
         ice = [] if is_loopback(self.client.url) else await asyncio.to_thread(self.client.ice_servers)
-        self._source, self._owns_source = input_track(self._input)
-        self._peer = ScopePeer(
+        self._peer = peer = ScopePeer(
             self._source,
             recvonly=self._source is None,
             ice_servers=[server.model_dump() for server in ice],
             on_frame=self._deliver,
             on_ended=self._track_ended,
         )
+        self.transport = "webrtc"
+        offer = await peer.create_offer()
+        answer = await asyncio.to_thread(
+            self.client.offer, offer["sdp"], self.initial_parameters, pipeline=self.pipeline
+        )
+        self.session_id = answer.sessionId
+        self.client._open_streams.add(self)  # its session is the client's to record
+        await peer.accept_answer(answer.sdp, answer.type)
+        if fallback is not None:
+            try:
+                await asyncio.wait_for(peer.connected.wait(), fallback)
+            except TimeoutError:
+                raise _NotConnected from None
+        await self._wait_connected()
+
+    async def _open_websocket(self) -> None:
+        answer = await asyncio.to_thread(
+            self.client.websocket_offer, self.initial_parameters, pipeline=self.pipeline,
+            sends_video=self._source is not None, encodings=self.encodings,
+        )
+        self.session_id = answer.sessionId
+        self.client._open_streams.add(self)
+        self.transport, self.encoding = "websocket", answer.encoding
+        self._peer = WebSocketPeer(
+            socket_url(self.client.url, answer.url),
+            answer.encoding,
+            self._source,
+            headers=self.client.auth_headers,
+            on_frame=self._deliver,
+            on_ended=self._track_ended,
+        )
+        await self._peer.connect(self.connect_timeout)
+        await self._wait_connected()
+
+    async def _drop_session(self) -> None:
+        """Delete the session and close its connection, keeping the input source for the next one."""
         try:
-            offer = await self._peer.create_offer()
-            answer = await asyncio.to_thread(
-                self.client.offer, offer["sdp"], self.initial_parameters, pipeline=self.pipeline
-            )
-            self.session_id = answer.sessionId
-            self.client._open_streams.add(self)  # its session is the client's to record
-            await self._peer.accept_answer(answer.sdp, answer.type)
-            await self._wait_connected()
-        except BaseException:
-            await self.close()
-            raise
-        return self
+            if self.session_id is not None:
+                await asyncio.to_thread(self._delete_session)
+        finally:
+            self.client._open_streams.discard(self)
+            self.session_id = None
+            if self._peer is not None:
+                peer, self._peer = self._peer, None
+                await peer.close()
+            self.transport = None
 
     async def _wait_connected(self) -> None:
         try:
             await asyncio.wait_for(self._peer.channel_open.wait(), self.connect_timeout)
         except TimeoutError:
-            state = self._peer.pc.connectionState
+            state = self._peer.connection_state
             raise TimeoutError(
                 f"The stream did not connect within {self.connect_timeout} s (connection state: {state})."
             ) from None
@@ -119,6 +199,7 @@ class ScopeStream:
         """Delete the session on the server and close the peer connection (idempotent)."""
         if self._ended is not None and self._peer is None:
             return
+        self._closing = True  # the server's end of a session this side deletes is no stop
         try:
             if self.session_id is not None:
                 await asyncio.to_thread(self._delete_session)
@@ -154,6 +235,8 @@ class ScopeStream:
             reader.put(frame)
 
     def _track_ended(self) -> None:
+        if self._closing:
+            return
         stopped = [m for m in self.messages if m.get("type") == "stream_stopped"]
         reason = stopped[-1].get("error_message") if stopped else None
         self._end(f"The server stopped the stream: {reason}" if reason else "The server stopped the stream.")
@@ -224,11 +307,11 @@ class ScopeStream:
 
     @property
     def messages(self) -> list[dict]:
-        """Data-channel messages from the server, in arrival order."""
+        """The server's messages (the data channel's, or the socket's), in arrival order."""
         return self._peer.messages if self._peer is not None else []
 
     def update(self, parameters: Mapping[str, Any] | None = None, /, **more: Any) -> None:
-        """Send parameters on the data channel (``s.update(prompts="a blue whale", noise_scale=0.5)``)."""
+        """Send parameters on the data channel or socket (``s.update(prompts="a blue whale", noise_scale=0.5)``)."""
         if self._peer is None:
             raise RuntimeError("The stream is not open: parameters can only be sent while it streams.")
         self._peer.send(wire_parameters({**(parameters or {}), **more}))
@@ -270,3 +353,7 @@ async def _next_frame(reader: FrameQueue, until: float | None, timeout: float) -
             return None
         raise TimeoutError(f"No frame arrived within {timeout} s.") from None
     return None if until is not None and frame.at >= until else frame
+
+
+class _NotConnected(Exception):
+    """The WebRTC peer did not connect within the fallback time."""

@@ -1,4 +1,7 @@
-"""One WebRTC streaming session: its parameters, input, generation loop and output.
+"""One streaming session: its parameters, input, generation loop and output.
+
+The session is the same whatever carries it; its :class:`~scope.streaming.peers.SessionPeer`
+(a WebRTC peer, a WebSocket, or none for a headless session) sends its messages and frames.
 
 The generation loop runs on the event loop and hands each chunk to the device worker thread,
 so the loop never blocks. Each session is bound to one pipeline of the pool (its slot) until it
@@ -21,7 +24,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any
 
-from aiortc import RTCDataChannel, RTCPeerConnection
+import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from scope.params import ParameterErrors, parse_parameters, unused_parameters
@@ -30,10 +33,10 @@ from scope.recording.service import RecordingService
 from scope.recording.session_log import SessionLog
 from scope.streaming.asset_parameters import ASSET_PARAMETERS, names_assets, resolved_assets, unreadable_assets
 from scope.streaming.failures import RepeatedFailures
-from scope.streaming.liveness import watch_peer
 from scope.streaming.memory_budget import budget_device, held_bytes
 from scope.streaming.messages import CLIENT_MESSAGE_TYPES, parameter_warnings, unknown_type_rejection
 from scope.streaming.parameter_state import ParameterState
+from scope.streaming.peers import SessionPeer
 from scope.streaming.pool import LOADED, LOADING, PipelineSlot
 from scope.streaming.session_recording import SessionRecording
 from scope.streaming.session_stats import SessionStats
@@ -62,7 +65,16 @@ TASK_ROLES = {
     "refuse": "refusing the peer",
     "assets": "reading the files a message names",
     "recording": "recording",
+    "output": "sending the output",
 }
+
+
+class UpdateRefused(Exception):
+    """A parameters update refused as a whole; ``errors`` are ``{"loc", "msg"}`` naming each field."""
+
+    def __init__(self, errors: list[dict[str, Any]]):
+        super().__init__("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors))
+        self.errors = errors
 
 
 class FatalStreamError(Exception):
@@ -76,12 +88,12 @@ def is_fatal(exc: BaseException) -> bool:
 
 
 class StreamSession(SessionRecording):
-    """A peer connection bound to one pipeline of the pool through its own stream state."""
+    """A peer bound to one pipeline of the pool through its own stream state."""
 
     def __init__(
         self,
         session_id: str,
-        pc: RTCPeerConnection,
+        peer: SessionPeer,
         slot: PipelineSlot,
         executor: Executor,
         initial_parameters: dict[str, Any],
@@ -90,7 +102,7 @@ class StreamSession(SessionRecording):
         recordings: RecordingService | None = None,
     ):
         self.id = session_id
-        self.pc = pc
+        self.peer = peer
         #: The pipeline this session streams from, whatever is loaded after it.
         self.slot = slot
         self.executor = executor
@@ -117,7 +129,6 @@ class StreamSession(SessionRecording):
         self.connected = False
         self._on_closed = on_closed
         self._failures = RepeatedFailures(max_repeated_failures)
-        self._channel: RTCDataChannel | None = None
         self._outbox: list[str] = []
         #: Messages that arrived while an earlier one's files are read (None: none is being read).
         self._held: list[str | bytes] | None = None
@@ -132,12 +143,24 @@ class StreamSession(SessionRecording):
         self._last_chunk_frames = 0
         self._last_chunk_at = 0.0
         self._input_track: MediaStreamTrack | None = None
+        #: The peer sends input frames (a WebRTC track, or a WebSocket's input messages).
+        self._has_input = False
         self._disconnect_timer: asyncio.TimerHandle | None = None
+        peer.bind(self)
         slot.add_listener(self._on_pipeline_event)
         if slot.status == LOADING:  # queued before the "loaded" the listener may send
             self._on_pipeline_event("loading", f"Loading pipeline {slot.target.pipeline_id}")
 
     # Wiring -----------------------------------------------------------------------------
+
+    @property
+    def pc(self):
+        """The WebRTC peer connection (None for sessions over another transport)."""
+        return getattr(self.peer, "pc", None)
+
+    @property
+    def transport(self) -> str:
+        return self.peer.transport
 
     def start(self, connect_timeout: float) -> None:
         if self._record_from_start:  # the first chunk waits for it (see _generate_loop)
@@ -148,9 +171,14 @@ class StreamSession(SessionRecording):
 
     def _close_if_not_connected(self) -> None:
         self._disconnect_timer = None
-        if self.pc.connectionState != "connected":
+        if self.peer.connection_state != "connected":
             logger.info("session %s: peer never connected; closing", self.id)
             self._spawn_close()
+
+    def spawn_task(self, coro, name: str) -> asyncio.Task:
+        """Run ``coro`` as one of the session's tasks: under its guard, cancelled when it closes
+        (``name`` is a :data:`TASK_ROLES` key)."""
+        return self._spawn(coro, name)
 
     def _spawn(self, coro, name: str) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(self._guard(coro, name), name=f"scope-session-{self.id[:8]}-{name}")
@@ -169,24 +197,26 @@ class StreamSession(SessionRecording):
             logger.exception("session %s: the %s task failed; closing the session", self.id, name)
             await self.close(error_message=f"{TASK_ROLES.get(name, name)} failed: {_describe(exc)}")
 
-    def attach_channel(self, channel: RTCDataChannel) -> None:
-        self._channel = channel
-
-        @channel.on("open")
-        def _flush() -> None:
-            self._flush_outbox()
-
-        @channel.on("message")
-        def _message(message: str | bytes) -> None:
-            self.handle_message(message)
-
-        if channel.readyState == "open":
-            self._flush_outbox()
-
     def attach_input(self, track: MediaStreamTrack) -> None:
         if track.kind == "video" and self._input_track is None:
             self._input_track = track
+            self._has_input = True
             self._spawn(self._read_input(track), "input")
+
+    def put_input(self, frame: np.ndarray | None) -> None:
+        """An input frame from the peer (None: one it sent that could not be used). Video mode
+        buffers it; text mode takes no input, only its rate, which paces the output."""
+        self._has_input = True
+        if self._mode() != "video":
+            self.input.meter.tick()
+        elif frame is None:
+            self.input.skip()
+        else:
+            self.input.put(frame)
+
+    def wants_input(self) -> bool:
+        """Whether input frames are buffered now (video mode) rather than only counted."""
+        return self._mode() == "video"
 
     def connection_state_changed(self, state: str, timeout: float) -> None:
         if state in ("failed", "closed"):
@@ -201,9 +231,12 @@ class StreamSession(SessionRecording):
                 self._disconnect_timer = None
             if not self.connected:
                 self.connected = True
-                self._spawn(watch_peer(self.pc, timeout, self._peer_gone), "liveness")
+                watch = self.peer.liveness(timeout, self.peer_gone)
+                if watch is not None:
+                    self._spawn(watch, "liveness")
 
-    def _peer_gone(self, silent_s: float) -> None:
+    def peer_gone(self, silent_s: float) -> None:
+        """The peer has sent nothing for ``silent_s`` seconds: it went without closing."""
         logger.info("session %s: nothing from the peer for %.1f s; closing", self.id, silent_s)
         self._spawn_close()
 
@@ -214,11 +247,11 @@ class StreamSession(SessionRecording):
             self._spawn(self.close(error_message=reason), "refuse")
 
     async def _wait_for_channel(self, timeout: float) -> None:
-        """Wait until the data channel is open, unless the peer has gone (or ``timeout``)."""
+        """Wait until messages reach the peer, unless it has gone (or ``timeout``)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while loop.time() < deadline and self.pc.connectionState not in ("closed", "failed"):
-            if self._channel is not None and self._channel.readyState == "open":
+        while loop.time() < deadline and not self.peer.gone:
+            if self.peer.message_open:
                 return
             await asyncio.sleep(0.05)
 
@@ -229,17 +262,18 @@ class StreamSession(SessionRecording):
     # Messages ---------------------------------------------------------------------------
 
     def send(self, message: dict[str, Any]) -> None:
-        """Send a JSON message on the data channel, queueing it until the channel opens."""
+        """Send a JSON message to the peer, queueing it until messages can reach it."""
         text = json.dumps(message)
-        if self._channel is not None and self._channel.readyState == "open":
-            self._channel.send(text)
+        if self.peer.message_open:
+            self.peer.send_text(text)
         else:
             self._outbox.append(text)
 
-    def _flush_outbox(self) -> None:
+    def flush_outbox(self) -> None:
+        """Send what waited for the peer (its data channel or socket has just opened)."""
         outbox, self._outbox = self._outbox, []
         for text in outbox:
-            self._channel.send(text)
+            self.peer.send_text(text)
 
     def handle_message(self, raw: str | bytes) -> None:
         """A data-channel message: validate, then merge it (or refuse it as a whole).
@@ -263,30 +297,11 @@ class StreamSession(SessionRecording):
             return
         if isinstance(message, dict):
             message = {k: v for k, v in message.items() if k != "type"}
-        model = self.slot.pipeline_class.parameters_model
         try:
-            context = self.slot.context.validation_context()
-            update, unknown = parse_parameters(message, model, context=context)
-        except ParameterErrors as exc:
-            self.send({"type": "parameters_rejected", "errors": [{"loc": e["loc"], "msg": e["msg"]} for e in exc.errors]})
+            update, warnings = self.check_update(message)
+        except UpdateRefused as exc:
+            self.send({"type": "parameters_rejected", "errors": exc.errors})
             return
-        except RecursionError:
-            self.send({"type": "parameters_rejected", "errors": [{"loc": [], "msg": TOO_DEEP}]})
-            return
-        pipeline = self.slot.pipeline
-        # The pipeline sees the mode the update will run in (StreamDiffusionV2 takes VACE in text mode only).
-        in_mode = {"input_mode": self.parameters.input_mode, **update} if self.parameters.input_mode else update
-        # Before the pipeline has loaded, what only it can check waits until the stream opens.
-        errors = pipeline.check_parameters(in_mode) if pipeline is not None else []
-        if errors:
-            self.send({"type": "parameters_rejected", "errors": [{"loc": e["loc"], "msg": e["msg"]} for e in errors]})
-            return
-        mode, info = update.get("input_mode"), self.slot.pipeline_class.info
-        if mode and mode not in info.supported_modes:
-            msg = f"input_mode '{mode}' is not supported by pipeline '{info.id}'"
-            self.send({"type": "parameters_rejected", "errors": [{"loc": ["input_mode"], "msg": msg}]})
-            return
-        warnings = parameter_warnings(self.slot.pipeline_class, list(update), unknown)
         if names_assets(update):
             self._held = []
             self._spawn(self._apply_after_reading(update, warnings), "assets")
@@ -294,6 +309,41 @@ class StreamSession(SessionRecording):
         for warning in warnings:
             self.send(warning)
         self.apply_update(update)
+
+    def check_update(self, message: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Validate a parameters update for this session's pipeline: the update and its
+        ``parameters_warning`` messages, or :class:`UpdateRefused` naming each field."""
+        model = self.slot.pipeline_class.parameters_model
+        try:
+            context = self.slot.context.validation_context()
+            update, unknown = parse_parameters(message, model, context=context)
+        except ParameterErrors as exc:
+            raise UpdateRefused([{"loc": e["loc"], "msg": e["msg"]} for e in exc.errors]) from None
+        except RecursionError:
+            raise UpdateRefused([{"loc": [], "msg": TOO_DEEP}]) from None
+        pipeline = self.slot.pipeline
+        # The pipeline sees the mode the update will run in (StreamDiffusionV2 takes VACE in text mode only).
+        in_mode = {"input_mode": self.parameters.input_mode, **update} if self.parameters.input_mode else update
+        # Before the pipeline has loaded, what only it can check waits until the stream opens.
+        errors = pipeline.check_parameters(in_mode) if pipeline is not None else []
+        if errors:
+            raise UpdateRefused([{"loc": e["loc"], "msg": e["msg"]} for e in errors])
+        mode, info = update.get("input_mode"), self.slot.pipeline_class.info
+        if mode and mode not in info.supported_modes:
+            raise UpdateRefused([{"loc": ["input_mode"], "msg": f"input_mode '{mode}' is not supported by pipeline '{info.id}'"}])
+        return update, parameter_warnings(self.slot.pipeline_class, list(update), unknown)
+
+    async def apply_request(self, message: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """An update from an HTTP request (the headless API): checked like a message, the files it
+        names read off the loop, then applied; :class:`UpdateRefused` leaves everything as it was."""
+        update, warnings = self.check_update(message)
+        if names_assets(update):
+            skip = frozenset(unused_parameters(self.slot.pipeline_class.parameters_model, ASSET_PARAMETERS))
+            errors = await asyncio.to_thread(unreadable_assets, update, self.slot.context.assets_dir, skip)
+            if errors:
+                raise UpdateRefused([{"loc": e["loc"], "msg": e["msg"]} for e in errors])
+        self.apply_update(update)
+        return update, warnings
 
     async def _apply_after_reading(self, update: dict[str, Any], warnings: list[dict[str, Any]]) -> None:
         """Read the files ``update`` names, then apply it (or refuse it naming each unreadable
@@ -353,7 +403,7 @@ class StreamSession(SessionRecording):
 
     def output_fps(self) -> float:
         pipeline_fps = self.pipeline_meter.fps
-        input_fps = self.input.meter.fps if self._input_track is not None else None
+        input_fps = self.input.meter.fps if self._has_input else None
         return min(pipeline_fps, input_fps) if input_fps else pipeline_fps
 
     def _set_state(self, state: str, hold: bool = False) -> None:
@@ -496,10 +546,7 @@ class StreamSession(SessionRecording):
                 frame = await track.recv()
             except MediaStreamError:
                 return
-            if self._mode() == "video":
-                self.input.put(frame.to_ndarray(format="rgb24"))
-            else:
-                self.input.meter.tick()  # text mode takes no input; only its rate paces the output
+            self.put_input(frame.to_ndarray(format="rgb24") if self.wants_input() else None)
 
     # Reporting --------------------------------------------------------------------------
 
@@ -507,7 +554,7 @@ class StreamSession(SessionRecording):
         """The session's :class:`SessionStats`, as JSON (the ``stats`` message and ``SessionInfo``)."""
         pipeline = self.slot.pipeline
         return SessionStats(
-            fps=round(self.track.sent.fps or 0.0, 2),
+            fps=round(self.peer.fps, 2),
             chunk=self.chunks,
             chunk_ms=round(self.chunk_ms, 2),
             pipeline_id=self.slot.target.pipeline_id,
@@ -518,12 +565,16 @@ class StreamSession(SessionRecording):
             input_frames_dropped=self.input.dropped,
             latency_ms=self.track.latency.percentile_ms(50),
             latency_p95_ms=self.track.latency.percentile_ms(95),
+            transport=self.peer.transport,
+            frames_sent=self.peer.frames_sent,
+            link_frames_dropped=self.peer.link_frames_dropped,
+            bytes_per_s=self.peer.bytes_per_s,
         ).model_dump(mode="json")
 
     async def _stats_loop(self) -> None:
         while not self.closed:
             await asyncio.sleep(STATS_INTERVAL_S)
-            if self._channel is not None and self._channel.readyState == "open":
+            if self.peer.message_open:
                 self.send({"type": "stats", **self.stats()})
 
     def describe(self) -> dict[str, Any]:
@@ -532,7 +583,8 @@ class StreamSession(SessionRecording):
             "input_mode": self._mode(),
             "pipeline_id": self.slot.target.pipeline_id,
             "load_params": self.slot.target.load_params,
-            "connection_state": self.pc.connectionState,
+            "transport": self.peer.transport,
+            "connection_state": self.peer.connection_state,
             "parameters": self.parameters.snapshot(),
             "stats": self.stats(),
             "lora_scales": [
@@ -554,12 +606,12 @@ class StreamSession(SessionRecording):
             # The channel opens just after the connection: give it a moment so the peer reads
             # why in ``stream_stopped`` instead of just losing the connection.
             await self._wait_for_channel(CHANNEL_GRACE_S)
-        if notify and self._channel is not None and self._channel.readyState == "open":
+        if notify and self.peer.message_open:
             message = {"type": "stream_stopped"}
             if error_message:
                 message["error_message"] = error_message
-            self._channel.send(json.dumps(message))
-            await _drain(self._channel)
+            self.peer.send_text(json.dumps(message))
+            await self.peer.drain()
         try:
             # A stop already decided (a limit) finishes the same files: this waits for them.
             self.recorder = None
@@ -578,7 +630,7 @@ class StreamSession(SessionRecording):
         except Exception:
             logger.warning("session %s: closing its stream failed", self.id, exc_info=True)
         try:
-            await self.pc.close()
+            await self.peer.close()
         except Exception:
             logger.warning("session %s: closing its peer connection failed", self.id, exc_info=True)
         self._on_closed(self)
@@ -597,10 +649,3 @@ def _describe(exc: BaseException) -> str:
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
-
-async def _drain(channel: RTCDataChannel, timeout: float = 0.5) -> None:
-    """Give a just-sent message a moment to leave before the connection closes."""
-    deadline = time.monotonic() + timeout
-    await asyncio.sleep(0.05)
-    while channel.bufferedAmount > 0 and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)

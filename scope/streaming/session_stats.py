@@ -11,10 +11,14 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 SessionState = Literal["streaming", "paused", "waiting", "loading"]
+Transport = Literal["webrtc", "websocket", "headless"]
 
 
 class SessionStats(BaseModel):
-    fps: float = Field(description="Frames per second sent to the peer lately.")
+    fps: float = Field(
+        description="Frames per second sent to the peer lately (over a WebSocket, the frames actually sent: "
+        "those dropped for a slow link do not count)."
+    )
     chunk: int = Field(description="Chunks generated so far.")
     chunk_ms: float = Field(description="Time the last chunk took, in milliseconds.")
     pipeline_id: str | None = Field(description="The pipeline the session runs (null before any load).")
@@ -40,4 +44,21 @@ class SessionStats(BaseModel):
     )
     latency_p95_ms: float | None = Field(
         description="The 95th percentile of the same latencies, in milliseconds (null likewise)."
+    )
+    transport: Transport = Field(
+        description="How the session's output leaves the server: 'webrtc' (RTP over UDP), 'websocket' "
+        "(frames on a WebSocket, through any HTTP proxy) or 'headless' (no client: frame, metrics and output.ts endpoints)."
+    )
+    frames_sent: int = Field(
+        description="Output frames the transport delivered: handed to the WebRTC encoder, sent on the WebSocket, "
+        "or taken from the headless session's output."
+    )
+    link_frames_dropped: int = Field(
+        description="Output frames not sent because the link or the reader was behind (a WebSocket client more "
+        "than 6 frames behind, an output.ts reader whose queue is full). Always 0 over WebRTC, whose encoder "
+        "lowers its bitrate instead."
+    )
+    bytes_per_s: float | None = Field(
+        description="Bytes per second the transport sent lately (WebSocket frames; the headless session's "
+        "output.ts readers together). Null over WebRTC."
     )

@@ -134,6 +134,12 @@ class InputBuffer:
         self.meter.tick(now)
         self._arrived.set()
 
+    def skip(self) -> None:
+        """Count a frame the peer sent that could not be used (undecodable): received, dropped."""
+        self.received += 1
+        self.dropped += 1
+        self.meter.tick()
+
     def clear(self) -> None:
         self.dropped += len(self._frames)
         self._frames.clear()
@@ -270,6 +276,19 @@ class OutputTrack(MediaStreamTrack):
         return len(self._queue)
 
     async def recv(self) -> VideoFrame:
+        """The next frame for aiortc's encoder, paced (see :meth:`next_array`)."""
+        array, pts = await self.next_array()
+        frame = VideoFrame.from_ndarray(array, format="rgb24")
+        frame.pts = pts
+        frame.time_base = VIDEO_TIME_BASE
+        return frame
+
+    async def next_array(self) -> tuple[np.ndarray, int]:
+        """The next frame, when it is due, as uint8 RGB with its 90 kHz timestamp.
+
+        Every transport takes its frames here, so pacing, holding and latency are the same
+        whatever carries them.
+        """
         if self.readyState != "live":
             raise MediaStreamError
         period = 1.0 / clamp_fps(self._rate())
@@ -299,12 +318,10 @@ class OutputTrack(MediaStreamTrack):
                 await asyncio.wait_for(self._available.wait(), timeout=period)
             except TimeoutError:
                 pass
-        frame = VideoFrame.from_ndarray(array, format="rgb24")
         now = time.monotonic()
         if self._start is None:
             self._start = now
-        frame.pts = int((now - self._start) * VIDEO_CLOCK_RATE)
-        frame.time_base = VIDEO_TIME_BASE
+        pts = int((now - self._start) * VIDEO_CLOCK_RATE)
         # Deadlines are absolute, so timer slack does not add up. A frame that came clearly late
         # moves the timeline (no burst to catch up); the drain above wins the time back.
         if self._due is None or now - self._due > period / 2:
@@ -316,4 +333,4 @@ class OutputTrack(MediaStreamTrack):
         self.sent.tick(now)
         if fresh:
             self.latency.record(None if origin is None else now - origin)
-        return frame
+        return array, pts

@@ -1,4 +1,6 @@
-"""WebRTC signalling: offers become sessions, trickled candidates reach their peer."""
+"""Sessions of every transport, and WebRTC signalling: offers become sessions, trickled
+candidates reach their peer. The WebSocket and headless ways in are mixins of the same service
+(``websocket_sessions.py``, ``headless_sessions.py``), so every session shares its limits."""
 
 from __future__ import annotations
 
@@ -20,23 +22,18 @@ from scope.streaming.asset_parameters import ASSET_PARAMETERS, names_assets, unr
 from scope.streaming.host_addresses import drop_unreachable_candidates, may_check
 from scope.streaming.manager import LOADED, LOADING, LoadTarget, OverBudget, PipelineManager, TargetErrors
 from scope.streaming.messages import parameter_warnings
+from scope.streaming.headless_sessions import HeadlessSessions
 from scope.streaming.offer_check import OfferProblem, check_offer, sends_video
+from scope.streaming.peers import SessionPeer, WebRTCPeer
 from scope.streaming.pool import PipelineSlot
 from scope.streaming.session import StreamSession
+from scope.streaming.session_errors import SignallingError
+from scope.streaming.websocket_sessions import WebSocketSessions
 
 logger = logging.getLogger(__name__)
 
 #: The spec's answer to an offer when no pipeline is loaded.
 NO_PIPELINE = "Pipeline not loaded. Please load pipeline first."
-
-
-class SignallingError(Exception):
-    """An offer or candidate was refused; ``status`` is the HTTP status to answer with."""
-
-    def __init__(self, status: int, detail: Any):
-        super().__init__(detail if isinstance(detail, str) else str(detail))
-        self.status = status
-        self.detail = detail
 
 
 def parse_candidate(entry: dict[str, Any]):
@@ -58,8 +55,8 @@ def parse_candidate(entry: dict[str, Any]):
     return candidate
 
 
-class SessionService:
-    """Creates, lists and closes streaming sessions.
+class SessionService(WebSocketSessions, HeadlessSessions):
+    """Creates, lists and closes streaming sessions, over WebRTC, a WebSocket or none.
 
     Two limits: ``max_pending`` answered offers may wait for their peer at once (until
     ``connect_timeout`` reaps them), and ``max_sessions`` peers may be connected at once. Offers
@@ -96,6 +93,7 @@ class SessionService:
         self.sessions: dict[str, StreamSession] = {}
         self._creating = 0
         self._releasing: set[asyncio.Task] = set()
+        HeadlessSessions.__init__(self)
 
     def streaming_count(self) -> int:
         """Sessions whose peer has connected."""
@@ -140,6 +138,7 @@ class SessionService:
         sends_video: bool = True,
         cls: type[Pipeline] | None = None,
         pipeline: Pipeline | None = None,
+        loc: tuple[str, ...] = ("body", "initialParameters"),
     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """Validate ``initialParameters`` and add the pipeline's defaults for its mode.
 
@@ -161,7 +160,7 @@ class SessionService:
             context = self.manager.context.validation_context()
             given, unknown = parse_parameters(raw or {}, cls.parameters_model, context=context)
         except ParameterErrors as exc:
-            raise SignallingError(422, [{**e, "loc": ["body", "initialParameters", *e["loc"]]} for e in exc.errors]) from None
+            raise SignallingError(422, [{**e, "loc": [*loc, *e["loc"]]} for e in exc.errors]) from None
         info = cls.info
         mode = given.get("input_mode") or info.default_mode
         if "input_mode" not in given and not sends_video and "text" in info.supported_modes:
@@ -174,7 +173,7 @@ class SessionService:
             )
         errors = pipeline.check_parameters({**given, "input_mode": mode}) if pipeline is not None else []
         if errors:
-            raise SignallingError(422, [{**e, "loc": ["body", "initialParameters", *e["loc"]]} for e in errors])
+            raise SignallingError(422, [{**e, "loc": [*loc, *e["loc"]]} for e in errors])
         params: dict[str, Any] = dict(cls.default_parameters)
         if mode == "video":
             # Mode defaults use the config schema's names; only those that are stream parameters apply.
@@ -194,6 +193,49 @@ class SessionService:
         load_params: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Answer an offer and start its session, on the current pipeline or the one named."""
+
+        def check(cls: type[Pipeline]) -> None:
+            if sdp_type != "offer":
+                raise SignallingError(400, f"type must be 'offer', got '{sdp_type}'")
+            try:
+                check_offer(sdp)
+            except OfferProblem as exc:
+                raise SignallingError(400, str(exc)) from None
+
+        async def make_peer() -> WebRTCPeer:
+            servers = await self.ice_servers()
+            return WebRTCPeer(RTCPeerConnection(RTCConfiguration(iceServers=servers)))
+
+        answers: list = []
+
+        async def negotiate(session: StreamSession) -> None:
+            answers.append(await self._negotiate(session.peer, session, sdp))
+
+        session = await self.open_session(
+            raw_parameters, pipeline_id, load_params, make_peer, check=check, sends_video=lambda: sends_video(sdp),
+            connect=negotiate,
+        )
+        answer = answers[0]
+        return {"sdp": answer.sdp, "type": answer.type, "sessionId": session.id}
+
+    async def open_session(
+        self,
+        raw_parameters: dict[str, Any] | None,
+        pipeline_id: str | None,
+        load_params: dict[str, Any] | None,
+        make_peer: Callable[[], Awaitable[SessionPeer]],
+        *,
+        check: Callable[[type[Pipeline]], None] = lambda cls: None,
+        sends_video: Callable[[], bool] = lambda: True,
+        connect: Callable[[StreamSession], Awaitable[None]] | None = None,
+        loc: tuple[str, ...] = ("body", "initialParameters"),
+    ) -> StreamSession:
+        """Validate, bind and start a session of any transport; ``make_peer`` builds its peer
+        and ``connect`` (before the session starts) what the transport needs first.
+
+        The checks run in the order every transport answers them: capacity, the named pipeline,
+        the transport's own ``check``, the initial parameters (``loc`` names where they were).
+        """
         self._check_capacity()
         named = pipeline_id is not None or load_params is not None
         if named:
@@ -202,30 +244,25 @@ class SessionService:
             loaded = pooled.pipeline if pooled is not None else None
         else:
             cls, loaded = self._current_pipeline(), self.manager.pipeline
-        if sdp_type != "offer":
-            raise SignallingError(400, f"type must be 'offer', got '{sdp_type}'")
-        try:
-            check_offer(sdp)
-        except OfferProblem as exc:
-            raise SignallingError(400, str(exc)) from None
-        params, warnings = self.initial_parameters(raw_parameters, sends_video(sdp), cls, loaded)
+        check(cls)
+        params, warnings = self.initial_parameters(raw_parameters, sends_video(), cls, loaded, loc)
         session_id = str(uuid.uuid4())
         self._creating += 1
         try:
             slot = await self._bind(pipeline_id, load_params, session_id) if named else await self._bind_current(session_id)
             try:
-                await self._check_assets(params, cls)
-                servers = await self.ice_servers()
-                pc = RTCPeerConnection(RTCConfiguration(iceServers=servers))
+                await self._check_assets(params, cls, loc)
+                peer = await make_peer()
             except BaseException:
                 await self.manager.release(slot, session_id)
                 raise
             session = StreamSession(
-                session_id, pc, slot, self.executor, params, on_closed=self._forget,
+                session_id, peer, slot, self.executor, params, on_closed=self._forget,
                 max_repeated_failures=self.max_repeated_failures, recordings=self.recordings,
             )
             try:
-                answer = await self._negotiate(pc, session, sdp)
+                if connect is not None:
+                    await connect(session)
             except Exception:
                 await session.close(notify=False)
                 raise
@@ -236,10 +273,10 @@ class SessionService:
             session.send(warning)
         session.start(self.connect_timeout)
         logger.info(
-            "session %s opened: pipeline %s, mode %s (%d active)",
-            session.id, slot.target.pipeline_id, params["input_mode"], len(self.sessions),
+            "session %s opened (%s): pipeline %s, mode %s (%d active)",
+            session.id, peer.transport, slot.target.pipeline_id, params["input_mode"], len(self.sessions),
         )
-        return {"sdp": answer.sdp, "type": answer.type, "sessionId": session.id}
+        return session
 
     async def _bind(self, pipeline_id: str, load_params: dict[str, Any] | None, session_id: str) -> PipelineSlot:
         """Bind ``session_id`` to the pipeline an offer names, loading it into the pool if needed
@@ -260,19 +297,21 @@ class SessionService:
             raise SignallingError(409, exc.errors(["body"])) from None
         return slot
 
-    async def _check_assets(self, params: dict[str, Any], cls: type[Pipeline]) -> None:
+    async def _check_assets(self, params: dict[str, Any], cls: type[Pipeline], loc: tuple[str, ...]) -> None:
         """422 naming each asset file of ``initialParameters`` the stream could not read (read off the loop)."""
         if not names_assets(params):
             return
         skip = frozenset(unused_parameters(cls.parameters_model, ASSET_PARAMETERS))
         errors = await asyncio.to_thread(unreadable_assets, params, self.manager.context.assets_dir, skip)
         if errors:
-            raise SignallingError(422, [{**e, "loc": ["body", "initialParameters", *e["loc"]]} for e in errors])
+            raise SignallingError(422, [{**e, "loc": [*loc, *e["loc"]]} for e in errors])
 
-    async def _negotiate(self, pc: RTCPeerConnection, session: StreamSession, sdp: str):
+    async def _negotiate(self, peer: WebRTCPeer, session: StreamSession, sdp: str):
+        pc = peer.pc
+
         @pc.on("datachannel")
         def _on_channel(channel) -> None:
-            session.attach_channel(channel)
+            peer.attach_channel(channel)
 
         @pc.on("track")
         def _on_track(track) -> None:
@@ -303,7 +342,7 @@ class SessionService:
 
     async def add_candidates(self, session_id: str, candidates: list[dict[str, Any]]) -> None:
         session = self.sessions.get(session_id)
-        if session is None:
+        if session is None or session.pc is None:
             raise SignallingError(404, f"Session {session_id} not found")
         if session.closed or session.pc.connectionState in ("closed", "failed"):
             raise SignallingError(404, f"Session {session_id} is closed or failed")
@@ -322,6 +361,7 @@ class SessionService:
 
     def _forget(self, session: StreamSession) -> None:
         self.sessions.pop(session.id, None)
+        self.headless_ended(session)
         # The pipeline may unload now (asked to once idle): off this callback, kept until done.
         task = asyncio.get_running_loop().create_task(self.manager.release(session.slot, session.id))
         self._releasing.add(task)

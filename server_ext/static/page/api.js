@@ -121,10 +121,11 @@ function describeDetail(status, detail) {
  * A function `api(method, path, body)` calling the Scope API below `base` (a URL ending in "/").
  * `body` is sent as JSON, or as raw bytes when it is a Blob (a File: an upload). Answers parsed
  * JSON (or null) and throws ApiError. `sameOrigin` pages send Jupyter's cookie and XSRF header; a
- * page calling another origin sends neither (that API is open, with CORS).
+ * page calling another origin sends neither (that API is open, with CORS). The function carries
+ * its `base` and `token`, for the WebSocket transport's socket.
  */
 export function createApi({ base, token = null, sameOrigin = true }) {
-  return async function api(method, path, body) {
+  async function api(method, path, body) {
     const raw = body instanceof Blob;
     const headers = {};
     if (body !== undefined) headers["Content-Type"] = raw ? "application/octet-stream" : "application/json";
@@ -148,7 +149,9 @@ export function createApi({ base, token = null, sameOrigin = true }) {
     }
     if (!response.ok) throw new ApiError(response.status, data && data.detail !== undefined ? data.detail : data);
     return data;
-  };
+  }
+  // What a WebSocket to the same server needs: where it is, and the token to carry.
+  return Object.assign(api, { base, token });
 }
 
 /** One line saying what `GET api/v1/pipeline/status` answered. */

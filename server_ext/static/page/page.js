@@ -5,6 +5,8 @@ import { api, apiBase, pageToken } from "./api.js";
 import { PageModel } from "./page-model.js";
 import { render } from "./widget.js";
 
+const TRANSPORTS = ["auto", "webrtc", "websocket"];
+
 async function main() {
   const el = document.getElementById("scope");
   let state;
@@ -21,6 +23,9 @@ async function main() {
     state.pipeline_id = status.pipeline_id;
     state.load_params = status.load_params ?? {};
   }
+  // `?transport=webrtc|websocket|auto` chooses how the page streams, as the widget's traitlet does.
+  const transport = new URLSearchParams(location.search).get("transport");
+  if (TRANSPORTS.includes(transport)) state.transport = transport;
   const dispose = render({
     model: new PageModel(state),
     el,

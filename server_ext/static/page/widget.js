@@ -8,6 +8,7 @@
 
 import { createApi, describeErrors, holds, isLoadConflict, pipelineStatusText, poolEntry, refusedOrigin, sameValue } from "./api.js";
 import { ScopeStream } from "./stream.js";
+import { WebSocketStream } from "./ws-stream.js";
 import { startTestPattern } from "./test-pattern.js";
 import { schemaControl } from "./schema-form.js";
 import { LoraPicker, LoraSliders } from "./lora-controls.js";
@@ -18,6 +19,14 @@ import { element } from "./dom.js";
 const POLL_MS = 500;
 const STATS_MS = 1000;
 const MAX_MESSAGES = 30;
+/** Seconds a WebRTC stream has to connect before "auto" takes the WebSocket (the server's setting, when it says). */
+const DEFAULT_FALLBACK_TIMEOUT = 5;
+const NO_WEBRTC = "This browser offers no WebRTC, so the stream cannot be shown here.";
+/** How the view names each transport. */
+const TRANSPORT_NAMES = { webrtc: "WebRTC", websocket: "WebSocket" };
+
+/** The transport a stream of the view runs on. */
+const transportOf = (stream) => (stream instanceof WebSocketStream ? "websocket" : "webrtc");
 
 /** Stream parameters with their own controls, or none: the rest are generated from the schema. */
 const HAND_MADE = new Set([
@@ -124,6 +133,11 @@ class WidgetView {
     this.timers = [];
     this.disposed = false;
     this.lastFrames = null;
+    /** What `GET api/v1/transports` answered (null: a server that offers WebRTC only). */
+    this.transports = null;
+    /** The WebRTC stream "auto" is trying, and how its trial ends early (connected or failed). */
+    this.trial = null;
+    this.trialEnded = null;
     /**
      * The pipeline this view streams from, {pipeline_id, load_params} as the server normalised
      * them: the one it loaded (or found loaded). Its streams name it in their offers, so another
@@ -142,6 +156,7 @@ class WidgetView {
     const b = (text, onClick, props = {}) => element("button", { type: "button", textContent: text, onclick: onClick, ...props });
     this.ui = {
       server: element("span", { className: "scope-server" }),
+      transport: element("span", { className: "scope-transport scope-muted", hidden: true }),
       synthetic: element("span", {
         className: "scope-badge", hidden: true,
         textContent: "Synthetic weights: random, tiny models. The picture is noise-like by design.",
@@ -211,7 +226,7 @@ class WidgetView {
     // fold into one column (the stylesheet orders their parts); a page lays them side by side.
     this.el.classList.add("scope-widget");
     this.el.replaceChildren(
-      element("header", {}, element("strong", { className: "scope-title", textContent: "Scope" }), ui.server, ui.synthetic),
+      element("header", {}, element("strong", { className: "scope-title", textContent: "Scope" }), ui.server, ui.transport, ui.synthetic),
       element("div", { className: "scope-view" },
         element("div", { className: "scope-screen" }, ui.video, ui.placeholder),
         ui.stats,
@@ -258,8 +273,8 @@ class WidgetView {
     this.showPrompts();
     this.ui.blend.value = model.get("prompt_interpolation_method");
 
-    if (typeof RTCPeerConnection === "undefined") {
-      return this.fail("unavailable", "This browser offers no WebRTC, so the stream cannot be shown here.");
+    if (typeof RTCPeerConnection === "undefined" && model.get("transport") === "webrtc") {
+      return this.fail("unavailable", NO_WEBRTC);
     }
     try {
       this.schemas = (await this.api("GET", "api/v1/pipelines/schemas")).pipelines;
@@ -274,6 +289,7 @@ class WidgetView {
       }
       return this.fail("unavailable", `The Scope API did not answer at ${this.base}: ${error.message}`);
     }
+    this.transports = await this.api("GET", "api/v1/transports").catch(() => null);
     for (const schema of Object.values(this.schemas)) {
       this.ui.pipeline.append(new Option(schema.name ? `${schema.name} (${schema.id})` : schema.id, schema.id));
     }
@@ -287,7 +303,7 @@ class WidgetView {
   /** The view goes away (its output cleared, its cell re-run): its stream ends and Python reads "closed". */
   dispose() {
     try {
-      this.setTraits({ status: "closed", session_id: "", fps: 0 });
+      this.setTraits({ status: "closed", session_id: "", fps: 0, active_transport: "" });
     } catch {
       // The model went with its kernel: nobody is left to tell.
     }
@@ -718,32 +734,43 @@ class WidgetView {
       return this.fail("error", `${schema.id} generates from prompts: type one above (or set w.prompts) before starting.`);
     }
     if (!schema.supports_prompts) this.pendingTransition = null;
+    const transport = this.model.get("transport") || "auto";
+    const first = this.firstTransport(transport);
+    if (!first) return this.fail("unavailable", NO_WEBRTC);
     this.setStatus("connecting");
     this.loraSliders.reset(); // a new stream starts at the scales the adapters were loaded with
     this.setTraits({ lora_adapters: this.loraSliders.report() });
     this.lastFrames = null;
     this.chunkSeen = false;
     this.heldSends = [];
-    // Only the view's current stream speaks to it: a stopped one's late events must not end
-    // the stream started after it.
-    const current = (handle) => (value) => {
-      if (this.stream === stream) handle(value);
-    };
-    const stream = new ScopeStream(
-      {
-        onVideo: current((media) => this.showVideo(media)),
-        onMessage: current((message) => this.onMessage(message)),
-        onState: current((state) => this.onConnectionState(state)),
-      },
-      this.api,
-    );
-    this.stream = stream;
+    let stream = this.newStream(first);
     this.updateButtons();
     try {
       this.source = await this.openSource(schema);
-      await stream.start(this.source?.stream ?? null, this.initialParameters(schema, Boolean(this.source)), pipeline);
+      const video = Boolean(this.source);
+      const initial = this.initialParameters(schema, video);
+      // "auto": WebRTC first, the WebSocket when it does not connect in time.
+      if (transport === "auto" && first === "webrtc" && this.offersWebSocket()) this.trial = stream;
+      await stream.start(this.source?.stream ?? null, initial, pipeline);
       this.startOnce = {}; // taken by the stream's first chunk
       if (this.stream !== stream) return;
+      if (this.trial === stream) {
+        const seconds = this.transports.webrtc_fallback_timeout ?? DEFAULT_FALLBACK_TIMEOUT;
+        const connected = await this.connectsWithin(stream, seconds);
+        this.trial = null;
+        if (this.stream !== stream) return;
+        if (!connected) {
+          const webrtc = stream;
+          stream = this.newStream("websocket"); // the view's stream now: the WebRTC one's last events are ignored
+          // Its session ends before the WebSocket's opens, so this view never holds two.
+          await webrtc.stop();
+          if (this.stream !== stream) return;
+          this.log(`WebRTC did not connect within ${seconds} s; streaming over the WebSocket instead.`, "warning");
+          // The same start, with what was set meanwhile (nothing could be sent to the WebRTC stream).
+          await stream.start(this.source?.stream ?? null, { ...initial, ...this.initialParameters(schema, video) }, pipeline);
+          if (this.stream !== stream) return;
+        }
+      }
       this.el.dataset.session = stream.sessionId ?? "";
       this.setTraits({ session_id: stream.sessionId ?? "", error: "" });
       this.recorder.streaming(stream.sessionId);
@@ -754,6 +781,63 @@ class WidgetView {
       this.teardown("error");
       this.fail("error", `Could not start: ${error.message}`);
     }
+  }
+
+  /** The transport a stream starts on, for the `transport` asked for; null when there is none. */
+  firstTransport(transport) {
+    const webrtc = typeof RTCPeerConnection !== "undefined";
+    if (transport === "websocket") return "websocket";
+    if (webrtc) return "webrtc";
+    if (transport === "auto" && this.offersWebSocket()) {
+      this.log("This browser offers no WebRTC: streaming over the WebSocket.", "warning");
+      return "websocket";
+    }
+    return null;
+  }
+
+  offersWebSocket() {
+    return Boolean(this.transports?.transports?.includes("websocket"));
+  }
+
+  /** A new stream on `transport`, now the view's: only the view's current stream speaks to it. */
+  newStream(transport) {
+    // A stopped stream's late events must not end the stream started after it.
+    const current = (handle) => (value) => {
+      if (this.stream === stream) handle(value);
+    };
+    const handlers = {
+      onVideo: current((media) => this.showVideo(media)),
+      onMessage: current((message) => this.onMessage(message)),
+      onState: current((state) => this.onConnectionState(state)),
+    };
+    const stream = transport === "websocket" ? new WebSocketStream(handlers, this.api) : new ScopeStream(handlers, this.api);
+    this.stream = stream;
+    return stream;
+  }
+
+  /** Whether `stream`'s peer connection is connected within `seconds` (false at once when it fails). */
+  connectsWithin(stream, seconds) {
+    const state = stream.pc?.connectionState;
+    if (state === "connected") return Promise.resolve(true);
+    if (state !== "new" && state !== "connecting") return Promise.resolve(false);
+    return new Promise((resolve) => {
+      const settle = (connected) => {
+        clearTimeout(timer);
+        if (this.trialEnded === settle) this.trialEnded = null;
+        resolve(connected);
+      };
+      const timer = setTimeout(() => settle(false), seconds * 1000);
+      this.trialEnded = settle;
+    });
+  }
+
+  /** Show the transport the stream runs on (none: ""), and report it to Python. */
+  showTransport(transport) {
+    this.ui.transport.hidden = !transport;
+    this.ui.transport.textContent = transport ? `over ${TRANSPORT_NAMES[transport]}` : "";
+    if (transport) this.el.dataset.transport = transport;
+    else delete this.el.dataset.transport;
+    this.setTraits({ active_transport: transport });
   }
 
   async stop() {
@@ -770,6 +854,8 @@ class WidgetView {
     const stream = this.stream;
     this.stream = null;
     stream?.close();
+    this.trialEnded?.(false);
+    this.trial = null;
     this.source?.stop();
     this.source = null;
     this.timers.forEach(clearInterval);
@@ -781,6 +867,7 @@ class WidgetView {
       this.recorder.streaming(null);
       this.setStatus(status);
       this.setTraits({ session_id: "", fps: 0 });
+      this.showTransport("");
     }
     this.updateButtons();
   }
@@ -792,8 +879,34 @@ class WidgetView {
   }
 
   onConnectionState(state) {
-    if (!this.stream) return;
-    if (state === "connected") this.setStatus(this.model.get("paused") ? "paused" : "streaming");
+    const stream = this.stream;
+    if (!stream) return;
+    if (this.trial === stream) {
+      // WebRTC on trial ("auto"): a failure is the WebSocket's turn, not the end of the stream.
+      if (state !== "connected") {
+        if (["failed", "disconnected", "closed"].includes(state)) this.trialEnded?.(false);
+        return;
+      }
+      this.trial = null;
+      this.trialEnded?.(true);
+    }
+    if (state === "connected") {
+      this.setStatus(this.model.get("paused") ? "paused" : "streaming");
+      this.showTransport(transportOf(stream));
+    }
+    if (transportOf(stream) === "websocket") {
+      if (state === "closed") {
+        this.log("The WebSocket closed: the stream ended.");
+        this.teardown("stopped");
+      }
+      if (state === "failed") {
+        const what = stream.opened ? "was lost" : "could not be opened (does a proxy on the way refuse WebSockets?)";
+        stream.stop(); // frees its session on the server now, rather than when it times out
+        this.teardown("error");
+        this.fail("error", `The WebSocket connection to ${this.base} ${what}.`);
+      }
+      return;
+    }
     if (state === "failed" || state === "disconnected") {
       this.teardown("error");
       this.fail("error", `The WebRTC connection ${state}: the media path to ${this.base} is blocked (a TURN server may be needed).`);
@@ -839,8 +952,31 @@ class WidgetView {
 
   /** Browser-side figures: decoded frames per second and the delay from the wire to the screen. */
   async measure() {
-    const pc = this.stream?.pc;
-    if (!pc) return;
+    const stream = this.stream;
+    if (!stream) return;
+    const values = stream instanceof WebSocketStream ? this.socketFigures(stream) : await this.peerFigures(stream.pc);
+    if (!values) return;
+    this.setTraits(values);
+    const m = this.model;
+    const latency = m.get("latency_ms") === null ? "" : ` · ${m.get("latency_ms")} ms latency`;
+    this.ui.stats.textContent = `${m.get("fps").toFixed(1)} fps${latency} · chunk ${m.get("chunk")} · ${m.get("chunk_ms").toFixed(0)} ms/chunk`;
+  }
+
+  /** The figures of a WebSocket stream: frames it drew, and the delay from the server's encoder to the canvas. */
+  socketFigures(stream) {
+    const now = { frames: stream.framesDecoded, at: performance.now() };
+    const values = {};
+    if (this.lastFrames && now.at > this.lastFrames.at) {
+      values.fps = Math.round(((now.frames - this.lastFrames.frames) * 1000 * 10) / (now.at - this.lastFrames.at)) / 10;
+    }
+    this.lastFrames = now;
+    if (stream.latencyMs !== null) values.latency_ms = Math.round(stream.latencyMs);
+    return values;
+  }
+
+  /** The figures of a WebRTC stream, from its peer connection's stats (null before it has inbound video). */
+  async peerFigures(pc) {
+    if (!pc) return null;
     const report = await pc.getStats();
     let inbound = null;
     let rtt = null;
@@ -848,7 +984,7 @@ class WidgetView {
       if (entry.type === "inbound-rtp" && entry.kind === "video") inbound = entry;
       if (entry.type === "candidate-pair" && entry.nominated && entry.currentRoundTripTime !== undefined) rtt = entry.currentRoundTripTime;
     });
-    if (!inbound) return;
+    if (!inbound) return null;
     const now = { frames: inbound.framesDecoded ?? 0, at: inbound.timestamp };
     const values = {};
     if (this.lastFrames && now.at > this.lastFrames.at) {
@@ -859,10 +995,7 @@ class WidgetView {
       const buffer = (inbound.jitterBufferDelay / inbound.jitterBufferEmittedCount) * 1000;
       values.latency_ms = Math.round(buffer + (rtt ?? 0) * 500);
     }
-    this.setTraits(values);
-    const m = this.model;
-    const latency = m.get("latency_ms") === null ? "" : ` · ${m.get("latency_ms")} ms latency`;
-    this.ui.stats.textContent = `${m.get("fps").toFixed(1)} fps${latency} · chunk ${m.get("chunk")} · ${m.get("chunk_ms").toFixed(0)} ms/chunk`;
+    return values;
   }
 
   // Parameters -----------------------------------------------------------------------------------
@@ -875,7 +1008,13 @@ class WidgetView {
       return true;
     }
     if (this.stream.send(parameters)) return true;
-    this.log(`Not sent (${Object.keys(parameters).join(", ")}): the data channel is not open yet.`, "warning");
+    if (this.trial === this.stream) {
+      // "auto" is still trying WebRTC: whichever transport streams starts from the controls' values.
+      this.log(`Not sent yet (${Object.keys(parameters).join(", ")}): still connecting; the stream starts with the values set now.`);
+      return false;
+    }
+    const channel = transportOf(this.stream) === "websocket" ? "WebSocket" : "data channel";
+    this.log(`Not sent (${Object.keys(parameters).join(", ")}): the ${channel} is not open yet.`, "warning");
     return false;
   }
 
