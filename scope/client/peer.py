@@ -33,7 +33,47 @@ class ReceivedFrame:
     at: float
 
 
-class ScopePeer:
+class MessageInbox:
+    """The server's JSON messages in arrival order, and a wait for one (every transport's peer)."""
+
+    def __init__(self) -> None:
+        self.messages: list[dict] = []
+        self._message_arrived = asyncio.Event()
+
+    def _keep_message(self, raw: str | bytes) -> dict | None:
+        """Keep a message (None: not a JSON object, which the API never sends)."""
+        try:
+            message = json.loads(raw)
+        except ValueError:
+            return None
+        if not isinstance(message, dict):
+            return None
+        self.messages.append(message)
+        self._message_arrived.set()
+        return message
+
+    def _wake_waiters(self) -> None:
+        """Let every wait look again (the connection ended: no message will come)."""
+        self._message_arrived.set()
+
+    async def wait_message(self, match: MessageMatch, timeout: float = 10.0, since: int = 0) -> dict:
+        """The first message from index ``since`` on that ``match`` accepts; waits up to ``timeout``."""
+        seen = since
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    for message in self.messages[seen:]:
+                        if match(message):
+                            return message
+                    seen = len(self.messages)
+                    self._message_arrived.clear()
+                    await self._message_arrived.wait()
+        except TimeoutError:
+            kinds = [m.get("type") for m in self.messages[since:]]
+            raise TimeoutError(f"No matching message within {timeout} s; received: {kinds}") from None
+
+
+class ScopePeer(MessageInbox):
     """Owns the ``RTCPeerConnection``: data channel, video transceiver, receive task, closing.
 
     ``on_frame`` is called with every :class:`ReceivedFrame`, ``on_ended`` once when the
@@ -49,14 +89,13 @@ class ScopePeer:
         on_frame: Callable[[ReceivedFrame], None] | None = None,
         on_ended: Callable[[], None] | None = None,
     ):
+        super().__init__()
         install_from_env()  # DAYDREAM_SCOPE_ICE_HOST_ADDRESSES restricts this process's candidates
         servers = [RTCIceServer(s["urls"], s.get("username"), s.get("credential")) for s in ice_servers]
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=servers) if servers else None)
         self.channel = self.pc.createDataChannel("parameters", ordered=True)
         self.channel_open = asyncio.Event()
         self.connected = asyncio.Event()
-        self.messages: list[dict] = []
-        self._message_arrived = asyncio.Event()
         self._on_frame = on_frame
         self._on_ended = on_ended
         self._receiver: asyncio.Task | None = None
@@ -94,22 +133,6 @@ class ScopePeer:
             )
         self.channel.send(json.dumps(dict(message)))
 
-    async def wait_message(self, match: MessageMatch, timeout: float = 10.0, since: int = 0) -> dict:
-        """The first message from index ``since`` on that ``match`` accepts; waits up to ``timeout``."""
-        seen = since
-        try:
-            async with asyncio.timeout(timeout):
-                while True:
-                    for message in self.messages[seen:]:
-                        if match(message):
-                            return message
-                    seen = len(self.messages)
-                    self._message_arrived.clear()
-                    await self._message_arrived.wait()
-        except TimeoutError:
-            kinds = [m.get("type") for m in self.messages[since:]]
-            raise TimeoutError(f"No matching data-channel message within {timeout} s; received: {kinds}") from None
-
     async def close(self) -> None:
         """Close the connection and stop receiving (safe to call twice)."""
         await self.pc.close()
@@ -117,15 +140,6 @@ class ScopePeer:
             self._receiver.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._receiver
-
-    def _keep_message(self, raw: str | bytes) -> None:
-        try:
-            message = json.loads(raw)
-        except ValueError:
-            return  # the API sends JSON objects only
-        if isinstance(message, dict):
-            self.messages.append(message)
-            self._message_arrived.set()
 
     def _start_receiving(self, track: MediaStreamTrack) -> None:
         if track.kind == "video" and self._receiver is None:

@@ -26,7 +26,7 @@ from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import WebSocketClientConnection, WebSocketClosedError, websocket_connect
 
 from scope.client.errors import ScopeApiError
-from scope.client.peer import MessageMatch, ReceivedFrame
+from scope.client.peer import MessageInbox, ReceivedFrame
 from scope.streaming.websocket_peer import FRAME_HEADER, INPUT_FRAME, OUTPUT_FRAME, frame_header
 
 __all__ = ["FRAME_HEADER", "WebSocketPeer", "frame_header", "socket_url"]
@@ -78,7 +78,7 @@ class FrameDecoder:
         return [frame.to_ndarray(format="rgb24") for frame in self._h264.decode(av.Packet(payload))]
 
 
-class WebSocketPeer:
+class WebSocketPeer(MessageInbox):
     """Owns the socket of one session: messages, decoding and acks, sending input, closing.
 
     ``channel_open`` is set once the server's ``session`` message arrived (then updates may be
@@ -96,15 +96,14 @@ class WebSocketPeer:
         on_frame: Callable[[ReceivedFrame], None] | None = None,
         on_ended: Callable[[], None] | None = None,
     ):
+        super().__init__()
         self.url = url
         self.headers = dict(headers or {})
         self.channel_open = asyncio.Event()
-        self.messages: list[dict] = []
         self.frames_decoded = 0
         self.decode_errors = 0
         self._decoder = FrameDecoder(encoding)
         self._send_track = send_track
-        self._message_arrived = asyncio.Event()
         self._on_frame = on_frame
         self._on_ended = on_ended
         self._socket: WebSocketClientConnection | None = None
@@ -139,22 +138,6 @@ class WebSocketPeer:
             )
         self._write(json.dumps(dict(message)))
 
-    async def wait_message(self, match: MessageMatch, timeout: float = 10.0, since: int = 0) -> dict:
-        """The first message from index ``since`` on that ``match`` accepts; waits up to ``timeout``."""
-        seen = since
-        try:
-            async with asyncio.timeout(timeout):
-                while True:
-                    for message in self.messages[seen:]:
-                        if match(message):
-                            return message
-                    seen = len(self.messages)
-                    self._message_arrived.clear()
-                    await self._message_arrived.wait()
-        except TimeoutError:
-            kinds = [m.get("type") for m in self.messages[since:]]
-            raise TimeoutError(f"No matching message within {timeout} s; received: {kinds}") from None
-
     async def close(self) -> None:
         """Close the socket and stop sending and receiving (safe to call twice)."""
         self._closing = True
@@ -177,20 +160,15 @@ class WebSocketPeer:
                     self._keep_message(message)
         finally:
             self._socket_closed = True
-            self._message_arrived.set()
+            self._wake_waiters()
         if not self._closing and self._on_ended is not None:
             self._on_ended()
 
-    def _keep_message(self, raw: str) -> None:
-        try:
-            message = json.loads(raw)
-        except ValueError:
-            return  # the API sends JSON objects only
-        if isinstance(message, dict):
-            self.messages.append(message)
-            self._message_arrived.set()
-            if message.get("type") == "session":
-                self.channel_open.set()
+    def _keep_message(self, raw: str | bytes) -> dict | None:
+        message = super()._keep_message(raw)
+        if message is not None and message.get("type") == "session":
+            self.channel_open.set()  # the server has attached the socket: updates may go
+        return message
 
     def _take_frame(self, data: bytes) -> None:
         if len(data) < FRAME_HEADER.size:
