@@ -80,6 +80,9 @@ FIRST_FRAME_TIMEOUT_S = 30.0
 STATS_POLL_S = 0.5
 #: After a window, frames still in flight are read before the page stops, so none counts as lost.
 GRACE_S = 1.0
+#: How long the page's own stop (its DELETE, then closing) may take before the bench ends the
+#: session itself: a page stuck in a busy browser must not hold the runs after it.
+STOP_TIMEOUT_S = 15.0
 
 
 # The server and the page -----------------------------------------------------------------------
@@ -189,6 +192,23 @@ async def edge(page, http: httpx.AsyncClient, server_pid: int) -> dict[str, Any]
             "own_cpu": own, "busy": busy}
 
 
+async def stop_page_stream(page, http: httpx.AsyncClient, session_id: str | None) -> dict[str, Any]:
+    """Stop the page's stream as a client does (DELETE, then close), timed. A stop that does not
+    return within :data:`STOP_TIMEOUT_S` is reported, and the session is deleted from here: if
+    that answers, the server was fine and the browser was stuck; if not, the run is broken."""
+    started = time.monotonic()
+    try:
+        await asyncio.wait_for(page.evaluate("bench.stop()"), STOP_TIMEOUT_S)
+        return {"seconds": time.monotonic() - started, "timed_out": False, "bench_delete": None}
+    except TimeoutError:
+        pass
+    try:
+        reply = await http.delete(f"/api/v1/webrtc/sessions/{session_id}", timeout=STOP_TIMEOUT_S)
+    except httpx.HTTPError as exc:
+        raise Broken(f"the page's stop hung and the server did not answer a DELETE of its session either: {exc!r}") from None
+    return {"seconds": None, "timed_out": True, "bench_delete": reply.status_code}
+
+
 async def stream_run(ctx: dict[str, Any], transport: str, encoding: str | None, api_base: str) -> dict[str, Any]:
     """One session: the page streams, a warm-up, then a window of ``--seconds``; its figures."""
     args, http = ctx["args"], ctx["http"]
@@ -204,7 +224,7 @@ async def stream_run(ctx: dict[str, Any], transport: str, encoding: str | None, 
         await page.goto(ctx["page_url"] + "?" + urlencode(query))
         try:
             await page.wait_for_function("window.benchReady === true", timeout=30_000)
-            await page.evaluate("bench.start()")
+            session_id = await page.evaluate("bench.start()")
             await page.wait_for_function("bench.shownCount() > 0", timeout=FIRST_FRAME_TIMEOUT_S * 1000)
         except Exception as exc:  # the page's own words say more than Playwright's timeout
             seen = await page.evaluate(PAGE_STATE) if not page.is_closed() else None
@@ -221,11 +241,12 @@ async def stream_run(ctx: dict[str, Any], transport: str, encoding: str | None, 
         end = await edge(page, http, ctx["server"].pid)
         await asyncio.sleep(GRACE_S)
         data = await page.evaluate("bench.collect()")
-        await page.evaluate("bench.stop()")
+        stop = await stop_page_stream(page, http, session_id)
     finally:
         await context.close()
         await wait_no_sessions(http)
     figures = page_figures(data, start["page"]["t"], end["page"]["t"])
+    figures["stop"] = stop
     seconds = figures["seconds"]
     figures["codec"] = end["page"]["codec"]
     figures["bytes_per_s"] = (end["page"]["received"] - start["page"]["received"]) / seconds
@@ -396,6 +417,9 @@ async def all_runs(ctx: dict[str, Any], encodings: list[str], report: dict[str, 
         brief = {k: figures[k] for k in ("delivered_fps", "latency_p50_ms", "latency_p95_ms", "bytes_per_s",
                                          "server_cpu_ms_per_frame")}
         print(f"{name}: {json.dumps(brief)} server: {json.dumps(figures['server'])}", flush=True)
+        if figures["stop"]["timed_out"]:
+            print(f"{name}: the page's stop did not return within {STOP_TIMEOUT_S:g} s; the bench deleted the session "
+                  f"(HTTP {figures['stop']['bench_delete']})", flush=True)
 
 
 # Report ----------------------------------------------------------------------------------------
