@@ -170,3 +170,12 @@ export function pipelineStatusText(status) {
 export const apiBase = serverBase();
 export const pageToken = new URLSearchParams(location.search).get("token");
 export const api = createApi({ base: apiBase, token: pageToken });
+
+/** End a session on the server (any transport); one already gone there is nothing to free. */
+export async function endSession(api, sessionId) {
+  try {
+    await api("DELETE", `api/v1/webrtc/sessions/${sessionId}`);
+  } catch {
+    // already gone on the server
+  }
+}

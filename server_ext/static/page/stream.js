@@ -2,7 +2,7 @@
 // ICE servers, a "parameters" data channel, an offer carrying `initialParameters`, and the
 // browser's ICE candidates trickled to the session with PATCH.
 
-import { api as pageApi } from "./api.js";
+import { api as pageApi, endSession } from "./api.js";
 
 function candidateInit(candidate) {
   return { candidate: candidate.candidate, sdpMid: candidate.sdpMid, sdpMLineIndex: candidate.sdpMLineIndex };
@@ -64,7 +64,7 @@ export class ScopeStream {
     const answer = await this.api("POST", "api/v1/webrtc/offer", offer);
     if (this.pc !== pc) {
       // Stopped while the offer was in flight: end the session the server just opened.
-      this.api("DELETE", `api/v1/webrtc/sessions/${answer.sessionId}`).catch(() => {});
+      endSession(this.api, answer.sessionId);
       return;
     }
     this.sessionId = answer.sessionId;
@@ -86,13 +86,7 @@ export class ScopeStream {
   async stop() {
     const sessionId = this.sessionId;
     this.sessionId = null;
-    if (sessionId) {
-      try {
-        await this.api("DELETE", `api/v1/webrtc/sessions/${sessionId}`);
-      } catch {
-        // already gone on the server: nothing to free
-      }
-    }
+    if (sessionId) await endSession(this.api, sessionId);
     this.close();
   }
 

@@ -5,7 +5,7 @@
 // canvas whose captured stream the page shows like a WebRTC track; each one drawn is
 // acknowledged, which is what keeps the server from running ahead of a slow link.
 
-import { api as pageApi } from "./api.js";
+import { api as pageApi, endSession } from "./api.js";
 
 /** Header of every binary message: kind, flags, reserved, sequence number, wall-clock ms. */
 const HEADER_BYTES = 16;
@@ -138,7 +138,7 @@ export class WebSocketStream {
     const answer = await this.api("POST", "api/v1/websocket/offer", offer);
     if (this.closed) {
       // Stopped while the offer was in flight: end the session the server just opened.
-      this.api("DELETE", `api/v1/webrtc/sessions/${answer.sessionId}`).catch(() => {});
+      endSession(this.api, answer.sessionId);
       return;
     }
     this.sessionId = answer.sessionId;
@@ -176,13 +176,7 @@ export class WebSocketStream {
     const sessionId = this.sessionId;
     this.sessionId = null;
     this.closed = true;
-    if (sessionId) {
-      try {
-        await this.api("DELETE", `api/v1/webrtc/sessions/${sessionId}`);
-      } catch {
-        // already gone on the server: nothing to free
-      }
-    }
+    if (sessionId) await endSession(this.api, sessionId);
     this.close();
   }
 
