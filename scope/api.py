@@ -46,7 +46,7 @@ def load_pipeline(
     missing file. Invalid load parameters raise :class:`scope.params.ParameterErrors`.
     """
     from scope.pipelines.registry import get_pipeline_class
-    from scope.streaming.manager import ensure_synthetic
+    from scope.streaming.local_worker import ensure_synthetic
 
     cls = get_pipeline_class(pipeline_id)
     try:

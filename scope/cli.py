@@ -20,6 +20,9 @@ Scope options (also settable as ScopeApp.<name>, see docs/configuration.md):
   --allow-origin ORIGIN
                     A web page origin that may call the API besides local ones (repeatable)
   --reload          Restart when Python files change
+  --workers DEVICES The devices to run pipelines on, one worker each (default: auto, every GPU)
+  --ray-address ADDRESS
+                    Run the workers as actors of a Ray cluster ('auto', or HOST:PORT of its head)
   --synthetic       Write synthetic weights for pipelines whose files are missing, on load
   -N, --no-browser  Don't open a browser
   --version         Show the version (and the git commit it was built from) and exit

@@ -133,6 +133,48 @@ class ScopeSettings(Configurable):
         "what holds the memory when that is not enough.",
     ).tag(config=True, env="DAYDREAM_SCOPE_PIPELINE_MEMORY_BUDGET_BYTES")
 
+    workers = Unicode(
+        "auto",
+        help="The devices pipelines run on, one worker each with its own pool, memory budget and "
+        "generation thread: 'auto' is every CUDA device (the CPU when there is none); or a "
+        "comma-separated list such as 'cuda:0,cuda:1' ('cpu,cpu' is two CPU workers). Ignored "
+        "with ray_address, where the workers are Ray actors.",
+    ).tag(config=True, env="DAYDREAM_SCOPE_WORKERS")
+
+    worker_threads = Integer(
+        0,
+        min=0,
+        help="Torch threads each worker computes with (intra-op); 0 leaves torch's default. Set it "
+        "when several CPU workers share one machine's cores.",
+    ).tag(config=True, env="DAYDREAM_SCOPE_WORKER_THREADS")
+
+    max_sessions_per_worker = Integer(
+        0,
+        min=0,
+        help="Most sessions (and renders) one worker runs at once; 0: no limit but max_sessions. "
+        "When every worker holding a pipeline is full, the next session of it loads it on another worker.",
+    ).tag(config=True, env="DAYDREAM_SCOPE_MAX_SESSIONS_PER_WORKER")
+
+    ray_address = Unicode(
+        "",
+        help="A Ray cluster to run the workers on: 'auto' (the cluster this machine belongs to), "
+        "'HOST:PORT' of its head, or 'ray://HOST:10001'. Empty: workers in this process. Needs "
+        "the 'ray' extra; the server itself (REST, signalling, media) stays on this machine.",
+    ).tag(config=True, env="DAYDREAM_SCOPE_RAY_ADDRESS")
+
+    ray_resource = Unicode(
+        "GPU",
+        help="The Ray resource each worker actor takes one of: 'GPU' (one GPU each), or a custom "
+        "resource name the cluster's nodes declare (such workers compute on the CPU unless the "
+        "node has a GPU).",
+    ).tag(config=True, env="DAYDREAM_SCOPE_RAY_RESOURCE")
+
+    ray_workers = Integer(
+        0,
+        min=0,
+        help="How many worker actors to start on the Ray cluster; 0: one per unit of ray_resource the cluster has.",
+    ).tag(config=True, env="DAYDREAM_SCOPE_RAY_WORKERS")
+
     max_sessions = Integer(
         4,
         help="How many WebRTC sessions may stream (have a connected peer) at once; further offers "

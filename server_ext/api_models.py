@@ -142,6 +142,26 @@ class PooledPipeline(BaseModel):
     loaded_lora_adapters: list[dict[str, Any]] | None = None
     warnings: list[str] = Field(default_factory=list, description="What its load advises.")
     memory: PoolMemory
+    worker: str | None = Field(None, description="The id of the worker (listed under workers) that holds it.")
+
+
+class WorkerInfo(BaseModel):
+    """One worker: a device with its own pool, memory budget and generation thread."""
+
+    id: str = Field(description="'local-N' for a device of the server's machine, 'ray-N' for a Ray actor.")
+    kind: Literal["local", "ray"]
+    device: str = Field(description="The device it computes on, as torch names it (cuda:1, cpu).")
+    state: Literal["ready", "lost"] = Field(description="'lost': its actor or process is gone; its sessions ended.")
+    error: str | None = Field(None, description="Why it was lost.")
+    sessions: int = Field(description="Sessions and renders bound to its pipelines.")
+    max_sessions: int | None = Field(None, description="Its session limit (max_sessions_per_worker), if any.")
+    pipelines: int = Field(description="Pipelines loading or loaded on it.")
+    held_bytes: int = Field(description="What its pipelines hold, or will once loaded.")
+    memory_budget_bytes: int = Field(description="What its pool may hold on its device (0 once lost).")
+    torch_threads: int | None = Field(None, description="Torch threads a local worker computes with (null: torch's default).")
+    node_ip: str | None = Field(None, description="A Ray worker's node.")
+    pid: int | None = Field(None, description="A Ray worker's process on its node.")
+    gpu_ids: list[str] | None = Field(None, description="The GPUs Ray gave a Ray worker.")
 
 
 class PipelineStatusResponse(BaseModel):
@@ -157,7 +177,10 @@ class PipelineStatusResponse(BaseModel):
     pipelines: list[PooledPipeline] = Field(
         default_factory=list, description="Every pipeline of the pool, loading or loaded, the current one among them."
     )
-    memory_budget_bytes: int = Field(0, description="What the pool may hold on the device (the setting, or the free memory less a margin).")
+    memory_budget_bytes: int = Field(
+        0, description="What the current pipeline's worker (else the first) may hold on its device (the setting, or the free memory less a margin)."
+    )
+    workers: list[WorkerInfo] = Field(default_factory=list, description="The workers pipelines load on, one per device.")
 
 
 class PipelineSchemasResponse(BaseModel):
@@ -248,6 +271,7 @@ class SessionInfo(BaseModel):
     pipeline_id: str | None
     load_params: dict[str, Any] | None = Field(None, description="The load parameters of the pipeline the session streams from.")
     transport: Transport = Field("webrtc", description="What carries the session: webrtc, websocket or headless.")
+    worker: str | None = Field(None, description="The id of the worker its pipeline runs on (see pipeline/status workers).")
     connection_state: str
     parameters: dict[str, Any]
     stats: SessionStats

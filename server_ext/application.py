@@ -50,6 +50,11 @@ class ScopeServerApp(ServerApp):
     aliases = {
         **server_aliases,
         "host": "ServerApp.ip",
+        "ray-address": (
+            "ScopeApp.ray_address",
+            "Run the pipeline workers as actors of this Ray cluster ('auto', or HOST:PORT of its head).",
+        ),
+        "workers": ("ScopeApp.workers", "The devices to run pipelines on, one worker each ('auto', 'cuda:0,cuda:1', 'cpu,cpu')."),
         "allow-origin": (
             "ScopeApp.allowed_origins",
             "A web origin (scheme://host:port) that may call the API; repeat for more, '*' for all.",
@@ -100,6 +105,10 @@ class ScopeServerApp(ServerApp):
         JupyterApp.start(self)
         if not self.allow_root and os.geteuid() == 0:
             self.log.critical("Running as root is not recommended. Use --allow-root to bypass.")
+            self.exit(1)
+        if getattr(self.starter_app, "services", None) is None:
+            # Jupyter logged why (a setting naming a missing device, an unreachable Ray cluster).
+            self.log.critical("Scope could not start: see the error above.")
             self.exit(1)
         self.write_server_info_file()
         if not self.no_browser_open_file:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from aiortc import RTCIceServer
@@ -22,7 +21,9 @@ from scope.server_ext.handlers.files import UPLOAD_PREFIX
 from scope.server_ext.origins import OriginPolicy
 from scope.streaming.host_addresses import restrict_host_addresses
 from scope.streaming.ice import IceServerProvider, to_rtc_ice_servers
+from scope.streaming.local_worker import LocalWorker, local_devices
 from scope.streaming.manager import PipelineManager
+from scope.streaming.worker import Worker
 from scope.streaming.webrtc import SessionService
 
 logger = logging.getLogger(__name__)
@@ -39,7 +40,6 @@ class ScopeServices:
     downloads: DownloadManager
     ice: IceServerProvider
     logs: ServerLog
-    executor: ThreadPoolExecutor
     assets_quota: AssetsQuota
     #: Which web pages may call the open API (the settings, parsed once).
     origins: OriginPolicy
@@ -54,12 +54,12 @@ class ScopeServices:
         settings.ensure_dirs()
         if settings.ice_host_addresses:
             restrict_host_addresses(settings.ice_host_addresses)
-        # Chunks are serialised on one thread per device; sessions queue fairly on it. (Loads
-        # run on the pool's loader thread beside it.)
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scope-device")
         context = LoadContext(models_dir=settings.models_path, lora_dir=settings.lora_path, assets_dir=settings.assets_path)
         manager = PipelineManager(
-            context, executor, synthetic_fallback=settings.synthetic, memory_budget_bytes=settings.pipeline_memory_budget_bytes
+            context,
+            make_workers(settings, context),
+            memory_budget_bytes=settings.pipeline_memory_budget_bytes,
+            synthetic_fallback=settings.synthetic,
         )
         ice = IceServerProvider.from_env(
             cloudflare_url=settings.cloudflare_turn_url,
@@ -73,7 +73,6 @@ class ScopeServices:
 
         sessions = SessionService(
             manager,
-            executor,
             server_ice_servers,
             max_sessions=settings.max_sessions,
             max_pending=settings.max_pending_sessions,
@@ -90,7 +89,7 @@ class ScopeServices:
         origins = OriginPolicy.from_settings(settings)
         lora_quota = AssetsQuota(settings.lora_path, settings.lora_quota_bytes, "LoRA", "lora_quota_bytes")
         return cls(
-            settings, manager, sessions, downloads, ice, ServerLog(settings.logs_path), executor, assets_quota, origins,
+            settings, manager, sessions, downloads, ice, ServerLog(settings.logs_path), assets_quota, origins,
             lora_quota=lora_quota, lora_files=LoraFileCache(),
             renders=RenderJobs(manager, settings.recordings_path / "renders", assets_dir=settings.assets_path),
         )
@@ -104,7 +103,8 @@ class ScopeServices:
             self.logs.show_in_terminal()
 
     async def start(self) -> None:
-        """Work that needs the running event loop (pre-warming the pipeline)."""
+        """Work that needs the running event loop (watching the workers, pre-warming the pipeline)."""
+        await self.manager.start()
         if self.settings.pipeline:
             try:
                 await self.manager.request_load(self.settings.pipeline, None)
@@ -118,6 +118,26 @@ class ScopeServices:
             await asyncio.wait_for(self.manager.unload_all(), timeout=30)
         except Exception as exc:
             logger.warning("unloading on shutdown: %s", exc)
-        self.manager.pool.shutdown()
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        await self.manager.close()
+        if self.settings.ray_address:
+            disconnect_ray()
         self.logs.stop()
+
+
+def make_workers(settings: ScopeSettings, context: LoadContext) -> list[Worker]:
+    """The workers the settings ask for: Ray actors with ``ray_address``, else one local worker
+    per device of ``workers``."""
+    common = {"threads": settings.worker_threads, "synthetic_fallback": settings.synthetic, "max_sessions": settings.max_sessions_per_worker}
+    if settings.ray_address:
+        from scope.streaming.ray_worker import start_ray_workers
+
+        return start_ray_workers(
+            settings.ray_address, context, resource=settings.ray_resource, count=settings.ray_workers, **common
+        )
+    return [LocalWorker(f"local-{index}", device, context, **common) for index, device in enumerate(local_devices(settings.workers))]
+
+
+def disconnect_ray() -> None:
+    from scope.streaming.ray_worker import disconnect_ray as disconnect
+
+    disconnect()

@@ -331,7 +331,7 @@ def test_load_warnings_reach_the_status_and_the_kernel(synthetic_models, monkeyp
     monkeypatch.setattr(krea, "gpu_memory_gb", lambda device: 24.0)  # as if on a 24 GB GPU
     with pytest.warns(LoadWarning, match="fp8_e4m3fn"):
         loaded = scope.load_pipeline("krea-realtime-video", models_dir=synthetic_models, height=HEIGHT, width=WIDTH)
-    manager = PipelineManager(LoadContext(synthetic_models, synthetic_models, synthetic_models), executor=None)
+    manager = PipelineManager(LoadContext(synthetic_models, synthetic_models, synthetic_models))
     manager.current = PipelineSlot(LoadTarget("krea-realtime-video", {}), manager.context, MemoryEstimate(), type(loaded))
     manager.current.status, manager.current.pipeline = LOADED, loaded
     assert manager.status_dict()["warnings"] == loaded.load_warnings and len(loaded.load_warnings) == 1

@@ -7,7 +7,6 @@ is checked exactly; tests/test_pipeline_pool.py drives the same pool through the
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -17,6 +16,7 @@ from safetensors.torch import save_file
 from scope.pipelines.base import LoadContext, MemoryEstimate, Pipeline
 from scope.streaming import memory_budget
 from scope.streaming.memory_budget import device_budget, file_weights, held_bytes, loaded_bytes
+from scope.streaming.local_worker import LocalWorker
 from scope.streaming.pool import LOADED, NOT_LOADED, LoadTarget, OverBudget, PipelinePool
 
 MIB = 2**20
@@ -91,6 +91,17 @@ def _fake_pipeline(name: str, weights_mib: int, estimate_mib: int | None = None,
     return Fake
 
 
+class _RecordingWorker(LocalWorker):
+    """A CPU worker that records what it frees."""
+
+    def __init__(self, context, freed: list[str]):
+        super().__init__("local-0", "cpu", context)
+        self.freed = freed
+
+    async def free(self, pipeline) -> None:
+        self.freed.append(type(pipeline).__name__)
+
+
 class _Pool:
     """A pool on a real device thread with a budget set in MiB."""
 
@@ -98,9 +109,7 @@ class _Pool:
         self.budget = budget_mib * MIB
         self.freed: list[str] = []
         context = LoadContext(tmp_path, tmp_path, tmp_path)
-        self.pool = PipelinePool(
-            context, ThreadPoolExecutor(1), budget=lambda held: self.budget, free=lambda p: self.freed.append(type(p).__name__)
-        )
+        self.pool = PipelinePool(context, _RecordingWorker(context, self.freed), budget=lambda held: self.budget)
 
     async def load(self, cls, name: str | None = None):
         target = LoadTarget(name or cls.__name__, {})

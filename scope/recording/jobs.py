@@ -31,6 +31,7 @@ from scope.recording.render import RenderResult, environment_notes, render_chunk
 from scope.recording.render_file import open_input, partial_path, render_provenance, write_json_atomically
 from scope.recording.timeline import Timeline
 from scope.streaming.manager import PipelineManager
+from scope.streaming.placement import NoWorker
 from scope.streaming.pool import ERROR, LOADING, OverBudget
 
 logger = logging.getLogger(__name__)
@@ -187,11 +188,11 @@ class RenderJobs:
                 raise _Failed(slot.error or f"pipeline {job.timeline.pipeline_id} is not loaded")
             load_s = time.monotonic() - started
             job.status = RENDERING
-            await self._render(job, slot.pipeline, load_s)
+            await self._render(job, slot, load_s)
             job.status = DONE
         except _Cancelled:
             job.status = CANCELLED
-        except (OverBudget, _Failed) as exc:  # told to the client; no traceback to log
+        except (OverBudget, NoWorker, _Failed) as exc:  # told to the client; no traceback to log
             logger.warning("render job %s failed: %s", job.id, exc)
             job.status, job.error = FAILED, str(exc)
         except Exception as exc:  # noqa: BLE001 - the job reports it; the server goes on
@@ -205,9 +206,9 @@ class RenderJobs:
                 await self.manager.release(slot, job.session_id)
             self._forget_oldest()
 
-    async def _render(self, job: RenderJob, pipeline, load_s: float) -> None:
+    async def _render(self, job: RenderJob, slot, load_s: float) -> None:
         loop = asyncio.get_running_loop()
-        device = self.manager.executor
+        device, pipeline = slot.executor, slot.pipeline  # the thread of the worker that holds it
         job.folder.mkdir(parents=True, exist_ok=True)
         reader = await loop.run_in_executor(None, open_input, job.timeline, job.timeline_dir)
         environment = provenance_module.run_environment()

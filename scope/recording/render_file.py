@@ -42,7 +42,7 @@ def load_for_render(pipeline_class, load_params: BaseModel, context: LoadContext
     """Load the timeline's pipeline (blocking). Missing weight files raise the pipeline's own
     ``FileNotFoundError``, which names every missing file; ``synthetic`` writes them first."""
     if synthetic and pipeline_class.artifacts:
-        from scope.streaming.manager import ensure_synthetic
+        from scope.streaming.local_worker import ensure_synthetic
 
         ensure_synthetic(context.models_dir, pipeline_class.artifacts)
     return pipeline_class.load(load_params, context)

@@ -1,7 +1,9 @@
 """The loaded pipelines, and the one that is current.
 
-The pool (:mod:`scope.streaming.pool`) holds several pipelines at once within a memory budget.
-Of them, one is *current*: what ``pipeline/load`` last asked for, what ``pipeline/status``
+Each worker (:mod:`scope.streaming.worker`: a device of this machine, or a Ray actor) has a pool
+(:mod:`scope.streaming.pool`) that holds several pipelines at once within its memory budget; loads
+and sessions are placed on the workers by :mod:`scope.streaming.placement`. Of the pipelines, one
+is *current*: what ``pipeline/load`` last asked for, what ``pipeline/status``
 describes, and what an offer that names no pipeline streams from, so a client of the spec sees
 one pipeline as it always did. Loading runs on the device worker thread; the current status
 becomes ``loading`` before the request that started it is answered, so a client polling right
@@ -11,29 +13,25 @@ a conflict; the same target is idempotent. An ``error`` stays until the next loa
 
 from __future__ import annotations
 
-import asyncio
-import gc
+import functools
 import logging
-import sys
-import time
-from concurrent.futures import Executor
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from scope.models.artifacts import format_bytes, is_downloaded
-from scope.models.synthetic.writer import write_synthetic
 from scope.pipelines.base import LoadContext, Pipeline
 from scope.params import validation_errors
 from scope.pipelines.registry import UnknownPipeline, get_pipeline_class
-from scope.streaming.memory_budget import budget_device, device_budget
+from scope.streaming.local_worker import LocalWorker, local_devices
+from scope.streaming.placement import NoWorker, for_load, for_session
 from scope.streaming.pool import ERROR, LOADED, LOADING, NOT_LOADED, LoadTarget, OverBudget, PipelinePool, PipelineSlot
+from scope.streaming.worker import Worker
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "ERROR", "LOADED", "LOADING", "NOT_LOADED", "LoadConflict", "LoadTarget", "NotInPool", "OverBudget", "PipelineManager",
-    "TargetErrors",
+    "ERROR", "LOADED", "LOADING", "NOT_LOADED", "LoadConflict", "LoadTarget", "NoWorker", "NotInPool", "OverBudget",
+    "PipelineManager", "TargetErrors",
 ]
 
 
@@ -54,25 +52,60 @@ class TargetErrors(ValueError):
 
 
 class PipelineManager:
-    """Owns the pool of loaded pipelines and says which one is current."""
+    """Owns the workers and their pools of loaded pipelines, and says which pipeline is current."""
 
     def __init__(
         self,
         context: LoadContext,
-        executor: Executor,
+        workers: list[Worker] | None = None,
         *,
-        synthetic_fallback: bool = False,
         memory_budget_bytes: int = 0,
+        synthetic_fallback: bool = False,
     ):
         self.context = context
-        self.executor = executor
-        #: Write synthetic weights for a pipeline whose files are missing, before loading it.
+        #: The workers write synthetic weights for a pipeline whose files are missing, before loading it.
         self.synthetic_fallback = synthetic_fallback
-        #: The pool's budget per device; 0 takes it from the device's free memory.
+        #: The devices pipelines load on (by default one local worker per device of this machine).
+        self.workers = workers or [
+            LocalWorker(f"local-{index}", device, context, synthetic_fallback=synthetic_fallback)
+            for index, device in enumerate(local_devices("auto"))
+        ]
+        #: Each pool's budget per device; 0 takes it from the device's free memory.
         self.memory_budget_bytes = memory_budget_bytes
-        self.pool = PipelinePool(context, executor, budget=self._budget, prepare=self._prepare, free=_free)
+        for worker in self.workers:
+            PipelinePool(context, worker, budget=functools.partial(self._budget, worker))
+            worker.on_lost = self._worker_lost
         #: The slot ``pipeline/load`` last asked for (it may have failed, or been unloaded since).
         self.current: PipelineSlot | None = None
+
+    def _budget(self, worker: Worker, pool_bytes: int) -> int:
+        return worker.budget_bytes(self.memory_budget_bytes, pool_bytes)
+
+    @property
+    def pools(self) -> list[PipelinePool]:
+        return [worker.pool for worker in self.workers]
+
+    def slots(self) -> list[PipelineSlot]:
+        """Every loading or loaded pipeline, on every worker."""
+        return [slot for pool in self.pools for slot in pool.slots.values()]
+
+    def find(self, target: LoadTarget) -> PipelineSlot | None:
+        """A slot of ``target`` (the loaded one first), on whichever worker holds it."""
+        found = [slot for pool in self.pools if (slot := pool.get(target)) is not None]
+        return next((slot for slot in found if slot.status == LOADED), found[0] if found else None)
+
+    async def start(self) -> None:
+        for worker in self.workers:
+            await worker.start()
+
+    async def close(self) -> None:
+        for worker in self.workers:
+            await worker.close()
+
+    def _worker_lost(self, worker: Worker, reason: str) -> None:
+        """Fail what the lost worker held: its sessions end with the reason, and later loads
+        and sessions go to the workers that remain."""
+        worker.pool.fail_all(f"Worker {worker.id} was lost: {reason}")
 
     # The current pipeline, as the spec's single pipeline ----------------------------------
 
@@ -131,7 +164,8 @@ class PipelineManager:
             raise LoadConflict(
                 f"Pipeline '{current.target.pipeline_id}' is loading; wait for it before loading another."
             )
-        slot, started = await self.pool.admit(cls, params, target, keep=current)
+        worker = for_load(self.workers, target)
+        slot, started = await self._admit(worker, cls, params, target, keep=current)
         slot.unload_when_idle = False
         self.current = slot
         if started:
@@ -139,27 +173,35 @@ class PipelineManager:
         return started
 
     async def slot_for(self, pipeline_id: str, load_params: dict[str, Any] | None, session_id: str) -> PipelineSlot:
-        """The pool's slot for an offer that names its pipeline, loading it if needed, with the
-        offer's session bound to it (the current pipeline stays as it is)."""
+        """A slot for a session (or render) that names its pipeline, with ``session_id`` bound to
+        it: on the least-loaded worker holding the pipeline, else loaded on the worker with the
+        most room (the current pipeline stays as it is). :class:`NoWorker` when every worker is
+        at its session limit."""
         cls, params, target = self.validate(pipeline_id, load_params)
-        slot, started = await self.pool.admit(cls, params, target, keep=self.current, session_id=session_id)
+        worker = for_session(self.workers, target)
+        keep = self.current if self.current is not None and self.current.worker is worker else None
+        slot, started = await self._admit(worker, cls, params, target, keep=keep, session_id=session_id)
         if started:
             slot.notify("loading", f"Loading pipeline {pipeline_id}")
         return slot
 
-    async def bind(self, slot: PipelineSlot, session_id: str) -> None:
-        await self.pool.bind(slot, session_id)
+    async def _admit(self, worker: Worker, cls, params, target: LoadTarget, **options) -> tuple[PipelineSlot, bool]:
+        slot, started = await worker.pool.admit(cls, params, target, **options)
+        if started:  # tried again: a failure of it on another worker is no longer the news
+            for pool in self.pools:
+                pool.failed.pop(target.key, None)
+        return slot, started
+
+    async def bind_current(self, session_id: str) -> PipelineSlot:
+        """A slot of the current pipeline for a session whose offer names none, placed as
+        :meth:`slot_for` places it; LookupError when the current pipeline was unloaded."""
+        current = self.current
+        if current is None or current.worker is None or current.worker.pool.get(current.target) is not current:
+            raise LookupError("no pipeline is loaded")
+        return await self.slot_for(current.target.pipeline_id, current.target.load_params, session_id)
 
     async def release(self, slot: PipelineSlot, session_id: str) -> None:
-        await self.pool.release(slot, session_id)
-
-    async def _prepare(self, cls: type[Pipeline]) -> None:
-        if self.synthetic_fallback and cls.artifacts:
-            # Off the device thread: writing files must not hold up other streams' chunks.
-            await asyncio.get_running_loop().run_in_executor(None, ensure_synthetic, self.context.models_dir, cls.artifacts)
-
-    def _budget(self, pool_bytes: int) -> int:
-        return device_budget(budget_device(), self.memory_budget_bytes, pool_bytes)
+        await slot.worker.pool.release(slot, session_id)
 
     # Unloading --------------------------------------------------------------------------
 
@@ -171,19 +213,27 @@ class PipelineManager:
         a named one that is not loaded.
         """
         if target is None:
-            slot = self.current if self.current is not None and self.pool.get(self.current.target) is self.current else None
+            current = self.current
+            slot = current if current is not None and current.worker is not None and current.worker.pool.get(current.target) is current else None
             if slot is None:
                 self.current = None
                 return "Pipeline unloaded"
-        else:
-            slot = self.pool.get(target)
-            failed = self.pool.failed.pop(target.key, None) if slot is None else None
-            if failed is not None:
-                if failed is self.current:
-                    self.current = None
-                return "Failed load dismissed"
-            if slot is None:
+            return await self._unload_slot(slot)
+        slots = [slot for pool in self.pools if (slot := pool.get(target)) is not None]
+        if not slots:
+            failed = [slot for pool in self.pools if (slot := pool.failed.pop(target.key, None)) is not None]
+            if not failed:
                 raise NotInPool(f"Pipeline '{target.pipeline_id}' with these load_params is not loaded.")
+            if self.current in failed:
+                self.current = None
+            return "Failed load dismissed"
+        if any(slot.status == LOADING for slot in slots):
+            raise LoadConflict(f"Pipeline '{target.pipeline_id}' is loading; unload it once it has finished.")
+        # Every worker's copy goes (or goes once its sessions end).
+        replies = [await self._unload_slot(slot) for slot in slots]
+        return next((reply for reply in replies if reply != "Pipeline unloaded"), "Pipeline unloaded")
+
+    async def _unload_slot(self, slot: PipelineSlot) -> str:
         if slot.status == LOADING:
             raise LoadConflict(f"Pipeline '{slot.target.pipeline_id}' is loading; unload it once it has finished.")
         if slot is self.current:
@@ -193,19 +243,21 @@ class PipelineManager:
             count = len(slot.sessions)
             ending = "its session ends" if count == 1 else f"its {count} sessions end"
             return f"Pipeline {slot.target.pipeline_id} unloads when {ending}"
-        await self.pool.unload(slot)
+        await slot.worker.pool.unload(slot)
         return "Pipeline unloaded"
 
     async def unload_all(self) -> None:
         """Unload every pipeline (on shutdown, once the sessions have closed)."""
-        await self.pool.wait_idle()
-        for slot in list(self.pool.slots.values()):
-            await self.pool.unload(slot)
+        await self.wait_idle()
+        for pool in self.pools:
+            for slot in list(pool.slots.values()):
+                await pool.unload(slot)
         self.current = None
 
     async def wait_idle(self) -> None:
         """Wait for running loads to finish (used on shutdown and by tests)."""
-        await self.pool.wait_idle()
+        for pool in self.pools:
+            await pool.wait_idle()
 
     # Reporting --------------------------------------------------------------------------
 
@@ -221,34 +273,16 @@ class PipelineManager:
             "warnings": list(pipeline.load_warnings) if pipeline else [],
             "pipelines": [
                 {**slot.describe(), "current": slot is self.current}
-                for slot in (*self.pool.slots.values(), *self.pool.failed.values())
+                for pool in self.pools
+                for slot in (*pool.slots.values(), *pool.failed.values())
             ],
-            "memory_budget_bytes": self.pool.budget_bytes(),
+            "memory_budget_bytes": self._budget_worker().pool.budget_bytes(),
+            "workers": [worker.describe() for worker in self.workers],
         }
 
-
-def ensure_synthetic(models_dir, artifacts) -> None:
-    """Write synthetic weights when some of a pipeline's files are missing."""
-    if is_downloaded(models_dir, artifacts):
-        return
-    logger.info("weights missing in %s: writing synthetic ones", models_dir)
-    started, sizes = time.monotonic(), []
-    write_synthetic(models_dir, artifacts, on_file=lambda path, size: sizes.append(size))
-    logger.info(
-        "synthetic weights written: %d files, %s, in %.1f s",
-        len(sizes), format_bytes(sum(sizes)), time.monotonic() - started,
-    )
-
-
-def _free(pipeline: Pipeline) -> None:
-    """Unload a pipeline and give its memory back (runs on the device thread)."""
-    heavy = pipeline.info.requires_models
-    pipeline.unload()
-    del pipeline
-    if not heavy:
-        return  # nothing large to reclaim: skip a full collection, which stalls every thread
-    gc.collect()
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()
+    def _budget_worker(self) -> Worker:
+        """The worker the top-level budget describes: the current pipeline's, else the first alive."""
+        current = self.current
+        if current is not None and current.worker is not None and current.worker.alive:
+            return current.worker
+        return next((worker for worker in self.workers if worker.alive), self.workers[0])

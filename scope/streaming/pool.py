@@ -7,9 +7,10 @@ actually took), makes room by unloading the least recently used pipelines that n
 and is refused with :class:`OverBudget`, naming what holds the memory, when that is not enough.
 After a load the pool measures the tensors the pipeline holds; sessions measure their streams.
 
-Loads run one at a time on a loader thread of their own, beside the device thread that runs the
-chunks: a session of another pipeline keeps streaming while one loads, instead of freezing for the
-whole load (tens of seconds at real size). Unloads run on the device thread, between chunks.
+Each pool belongs to one worker (:mod:`scope.streaming.worker`), a device with its own budget.
+Loads run one at a time beside the worker's generation thread, so a session of another pipeline
+keeps streaming while one loads instead of freezing for the whole load (tens of seconds at real
+size). Unloads run on the generation thread, between chunks.
 
 A slot's pipeline never changes: a session bound to a slot keeps its pipeline until it ends.
 """
@@ -20,14 +21,16 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from concurrent.futures import Executor, ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
 from scope.pipelines.base import LoadContext, MemoryEstimate, Pipeline
+
+if TYPE_CHECKING:
+    from scope.streaming.worker import Worker
 
 logger = logging.getLogger(__name__)
 
@@ -123,9 +126,12 @@ class PipelineSlot:
         memory: SlotMemory,
         cls: type[Pipeline],
         on_stream_measured: Callable[["PipelineSlot"], None] | None = None,
+        worker: Worker | None = None,
     ):
         self.target = target
         self.context = context
+        #: The worker whose device holds the pipeline and runs its chunks.
+        self.worker = worker
         #: The pipeline's class: its parameter model and modes are known before it has loaded.
         self.pipeline_class = cls
         self.status = LOADING
@@ -140,6 +146,11 @@ class PipelineSlot:
         self.task: asyncio.Task | None = None
         self._listeners: list[SlotListener] = []
         self._changed = asyncio.Event()
+
+    @property
+    def executor(self):
+        """The thread the pipeline's chunks run on: its worker's."""
+        return self.worker.executor
 
     @property
     def held_bytes(self) -> int:
@@ -190,6 +201,7 @@ class PipelineSlot:
             "loaded_lora_adapters": pipeline.loaded_lora_adapters if pipeline else None,
             "warnings": list(pipeline.load_warnings) if pipeline else [],
             "memory": self.memory.describe(len(self.sessions)),
+            "worker": self.worker.id if self.worker is not None else None,
         }
 
     def holder(self) -> dict[str, Any]:
@@ -199,29 +211,20 @@ class PipelineSlot:
             "load_params": self.target.load_params,
             "sessions": sorted(self.sessions),
             "held_bytes": self.held_bytes,
+            "worker": self.worker.id if self.worker is not None else None,
         }
 
 
 class PipelinePool:
-    """The loading and loaded pipelines, keyed by target, and the budget they share."""
+    """One worker's loading and loaded pipelines, keyed by target, and the budget they share."""
 
-    def __init__(
-        self,
-        context: LoadContext,
-        executor: Executor,
-        *,
-        budget: Callable[[int], int],
-        prepare: Callable[[type[Pipeline]], Awaitable[None]] | None = None,
-        free: Callable[[Pipeline], None],
-    ):
+    def __init__(self, context: LoadContext, worker: Worker, *, budget: Callable[[int], int]):
         self.context = context
-        #: The device thread: pipelines are freed there, between chunks.
-        self.executor = executor
-        self.loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scope-load")
+        #: Loads, runs and frees this pool's pipelines on its device.
+        self.worker = worker
+        worker.pool = self
         #: The budget in bytes, given what the pool holds now.
         self._budget = budget
-        self._prepare = prepare
-        self._free = free
         self.slots: dict[str, PipelineSlot] = {}
         #: The latest failed loads (they hold nothing), until loaded again or dismissed by an unload.
         self.failed: dict[str, PipelineSlot] = {}
@@ -238,6 +241,15 @@ class PipelinePool:
 
     def budget_bytes(self) -> int:
         return self._budget(self.held_bytes())
+
+    def room_bytes(self) -> int:
+        """What a load could take here: the budget left, plus what unloading the idle pipelines would free."""
+        idle = sum(slot.held_bytes for slot in self.slots.values() if slot.status == LOADED and not slot.sessions)
+        return self.budget_bytes() - self.held_bytes() + idle
+
+    def holds(self, target: LoadTarget) -> bool:
+        """Whether ``target`` is loaded or loading here."""
+        return self.get(target) is not None
 
     def estimate(self, cls: type[Pipeline], params: BaseModel, pipeline_id: str) -> SlotMemory:
         """``cls``'s estimate, scaled by what earlier loads and streams of ``pipeline_id`` measured."""
@@ -280,7 +292,7 @@ class PipelinePool:
             memory = self.estimate(cls, params, target.pipeline_id)
             await self._make_room(memory.held(1), target, last=keep)
             self.failed.pop(target.key, None)  # tried again
-            slot = PipelineSlot(target, self.context, memory, cls, self._stream_measured)
+            slot = PipelineSlot(target, self.context, memory, cls, self._stream_measured, self.worker)
             if session_id is not None:
                 slot.sessions.add(session_id)
             self.slots[target.key] = slot
@@ -332,31 +344,20 @@ class PipelinePool:
             await self.unload(evicted)
 
     async def _load(self, slot: PipelineSlot, cls: type[Pipeline], params: BaseModel) -> None:
-        loop = asyncio.get_running_loop()
         started = time.monotonic()
         pipeline_id = slot.target.pipeline_id
-        logger.info("loading pipeline %s (about %s)", pipeline_id, _gib(slot.held_bytes))
+        logger.info("loading pipeline %s on worker %s (about %s)", pipeline_id, self.worker.id, _gib(slot.held_bytes))
         logger.debug("pipeline %s load parameters: %s", pipeline_id, slot.target.load_params)
-
-        def load_and_measure() -> tuple[Pipeline, int]:
-            pipeline = cls.load(params, self.context)
-            return pipeline, pipeline.memory_held()
-
         try:
-            if self._prepare is not None:
-                await self._prepare(cls)
-            pipeline, measured = await loop.run_in_executor(self.loader, load_and_measure)
+            pipeline, measured = await self.worker.load(cls, params, slot.target)
         except Exception as exc:
             logger.exception("loading %s failed", pipeline_id)
-            self.slots.pop(slot.target.key, None)
-            slot.status, slot.error = ERROR, f"Failed to load pipeline {pipeline_id}: {exc}"
-            self.failed[slot.target.key] = slot
-            while len(self.failed) > MAX_FAILED:
-                self.failed.pop(next(iter(self.failed)))
-            slot.notify("load_failed", slot.error)
+            if slot.status == LOADING:  # not already failed with its worker
+                self.fail(slot, f"Failed to load pipeline {pipeline_id}: {exc}")
             return
-        if slot.status != LOADING:  # unloaded (server shutting down) while it loaded
-            await loop.run_in_executor(self.executor, self._free, pipeline)
+        if slot.status != LOADING:  # unloaded (server shutting down, worker lost) while it loaded
+            if self.worker.alive:
+                await self.worker.free(pipeline)
             return
         raw = slot.memory.raw.weights_bytes
         if raw > 0 and measured > 0:
@@ -369,18 +370,29 @@ class PipelinePool:
         )
         slot.notify("loaded", f"Pipeline {pipeline_id} loaded")
 
+    def fail(self, slot: PipelineSlot, error: str) -> None:
+        """``slot`` failed (its load, or its worker): it holds nothing and is listed with
+        ``error`` until loaded again or dismissed; its sessions end with the error."""
+        self.slots.pop(slot.target.key, None)
+        slot.pipeline, slot.status, slot.error = None, ERROR, error
+        self.failed[slot.target.key] = slot
+        while len(self.failed) > MAX_FAILED:
+            self.failed.pop(next(iter(self.failed)))
+        slot.notify("load_failed", error)
+
+    def fail_all(self, error: str) -> None:
+        """The worker is gone: every pipeline of the pool fails with ``error``."""
+        for slot in list(self.slots.values()):
+            self.fail(slot, error)
+
     async def unload(self, slot: PipelineSlot) -> None:
-        """Drop ``slot`` from the pool and free its pipeline on the device thread."""
+        """Drop ``slot`` from the pool and free its pipeline on the worker's device, between chunks."""
         self.slots.pop(slot.target.key, None)
         pipeline, slot.pipeline = slot.pipeline, None
         slot.status = NOT_LOADED
-        if pipeline is not None:
-            await asyncio.get_running_loop().run_in_executor(self.executor, self._free, pipeline)
+        if pipeline is not None and self.worker.alive:
+            await self.worker.free(pipeline)
         slot.notify("unloaded", f"Pipeline {slot.target.pipeline_id} unloaded")
-
-    def shutdown(self) -> None:
-        """Stop the loader thread (a load in progress is abandoned with the server)."""
-        self.loader.shutdown(wait=False, cancel_futures=True)
 
     async def wait_idle(self) -> None:
         """Wait for every running load to finish."""

@@ -3,8 +3,8 @@
 The session is the same whatever carries it; its :class:`~scope.streaming.peers.SessionPeer`
 (a WebRTC peer, a WebSocket, or none for a headless session) sends its messages and frames.
 
-The generation loop runs on the event loop and hands each chunk to the device worker thread,
-so the loop never blocks. Each session is bound to one pipeline of the pool (its slot) until it
+The generation loop runs on the event loop and hands each chunk to its worker's generation
+thread, so the loop never blocks. Each session is bound to one pipeline of the pool (its slot) until it
 ends, and opens its own :class:`~scope.pipelines.base.Stream` on it once it has loaded; a load
 that fails ends the session with ``stream_stopped`` naming the error.
 
@@ -21,7 +21,6 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor
 from typing import Any
 
 import numpy as np
@@ -33,7 +32,6 @@ from scope.recording.service import RecordingService
 from scope.recording.session_log import SessionLog
 from scope.streaming.asset_parameters import ASSET_PARAMETERS, names_assets, resolved_assets, unreadable_assets
 from scope.streaming.failures import RepeatedFailures
-from scope.streaming.memory_budget import budget_device, held_bytes
 from scope.streaming.messages import CLIENT_MESSAGE_TYPES, parameter_warnings, unknown_type_rejection
 from scope.streaming.parameter_state import ParameterState
 from scope.streaming.peers import SessionPeer
@@ -41,6 +39,7 @@ from scope.streaming.pool import LOADED, LOADING, PipelineSlot
 from scope.streaming.session_recording import SessionRecording
 from scope.streaming.session_stats import SessionStats
 from scope.streaming.tracks import ChunkRateMeter, InputBuffer, OutputTrack
+from scope.streaming.worker import WorkerLost
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +81,7 @@ class FatalStreamError(Exception):
 
 
 def is_fatal(exc: BaseException) -> bool:
-    if isinstance(exc, (MemoryError, FatalStreamError)):
+    if isinstance(exc, (MemoryError, FatalStreamError, WorkerLost)):
         return True
     return "out of memory" in str(exc).lower()
 
@@ -95,7 +94,6 @@ class StreamSession(SessionRecording):
         session_id: str,
         peer: SessionPeer,
         slot: PipelineSlot,
-        executor: Executor,
         initial_parameters: dict[str, Any],
         on_closed: Callable[["StreamSession"], None],
         max_repeated_failures: int = 3,
@@ -105,7 +103,8 @@ class StreamSession(SessionRecording):
         self.peer = peer
         #: The pipeline this session streams from, whatever is loaded after it.
         self.slot = slot
-        self.executor = executor
+        #: Its worker's generation thread: its chunks take turns there with the worker's other sessions.
+        self.executor = slot.executor
         initial_parameters = dict(initial_parameters)
         #: ``recording: true`` in the initial parameters records from the stream's first chunk.
         self._record_from_start = bool(initial_parameters.pop("recording", False))
@@ -528,7 +527,7 @@ class StreamSession(SessionRecording):
             self._last_chunk_frames = len(frames)
             self.track.grow(len(frames))
             if self.chunks in STREAM_MEASURES:
-                measure = functools.partial(held_bytes, stream, exclude=self.slot.pipeline, device=budget_device().type)
+                measure = functools.partial(self.slot.worker.stream_bytes, stream, self.slot.pipeline)
                 self.slot.stream_measured(await loop.run_in_executor(self.executor, measure))
             if self._flushes != flushes:
                 continue  # flushed while this chunk was made: its frames are stale
@@ -584,6 +583,7 @@ class StreamSession(SessionRecording):
             "pipeline_id": self.slot.target.pipeline_id,
             "load_params": self.slot.target.load_params,
             "transport": self.peer.transport,
+            "worker": self.slot.worker.id if self.slot.worker is not None else None,
             "connection_state": self.peer.connection_state,
             "parameters": self.parameters.snapshot(),
             "stats": self.stats(),

@@ -8,7 +8,6 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from concurrent.futures import Executor
 from typing import Any
 
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
@@ -20,7 +19,7 @@ from scope.pipelines.base import Pipeline
 from scope.recording.service import RecordingService
 from scope.streaming.asset_parameters import ASSET_PARAMETERS, names_assets, unreadable_assets
 from scope.streaming.host_addresses import drop_unreachable_candidates, may_check
-from scope.streaming.manager import LOADED, LOADING, LoadTarget, OverBudget, PipelineManager, TargetErrors
+from scope.streaming.manager import LOADED, LOADING, LoadTarget, NoWorker, OverBudget, PipelineManager, TargetErrors
 from scope.streaming.messages import parameter_warnings
 from scope.streaming.headless_sessions import HeadlessSessions
 from scope.streaming.offer_check import OfferProblem, check_offer, sends_video
@@ -71,7 +70,6 @@ class SessionService(WebSocketSessions, HeadlessSessions):
     def __init__(
         self,
         manager: PipelineManager,
-        executor: Executor,
         ice_servers: Callable[[], Awaitable[list[RTCIceServer]]],
         max_sessions: int = setting_default("max_sessions"),
         disconnect_timeout: float = setting_default("disconnect_timeout"),
@@ -83,7 +81,6 @@ class SessionService(WebSocketSessions, HeadlessSessions):
         self.manager = manager
         #: Where sessions record (None: a server that keeps no recordings).
         self.recordings = recordings
-        self.executor = executor
         self.ice_servers = ice_servers
         self.max_sessions = max_sessions
         self.max_pending = max_pending
@@ -122,7 +119,7 @@ class SessionService(WebSocketSessions, HeadlessSessions):
             raise SignallingError(409, "A pipeline is loading; send the offer once it has loaded.")
         if self.manager.status != LOADED or self.manager.pipeline is None:
             raise SignallingError(400, NO_PIPELINE)
-        return type(self.manager.pipeline)
+        return self.manager.current.pipeline_class
 
     def _named_pipeline(self, pipeline_id: Any, load_params: Any) -> tuple[type[Pipeline], LoadTarget]:
         """The class of the pipeline an offer names, its ``load_params`` validated (422 naming the field)."""
@@ -155,7 +152,7 @@ class SessionService(WebSocketSessions, HeadlessSessions):
         """
         if cls is None:
             pipeline = self.manager.pipeline
-            cls = type(pipeline)
+            cls = self.manager.current.pipeline_class
         try:
             context = self.manager.context.validation_context()
             given, unknown = parse_parameters(raw or {}, cls.parameters_model, context=context)
@@ -240,7 +237,7 @@ class SessionService(WebSocketSessions, HeadlessSessions):
         named = pipeline_id is not None or load_params is not None
         if named:
             cls, target = self._named_pipeline(pipeline_id, load_params)
-            pooled = self.manager.pool.get(target)
+            pooled = self.manager.find(target)
             loaded = pooled.pipeline if pooled is not None else None
         else:
             cls, loaded = self._current_pipeline(), self.manager.pipeline
@@ -257,7 +254,7 @@ class SessionService(WebSocketSessions, HeadlessSessions):
                 await self.manager.release(slot, session_id)
                 raise
             session = StreamSession(
-                session_id, peer, slot, self.executor, params, on_closed=self._forget,
+                session_id, peer, slot, params, on_closed=self._forget,
                 max_repeated_failures=self.max_repeated_failures, recordings=self.recordings,
             )
             try:
@@ -285,17 +282,20 @@ class SessionService(WebSocketSessions, HeadlessSessions):
             return await self.manager.slot_for(pipeline_id, load_params, session_id)
         except OverBudget as exc:
             raise SignallingError(409, exc.errors(["body", "pipeline_id"])) from None
+        except NoWorker as exc:
+            raise SignallingError(503, str(exc)) from None
 
     async def _bind_current(self, session_id: str) -> PipelineSlot:
-        """Bind ``session_id`` to the current pipeline (it was unloaded meanwhile: 400, as for none)."""
-        slot = self.manager.current
+        """Bind ``session_id`` to the current pipeline, on the least-loaded worker holding it
+        (it was unloaded meanwhile: 400, as for none)."""
         try:
-            await self.manager.bind(slot, session_id)
+            return await self.manager.bind_current(session_id)
         except LookupError:
             raise SignallingError(400, NO_PIPELINE) from None
         except OverBudget as exc:
             raise SignallingError(409, exc.errors(["body"])) from None
-        return slot
+        except NoWorker as exc:
+            raise SignallingError(503, str(exc)) from None
 
     async def _check_assets(self, params: dict[str, Any], cls: type[Pipeline], loc: tuple[str, ...]) -> None:
         """422 naming each asset file of ``initialParameters`` the stream could not read (read off the loop)."""

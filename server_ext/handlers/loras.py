@@ -113,7 +113,7 @@ def loras_in_use(scope) -> dict[Path, str]:
 
     lora_dir = scope.settings.lora_path
     used = {}
-    for slot in scope.manager.pool.slots.values():
+    for slot in scope.manager.slots():
         for lora in (slot.target.load_params or {}).get("loras") or ():
             path = lora.get("path") if isinstance(lora, dict) else None
             if path:

@@ -15,7 +15,7 @@ from scope.server_ext.api_models import (
     UnloadRequest,
 )
 from scope.server_ext.handlers.base import ApiError, Operation, ScopeHandler
-from scope.streaming.manager import LoadConflict, NotInPool, OverBudget, TargetErrors
+from scope.streaming.manager import LoadConflict, NotInPool, NoWorker, OverBudget, TargetErrors
 
 
 def unknown_pipeline_error(pipeline_id: str, loc: list[str]) -> ApiError:
@@ -37,6 +37,7 @@ class LoadHandler(ScopeHandler):
                 409: "A different load of the current pipeline is in progress, or the pipeline does not fit the "
                 "memory budget beside the pipelines sessions use (the error lists them)",
                 422: "Unknown pipeline or invalid load_params",
+                503: "Every worker is lost: none is left to load on",
             },
             tags=("pipeline",),
             null_origin=True,
@@ -70,6 +71,8 @@ class LoadHandler(ScopeHandler):
             raise ApiError(409, str(exc)) from None
         except OverBudget as exc:
             raise ApiError(409, exc.errors(loc)) from None
+        except NoWorker as exc:
+            raise ApiError(503, str(exc)) from None
         message = "Pipeline loading initiated successfully" if started else "Pipeline already loaded or loading"
         self.reply({"message": message})
 

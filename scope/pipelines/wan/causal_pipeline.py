@@ -298,7 +298,8 @@ class CausalWanPipeline(Pipeline):
         errors = self._check_vace(update)
         for index, entry in enumerate(update.get("lora_scales") or []):
             path = resolve_lora_path(entry["path"], self.lora_dir)
-            mode = {lora.path: lora.merge_mode for lora in self.components.user_loras}.get(path)
+            # Read from the public facts, so a worker's stand-in on the server checks the same.
+            mode = {Path(lora["path"]): lora["merge_mode"] for lora in self.loaded_lora_adapters}.get(path)
             if mode is None:
                 msg = f"'{entry['path']}' is not a LoRA this pipeline loaded"
             elif mode != "runtime_peft":
