@@ -178,11 +178,22 @@ class PipelineManager:
         most room (the current pipeline stays as it is). :class:`NoWorker` when every worker is
         at its session limit."""
         cls, params, target = self.validate(pipeline_id, load_params)
+        return await self._place_session(cls, params, target, session_id)
+
+    async def bind_current(self, session_id: str) -> PipelineSlot:
+        """A slot of the current pipeline for a session whose offer names none, placed as
+        :meth:`slot_for` places it; LookupError when the current pipeline was unloaded."""
+        current = self.current
+        if current is None or current.worker is None or current.worker.pool.get(current.target) is not current:
+            raise LookupError("no pipeline is loaded")
+        return await self._place_session(current.pipeline_class, current.params, current.target, session_id)
+
+    async def _place_session(self, cls: type[Pipeline], params: BaseModel, target: LoadTarget, session_id: str) -> PipelineSlot:
         worker = for_session(self.workers, target)
         keep = self.current if self.current is not None and self.current.worker is worker else None
         slot, started = await self._admit(worker, cls, params, target, keep=keep, session_id=session_id)
         if started:
-            slot.notify("loading", f"Loading pipeline {pipeline_id}")
+            slot.notify("loading", f"Loading pipeline {target.pipeline_id}")
         return slot
 
     async def _admit(self, worker: Worker, cls, params, target: LoadTarget, **options) -> tuple[PipelineSlot, bool]:
@@ -191,14 +202,6 @@ class PipelineManager:
             for pool in self.pools:
                 pool.failed.pop(target.key, None)
         return slot, started
-
-    async def bind_current(self, session_id: str) -> PipelineSlot:
-        """A slot of the current pipeline for a session whose offer names none, placed as
-        :meth:`slot_for` places it; LookupError when the current pipeline was unloaded."""
-        current = self.current
-        if current is None or current.worker is None or current.worker.pool.get(current.target) is not current:
-            raise LookupError("no pipeline is loaded")
-        return await self.slot_for(current.target.pipeline_id, current.target.load_params, session_id)
 
     async def release(self, slot: PipelineSlot, session_id: str) -> None:
         await slot.worker.pool.release(slot, session_id)

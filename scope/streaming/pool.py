@@ -127,8 +127,11 @@ class PipelineSlot:
         cls: type[Pipeline],
         on_stream_measured: Callable[["PipelineSlot"], None] | None = None,
         worker: Worker | None = None,
+        params: BaseModel | None = None,
     ):
         self.target = target
+        #: The validated load parameters (a copy on another worker loads from them).
+        self.params = params
         self.context = context
         #: The worker whose device holds the pipeline and runs its chunks.
         self.worker = worker
@@ -292,7 +295,7 @@ class PipelinePool:
             memory = self.estimate(cls, params, target.pipeline_id)
             await self._make_room(memory.held(1), target, last=keep)
             self.failed.pop(target.key, None)  # tried again
-            slot = PipelineSlot(target, self.context, memory, cls, self._stream_measured, self.worker)
+            slot = PipelineSlot(target, self.context, memory, cls, self._stream_measured, self.worker, params)
             if session_id is not None:
                 slot.sessions.add(session_id)
             self.slots[target.key] = slot
