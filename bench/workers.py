@@ -40,6 +40,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
 
 from bench.longlive import PROMPTS, machine, parse_size
 from bench.passthrough import Broken, cpu_snapshot, machine_busy, run_servers
+from bench.passthrough import ratio as passthrough_ratio
 from bench.report import write_json
 from scope.client import ScopeClient
 from scope.streaming.host_addresses import allowed_host_addresses, restrict_host_addresses
@@ -152,7 +153,9 @@ def summarise(rows: list[dict[str, Any]], workers: list[dict[str, Any]]) -> dict
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
-    return round(a / b, 3) if a and b else None
+    """:func:`bench.passthrough.ratio`, to three decimals."""
+    value = passthrough_ratio(a, b)
+    return None if value is None else round(value, 3)
 
 
 # Sections -------------------------------------------------------------------------------------

@@ -45,6 +45,11 @@ def prompt_level(params: dict[str, Any]) -> int:
     return (sum(map(ord, prompts[0]["text"])) * 37) % 200 + 30
 
 
+def pattern_level(frame: np.ndarray) -> float:
+    """The brightness a pattern frame shows (its prompt's), away from the corner that counts chunks."""
+    return float(np.median(frame[16:, 16:]))
+
+
 class PatternStream(Stream):
     """Text mode: frames whose brightness encodes the prompt and whose corner counts chunks."""
 

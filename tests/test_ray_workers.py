@@ -18,7 +18,7 @@ import pytest
 
 from scope.client import ScopeClient
 from tests._subprocess_server import running_scope_server
-from tests.pipelines import prompt_level
+from tests.pipelines import pattern_level, prompt_level
 from tests.polling import wait_until
 from tests.ray_cluster import RAY_ENV, TEST_RESOURCE, LocalRayCluster
 
@@ -40,16 +40,12 @@ def server(cluster, tmp_path_factory):
         yield server
 
 
-def level(frame: np.ndarray) -> float:
-    """The picture's brightness away from the corner where the pattern counts chunks."""
-    return float(np.median(frame[16:, 16:]))
-
-
 def assert_shows(frames: np.ndarray, prompt: str) -> None:
     """The newest of ``frames`` (N, H, W, 3) shows ``prompt``'s brightness."""
     frame = frames[-1]
     expected = prompt_level({"prompts": [{"text": prompt}]})
-    assert abs(level(frame) - expected) <= 6, (prompt, level(frame), expected)
+    shown = pattern_level(frame)
+    assert abs(shown - expected) <= 6, (prompt, shown, expected)
 
 
 def status_of(client: ScopeClient) -> dict:

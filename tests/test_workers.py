@@ -9,13 +9,12 @@ from __future__ import annotations
 import threading
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 
 from scope.streaming.placement import NoWorker, for_load, for_session
 from scope.streaming.pool import LoadTarget
 from tests.conftest import wait_for_status
-from tests.pipelines import PatternStream, prompt_level
+from tests.pipelines import PatternStream, pattern_level, prompt_level
 from tests.polling import wait_until
 from tests.rtc import ScopeRtcClient, connected
 
@@ -63,11 +62,6 @@ def scope_extra_config():
     return {"workers": "cpu,cpu", "worker_threads": 1, "max_sessions_per_worker": 1}
 
 
-def level(frame: np.ndarray) -> float:
-    """The picture's brightness away from the corner where the pattern counts chunks."""
-    return float(np.median(frame[16:, 16:]))
-
-
 @pytest.mark.usefixtures("jp_serverapp", "test_pipelines")
 async def test_two_cpu_workers_stream_two_sessions_each_on_its_own(api, services, monkeypatch):
     threads: dict[str, set[str]] = {}
@@ -105,7 +99,8 @@ async def test_two_cpu_workers_stream_two_sessions_each_on_its_own(api, services
                 mark = len(client.frames)
                 await client.wait_frames(mark + 3, timeout=60)
                 expected = prompt_level({"prompts": [{"text": text}]})
-                assert abs(level(client.frames[-1].array) - expected) <= 6, (text, level(client.frames[-1].array), expected)
+                shown = pattern_level(client.frames[-1].array)
+                assert abs(shown - expected) <= 6, (text, shown, expected)
             # Each worker's chunks ran on its own generation thread.
             assert threads["a red fox"] == {"scope-device-local-0_0"} and threads["a blue whale"] == {"scope-device-local-1_0"}
 

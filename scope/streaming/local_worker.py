@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import sys
 import time
 from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
@@ -148,7 +147,6 @@ def free_pipeline(pipeline: Pipeline) -> None:
     if not heavy:
         return  # nothing large to reclaim: skip a full collection, which stalls every thread
     gc.collect()
-    torch_module = sys.modules.get("torch")
-    if torch_module is not None and torch_module.cuda.is_available():
-        torch_module.cuda.synchronize()
-        torch_module.cuda.empty_cache()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()

@@ -112,15 +112,24 @@ def loaded_bytes(
 
 def device_budget(device: torch.device, configured_bytes: int, pool_bytes: int, headroom: float = DEFAULT_HEADROOM) -> int:
     """Bytes the pool may fill on ``device``: the setting when it is not 0; else what the pool
-    holds plus what the device has free now (the GPU's memory, or the host's available RAM),
-    less ``headroom`` of that for everything else."""
+    holds plus what the device has free now, less ``headroom`` of that for everything else."""
     if configured_bytes:
         return configured_bytes
+    return budget_from_free(free_device_bytes(device), pool_bytes, headroom)
+
+
+def budget_from_free(free_bytes: int, pool_bytes: int, headroom: float = DEFAULT_HEADROOM) -> int:
+    """The budget when the device has ``free_bytes`` free (read where the device is: a Ray
+    worker's is read in its actor)."""
+    return int((pool_bytes + free_bytes) * (1 - headroom))
+
+
+def free_device_bytes(device: torch.device) -> int:
+    """What ``device`` has free now: the GPU's memory, or the host's available RAM."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-    else:
-        free = available_host_bytes()
-    return int((pool_bytes + free) * (1 - headroom))
+        return int(free)
+    return available_host_bytes()
 
 
 def budget_device() -> torch.device:

@@ -20,7 +20,7 @@ import torch
 
 from scope.pipelines.base import Chunk, LoadContext, Pipeline, Stream
 from scope.streaming.local_worker import ensure_synthetic, free_pipeline
-from scope.streaming.memory_budget import available_host_bytes, budget_device, held_bytes
+from scope.streaming.memory_budget import budget_device, free_device_bytes, held_bytes
 
 #: Calls the actor runs at once: a load, the device's chunk, and health checks beside them.
 MAX_CONCURRENCY = 4
@@ -65,12 +65,8 @@ class PipelineHost:
         }
 
     def free_bytes(self) -> int:
-        """The device's free memory (the GPU's, or the host's available RAM); also the health check."""
-        device = budget_device()
-        if device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(device)
-            return int(free)
-        return available_host_bytes()
+        """The device's free memory; also the health check."""
+        return free_device_bytes(budget_device())
 
     # Pipelines ----------------------------------------------------------------------------
 

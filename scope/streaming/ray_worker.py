@@ -30,7 +30,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from scope.pipelines.base import Chunk, LoadContext, Pipeline, Stream
-from scope.streaming.memory_budget import DEFAULT_HEADROOM
+from scope.streaming.memory_budget import budget_from_free
 from scope.streaming.ray_host import MAX_CONCURRENCY, PipelineHost
 from scope.streaming.worker import Worker, WorkerLost
 
@@ -166,7 +166,7 @@ class RayWorker(Worker):
     def budget_bytes(self, configured: int, pool_bytes: int) -> int:
         if configured:
             return configured
-        return int((pool_bytes + self._free_bytes) * (1 - DEFAULT_HEADROOM))
+        return budget_from_free(self._free_bytes, pool_bytes)
 
     # Life -----------------------------------------------------------------------------
 
