@@ -1,6 +1,6 @@
 """Workers: what a second CPU worker adds, and what a Ray worker costs per frame.
 
-    python bench/workers.py [--size 256x192] [--seconds 15] [--warmup 5] [--skip scaling ray] [--json out.json]
+    python bench/workers.py [--size 256x192] [--seconds 15] [--warmup 5] [--skip scaling ray] [--models-dir DIR] [--json out.json]
 
 Every server is a real ``daydream-scope`` on 127.0.0.1 running ``longlive`` on synthetic weights
 (real torch compute at ``--size``), one torch thread per worker; sessions are the Python
@@ -168,8 +168,9 @@ async def measure_all(args: argparse.Namespace, temp: Path) -> dict[str, Any]:
     if not (scaling or ray):
         return {}
     figures: dict[str, Any] = {}
+    models = (f"--ScopeApp.models_dir={args.models_dir}",) if args.models_dir else ()
     print(f"\none CPU worker ({' '.join(CASES['one_worker'])}) ...", flush=True)
-    with started_server(temp / "one_worker", *CASES["one_worker"], "--synthetic") as server:
+    with started_server(temp / "one_worker", *CASES["one_worker"], "--synthetic", *models) as server:
         if ray:
             figures["local"] = await measure_sessions(server, width, height, 1, args)
             print_case("one session (local)", figures["local"])
@@ -178,7 +179,7 @@ async def measure_all(args: argparse.Namespace, temp: Path) -> dict[str, Any]:
             print_case("two sessions", figures["one_worker"])
     if scaling:
         print(f"\ntwo CPU workers ({' '.join(CASES['two_workers'])}) ...", flush=True)
-        with started_server(temp / "two_workers", *CASES["two_workers"], "--synthetic") as server:
+        with started_server(temp / "two_workers", *CASES["two_workers"], "--synthetic", *models) as server:
             figures["two_workers"] = await measure_sessions(server, width, height, 2, args)
         print_case("two sessions", figures["two_workers"])
     if ray:
@@ -187,7 +188,7 @@ async def measure_all(args: argparse.Namespace, temp: Path) -> dict[str, Any]:
         print("\na one-node Ray cluster on loopback, one worker actor ...", flush=True)
         with LocalRayCluster(workers=1) as cluster:
             ray_args = ("--ray-address", cluster.address, f"--ScopeApp.ray_resource={TEST_RESOURCE}",
-                        "--ScopeApp.ray_workers=1", LOCAL_THREADS, "--synthetic")
+                        "--ScopeApp.ray_workers=1", LOCAL_THREADS, "--synthetic", *models)
             with started_server(temp / "ray", *ray_args, env=RAY_ENV, ready_timeout=RAY_READY_TIMEOUT_S) as server:
                 figures["ray"] = await measure_sessions(server, width, height, 1, args)
         print_case("one session (Ray)", figures["ray"])
@@ -285,6 +286,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=15.0, help="length of each measured window")
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds after the first frames left out")
     parser.add_argument("--skip", nargs="*", default=[], choices=["scaling", "ray"])
+    parser.add_argument("--models-dir", type=Path, default=None,
+                        help="where the servers find longlive's weights (default: a temp dir each, synthetic ones written there)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     parse_size(args.size)

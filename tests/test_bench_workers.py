@@ -22,9 +22,10 @@ def assert_case(case: dict, sessions: int, worker_ids: list[str]) -> None:
     assert case["cores"]["server"] > 0 and case["cores"]["machine"] > 0
 
 
-def test_scaling_and_ray_sections(tmp_path, capsys):
+def test_scaling_and_ray_sections(tmp_path, capsys, synthetic_models):
     out = tmp_path / "workers.json"
-    assert workers.main(["--size", "64x64", "--seconds", "2", "--warmup", "0.5", "--json", str(out)]) == 0
+    argv = ["--size", "64x64", "--seconds", "2", "--warmup", "0.5", "--models-dir", str(synthetic_models), "--json", str(out)]
+    assert workers.main(argv) == 0
     report = json.loads(out.read_text())
 
     scaling = report["scaling"]
